@@ -1,0 +1,114 @@
+"""Wiring: settings → components → a running worker. The only module besides the CLI that
+reads settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from worker.assembly import Assembler
+from worker.codecs import (
+    ConfluentAvroDecoder,
+    ConfluentAvroEncoder,
+    Decoder,
+    Encoder,
+    HttpSchemaRegistry,
+    PlainAvroDecoder,
+    PlainAvroEncoder,
+    SizeLimitedDecoder,
+)
+from worker.compile import Compiled, compile_settings
+from worker.errors import StartupError
+from worker.features import FeatureFetcher, FeatureStore
+from worker.kafka import Checkpointer, Sink, consumer_config, producer_config, wait_for_topics
+from worker.pipeline import ModelSlot, Pipeline
+from worker.progress import ProgressLog
+from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
+from worker.runner import LoopSettings, Runner
+from worker.settings import WorkerSettings, librdkafka_config
+
+logger = logging.getLogger(__name__)
+ClientT = TypeVar("ClientT", Consumer, Producer)
+
+
+def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
+    k = settings.kafka
+    typed = {"security.protocol": k.security_protocol, "sasl.mechanism": k.sasl_mechanism,
+             "sasl.username": k.sasl_username, "ssl.ca.location": k.ssl_ca_location,
+             "sasl.password": k.sasl_password.get_secret_value() if k.sasl_password else None}
+    return {**{key: v for key, v in typed.items() if v is not None}, **librdkafka_config(k.properties)}
+
+
+def make_consumer(settings: WorkerSettings) -> Consumer:
+    k = settings.kafka
+    own = {"auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
+           **librdkafka_config(k.consumer)}
+    return _client(Consumer, consumer_config(k.bootstrap_servers, k.group_id, kafka_common(settings), own))
+
+
+def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None) -> Producer:
+    k = settings.kafka
+    own = {**librdkafka_config(k.producer), **(extra or {})}
+    return _client(Producer, producer_config(k.bootstrap_servers, kafka_common(settings), own))
+
+
+def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
+    try:
+        return kind(config)
+    except KafkaException as exc:
+        raise StartupError(f"invalid Kafka client configuration: {exc.args[0].str()}") from exc
+
+
+def make_store(settings: WorkerSettings) -> RedisFeatureStore:
+    r = settings.redis
+    password = r.password.get_secret_value() if r.password else None
+    try:
+        address = RedisAddress.from_url(r.url, password)
+    except ValueError as exc:
+        raise StartupError(f"redis.url: {exc}") from exc
+    return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
+
+
+def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
+    a = settings.avro
+    if a.framing == "plain":
+        decoder: Decoder = PlainAvroDecoder(compiled.input_schema)
+        encoder: Encoder = PlainAvroEncoder(compiled.output_schema)
+    else:
+        assert a.schema_registry_url
+        password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
+        registry = HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+        decoder = ConfluentAvroDecoder(registry, compiled.input_schema)
+        subject = a.output_subject or f"{settings.kafka.output_topic}-value"
+        encoder = ConfluentAvroEncoder(compiled.output_schema, registry, subject, compiled.output_schema_text)
+    return SizeLimitedDecoder(decoder, a.max_value_bytes), encoder
+
+
+def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureStore) -> Pipeline:
+    decoder, encoder = make_codecs(settings, compiled)
+    return Pipeline(decoder, FeatureFetcher(store, compiled.entities), Assembler(compiled.tensors),
+                    ModelSlot(compiled.model), compiled.builder, encoder)
+
+
+def build_runner(settings: WorkerSettings) -> Runner:
+    """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
+    compiled = compile_settings(settings)
+    store = make_store(settings)
+    wait_until_ready(store, settings.redis.startup_timeout_s)
+    k = settings.kafka
+    consumer = make_consumer(settings)
+    wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic], k.startup_timeout_s)
+    producer = make_producer(settings)
+    pipeline = make_pipeline(settings, compiled, store)
+    sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
+    checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
+    loop = LoopSettings(settings.batch.max_events, settings.batch.max_wait_ms / 1000)
+    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog()])
+
+
+def run(settings: WorkerSettings) -> None:
+    runner = build_runner(settings)
+    runner.install_signal_handlers()
+    runner.run(ready=lambda: logger.info("worker ready"))

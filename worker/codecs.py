@@ -1,0 +1,219 @@
+"""Avro codecs: ``(value, ctx)`` callables between Kafka bytes and Python records.
+
+Two framings are supported. ``plain`` is schemaless Avro binary (the writer schema is the
+configured one). ``confluent`` is the Schema Registry wire format: a zero magic byte, a
+4-byte big-endian schema id, then the Avro body; the writer schema is fetched by id and
+resolved against the configured reader schema.
+
+Every failure is raised as ``DecodeError`` / ``EncodeError`` wrapping the library's error and
+carrying the source message, so that the dead-letter topic can republish it unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import struct
+import urllib.error
+import urllib.request
+from io import BytesIO
+from typing import Any, Protocol
+
+import fastavro
+
+from worker.errors import DecodeError, EncodeError, WorkerError
+from worker.records import Message
+from worker.schemas import Schema, parse_schema, record_name
+
+logger = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+_MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+
+class Decoder(Protocol):
+    def __call__(self, value: bytes | None, ctx: Message) -> Record: ...
+
+
+class Encoder(Protocol):
+    def __call__(self, record: Record, ctx: Message) -> bytes: ...
+
+
+class RegistryUnavailable(WorkerError):
+    """The Schema Registry did not answer; the batch is retried rather than dead-lettered."""
+
+
+class SchemaRegistry(Protocol):
+    """The two Schema Registry calls the worker needs."""
+
+    def get_schema(self, schema_id: int) -> str: ...
+    def register(self, subject: str, schema: str) -> int: ...
+
+
+def _read_exactly(schema: Schema, name: str, value: bytes | None, ctx: Message, start: int = 0,
+                  reader: Schema | None = None) -> Record:
+    if value is None:
+        raise DecodeError("the message has no value (a tombstone)", ctx)
+    buf = BytesIO(value)
+    buf.seek(start)
+    try:
+        record = fastavro.schemaless_reader(buf, schema, reader)
+    except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, IndexError, ...
+        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {exc}", ctx) from exc
+    left = len(value) - buf.tell()
+    if left:
+        raise DecodeError(f"{left} bytes left over after a {name} Avro record", ctx)
+    if not isinstance(record, dict):
+        raise DecodeError(f"decoded a {type(record).__name__}, not a {name} record", ctx)
+    return record
+
+
+class PlainAvroDecoder:
+    """Schemaless Avro binary written with exactly the configured schema."""
+
+    def __init__(self, schema: Schema) -> None:
+        self._schema = schema
+        self._name = record_name(schema)
+
+    def __call__(self, value: bytes | None, ctx: Message) -> Record:
+        return _read_exactly(self._schema, self._name, value, ctx)
+
+
+class ConfluentAvroDecoder:
+    """Schema Registry framing; writer schemas are fetched once per id and cached."""
+
+    def __init__(self, registry: SchemaRegistry, reader_schema: Schema) -> None:
+        self._registry = registry
+        self._reader = reader_schema
+        self._name = record_name(reader_schema)
+        self._writers: dict[int, Schema] = {}
+
+    def __call__(self, value: bytes | None, ctx: Message) -> Record:
+        if value is None or len(value) < _HEADER.size or value[0] != _MAGIC:
+            raise DecodeError("not Schema Registry framed (no magic byte 0 and schema id)", ctx)
+        _, schema_id = _HEADER.unpack_from(value)
+        writer = self._writers.get(schema_id) or self._fetch(schema_id, ctx)
+        return _read_exactly(writer, self._name, value, ctx, _HEADER.size, self._reader)
+
+    def _fetch(self, schema_id: int, ctx: Message) -> Schema:
+        try:
+            text = self._registry.get_schema(schema_id)
+        except LookupError as exc:
+            raise DecodeError(f"schema id {schema_id} is unknown to the registry", ctx) from exc
+        try:
+            writer = parse_schema(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"schema id {schema_id} is not a usable Avro record schema: {exc}", ctx) from exc
+        self._writers[schema_id] = writer
+        return writer
+
+
+class PlainAvroEncoder:
+    def __init__(self, schema: Schema) -> None:
+        self._schema = schema
+        self._name = record_name(schema)
+        self._buf = BytesIO()
+
+    def __call__(self, record: Record, ctx: Message) -> bytes:
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        self.write(buf, record, ctx)
+        return buf.getvalue()
+
+    def write(self, buf: BytesIO, record: Record, ctx: Message) -> None:
+        try:
+            fastavro.schemaless_writer(buf, self._schema, record)
+        except Exception as exc:  # fastavro raises ValueError, TypeError, KeyError, ...
+            raise EncodeError(f"cannot encode a {self._name}: {type(exc).__name__}: {exc}", ctx) from exc
+
+
+class ConfluentAvroEncoder(PlainAvroEncoder):
+    """Registers the output schema under ``subject`` at construction and frames each value."""
+
+    def __init__(self, schema: Schema, registry: SchemaRegistry, subject: str, schema_text: str) -> None:
+        super().__init__(schema)
+        schema_id = registry.register(subject, schema_text)
+        self._prefix = _HEADER.pack(_MAGIC, schema_id)
+        logger.info("output schema registered", extra={"subject": subject, "schema_id": schema_id})
+
+    def __call__(self, record: Record, ctx: Message) -> bytes:
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        buf.write(self._prefix)
+        self.write(buf, record, ctx)
+        return buf.getvalue()
+
+
+class HttpSchemaRegistry:
+    """A minimal Confluent Schema Registry client (the REST API's two calls we use)."""
+
+    def __init__(self, url: str, username: str | None = None, password: str | None = None,
+                 ca_location: str | None = None, timeout_s: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout_s
+        self._headers = {"Accept": "application/vnd.schemaregistry.v1+json",
+                         "Content-Type": "application/vnd.schemaregistry.v1+json"}
+        if username:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._ssl = ssl.create_default_context(cafile=ca_location) if ca_location else None
+
+    def get_schema(self, schema_id: int) -> str:
+        return str(self._call("GET", f"/schemas/ids/{schema_id}")["schema"])
+
+    def register(self, subject: str, schema: str) -> int:
+        body = json.dumps({"schema": schema}).encode()
+        return int(self._call("POST", f"/subjects/{subject}/versions", body)["id"])
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(self._url + path, data=body, method=method, headers=self._headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._ssl) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise LookupError(f"{method} {path}: not found") from exc
+            raise RegistryUnavailable(f"schema registry {method} {path}: HTTP {exc.code}") from exc
+        except (OSError, ValueError) as exc:
+            raise RegistryUnavailable(f"schema registry {self._url} unreachable: {exc}") from exc
+
+
+class InMemorySchemaRegistry:
+    """The registry's in-memory twin for tests and local tools."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[int, str] = {}
+        self.subjects: dict[str, int] = {}
+
+    def get_schema(self, schema_id: int) -> str:
+        if schema_id not in self.schemas:
+            raise LookupError(schema_id)
+        return self.schemas[schema_id]
+
+    def register(self, subject: str, schema: str) -> int:
+        for known_id, text in self.schemas.items():
+            if json.loads(text) == json.loads(schema):
+                self.subjects[subject] = known_id
+                return known_id
+        schema_id = len(self.schemas) + 1
+        self.schemas[schema_id] = schema
+        self.subjects[subject] = schema_id
+        return schema_id
+
+
+class SizeLimitedDecoder:
+    """Refuses values over ``limit`` bytes before any decoding work is spent on them."""
+
+    def __init__(self, inner: Decoder, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    def __call__(self, value: bytes | None, ctx: Message) -> Record:
+        if value is not None and len(value) > self._limit:
+            raise DecodeError(f"value of {len(value)} bytes is over the {self._limit}-byte limit", ctx)
+        return self._inner(value, ctx)

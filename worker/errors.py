@@ -1,0 +1,79 @@
+"""Errors raised by the worker.
+
+Per-event errors (``EventError`` and subclasses) carry the raw input message so that the
+dead-letter topic can republish it byte for byte. Infrastructure errors (Redis, Kafka)
+are transient and handled by the runner; configuration errors stop the worker at startup.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.records import Message
+
+
+class WorkerError(Exception):
+    """Base class of every error the worker raises on purpose."""
+
+
+class ConfigError(WorkerError):
+    """The configuration is invalid; ``problems`` holds one ``(key, reason)`` per fault."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {reason}" for key, reason in problems))
+
+    @classmethod
+    def at(cls, key: str, reason: str) -> ConfigError:
+        return cls([(key, reason)])
+
+    def lines(self) -> list[str]:
+        return [f"config error: {key}: {reason}" for key, reason in self.problems]
+
+
+class StartupError(WorkerError):
+    """A dependency (model, schema, broker, Redis) could not be made ready at startup."""
+
+
+class EventError(WorkerError):
+    """One event cannot be processed; it goes to the dead-letter topic, the batch goes on.
+
+    ``stage`` names where it failed (decode, features, assemble, inference, encode) and
+    ``raw`` is the original message, kept so that the dead letter is the same bytes.
+    """
+
+    stage = "process"
+
+    def __init__(self, reason: str, raw: Message | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class DecodeError(EventError):
+    stage = "decode"
+
+
+class FeatureValueError(EventError):
+    stage = "features"
+
+
+class AssemblyError(EventError):
+    stage = "assemble"
+
+
+class InferenceError(EventError):
+    stage = "inference"
+
+
+class EncodeError(EventError):
+    stage = "encode"
+
+
+class FeatureStoreUnavailable(WorkerError):
+    """The feature store cannot be reached; the batch is retried, not dead-lettered."""
+
+
+class ModelRunError(WorkerError):
+    """The model failed on a whole batch; the pipeline splits it to find the culprits."""

@@ -1,0 +1,143 @@
+"""Prediction records: which value goes in each output field, and the output key.
+
+An output field is fed by an event field (nested path), the score, the label
+(``score >= threshold``), a column of any model output, the model's name or version, the
+time of scoring, or a constant. Fields are built a column at a time for the whole batch.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from worker.features import Record, path_getter
+
+Special = Literal["score", "label", "model_version", "model_name", "scored_at"]
+
+
+@dataclass(frozen=True)
+class FromEvent:
+    path: str
+
+
+@dataclass(frozen=True)
+class FromModel:
+    """A column of a model output (``column`` None for a 1-D output)."""
+
+    output: str
+    column: int | None = None
+
+
+@dataclass(frozen=True)
+class Computed:
+    what: Special
+    as_int: bool = False  # a label written to an int field is 1/0
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: Any
+
+
+Source = FromEvent | FromModel | Computed | Constant
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    output: str
+    column: int | None
+    threshold: float
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The output key: an event field (``path``) or, when ``path`` is None, the input key bytes."""
+
+    path: str | None
+    encoding: Literal["string", "int64"] = "string"
+
+
+@dataclass
+class ScoredBatch:
+    """Model results for a batch, as the output builder needs them."""
+
+    outputs: dict[str, Any]
+    model_name: str
+    model_version: str
+    scored_at_ms: int
+
+
+def select(output: Any, column: int | None) -> np.ndarray:
+    """One value per row from a model output: ``[N, k]`` column, ``[N]``/``[N, 1]``, or ZipMap."""
+    if isinstance(output, list):  # ZipMap: a list of {class: probability}
+        return np.array([row[column] for row in output], dtype=np.float64)
+    array = np.asarray(output)
+    if array.ndim == 1:
+        return array
+    return array[:, 0 if column is None else column]
+
+
+class OutputBuilder:
+    """Turns a batch of events and their model results into output records and keys."""
+
+    def __init__(self, fields: dict[str, Source], score: ScoreSpec, key: KeySpec) -> None:
+        self.fields = fields
+        self.score = score
+        self.key = key
+        self._key_getter = path_getter(key.path) if key.path else None
+
+    def model_outputs(self) -> list[str]:
+        """The model outputs the records need, score first."""
+        names = [self.score.output]
+        names += [s.output for s in self.fields.values() if isinstance(s, FromModel) and s.output not in names]
+        return names
+
+    def records(self, events: Sequence[Record], scored: ScoredBatch) -> list[dict[str, Any]]:
+        n = len(events)
+        scores = select(scored.outputs[self.score.output], self.score.column)
+        columns = [self._column(source, events, scores, scored, n) for source in self.fields.values()]
+        names = list(self.fields)
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+    def _column(self, source: Source, events: Sequence[Record], scores: np.ndarray, scored: ScoredBatch,
+                n: int) -> Sequence[Any]:
+        if isinstance(source, FromEvent):
+            return list(map(path_getter(source.path), events))
+        if isinstance(source, FromModel):
+            return select(scored.outputs[source.output], source.column).tolist()  # type: ignore[no-any-return]
+        if isinstance(source, Constant):
+            return [source.value] * n
+        return self._computed(source, scores, scored, n)
+
+    def _computed(self, source: Computed, scores: np.ndarray, scored: ScoredBatch, n: int) -> Sequence[Any]:
+        if source.what == "score":
+            return scores.tolist()  # type: ignore[no-any-return]
+        if source.what == "label":
+            labels = scores >= self.score.threshold
+            return (labels.astype(np.int64) if source.as_int else labels).tolist()  # type: ignore[no-any-return]
+        single = {"model_version": scored.model_version, "model_name": scored.model_name,
+                  "scored_at": scored.scored_at_ms}[source.what]
+        return [single] * n
+
+    def key_function(self) -> Callable[[Record, bytes | None], bytes | None]:
+        """``(event, input_key) -> output key bytes``."""
+        getter = self._key_getter
+        if getter is None:
+            return lambda event, input_key: input_key
+        as_int64 = self.key.encoding == "int64"
+
+        def key_of(event: Record, input_key: bytes | None) -> bytes | None:
+            value = getter(event)
+            if value is None:
+                return None
+            if isinstance(value, bytes):
+                return value
+            if as_int64 and isinstance(value, int):
+                return struct.pack(">q", value)
+            return str(value).encode()
+
+        return key_of

@@ -1,0 +1,99 @@
+"""Plain records passed between the worker's stages.
+
+``Message`` is the shape of a consumed Kafka message as the pipeline sees it. confluent-kafka's
+``Message`` satisfies it structurally, so the hot path never copies messages; ``InputMessage``
+is a small twin for tests and for tools that build messages by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class Message(Protocol):
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Any: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass
+class InputMessage:
+    """An in-memory ``Message`` (tests, tools)."""
+
+    _value: bytes | None
+    _key: bytes | None = None
+    _topic: str = "input"
+    _partition: int = 0
+    _offset: int = 0
+    _headers: Headers | None = None
+    _timestamp: tuple[int, int] = (0, 0)
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> Headers | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An input message that could not be scored, with the reason."""
+
+    message: Message
+    stage: str
+    reason: str
+    error_type: str
+
+
+class Output(NamedTuple):
+    """One encoded prediction, ready to produce; ``source`` is its input message."""
+
+    key: bytes | None
+    value: bytes
+    source: Message
+
+
+@dataclass
+class BatchResult:
+    """What the pipeline made of one batch: predictions and dead letters (input order kept),
+    the time each stage took, and counters for telemetry."""
+
+    outputs: list[Output] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    timings: list[StageTiming] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    model_version: str = ""
+
+
+class StageTiming(NamedTuple):
+    """A stage of a batch: its name and ``time.perf_counter_ns`` at start and end."""
+
+    stage: str
+    start_ns: int
+    end_ns: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9

@@ -1,0 +1,398 @@
+"""The worker's configuration: one YAML or TOML file, overridable by environment and CLI.
+
+Precedence: command-line options > ``WORKER_*`` environment variables (nested keys joined
+with ``__``, e.g. ``WORKER_KAFKA__BOOTSTRAP_SERVERS``) > the file > defaults. Relative paths
+in the file are relative to the file's own directory. Only ``worker.app`` and
+``worker.cli`` read settings; every component takes plain constructor arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+Scalar = str | int | float | bool
+ENV_PREFIX = "WORKER_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated ``host:port`` list of brokers to bootstrap from."""
+    group_id: str = "inference-worker"
+    """Consumer group shared by every replica; partitions are spread across its members."""
+    input_topics: list[str] = Field(min_length=1)
+    """Topics to consume events from (a single name is accepted too)."""
+    output_topic: str
+    """Topic predictions are produced to."""
+    dlq_topic: str
+    """Dead-letter topic: events that cannot be scored, republished byte for byte with headers
+    naming the source topic, partition, offset and the error."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group with no committed offset starts; ``earliest`` scores the backlog."""
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    """How long the group waits for a silent member before rebalancing its partitions."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    """librdkafka ``security.protocol``."""
+    sasl_mechanism: str | None = None
+    """librdkafka ``sasl.mechanism`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)."""
+    sasl_username: str | None = None
+    """librdkafka ``sasl.username``."""
+    sasl_password: SecretStr | None = None
+    """librdkafka ``sasl.password``; never logged."""
+    ssl_ca_location: str | None = None
+    """librdkafka ``ssl.ca.location``: CA bundle to verify the brokers."""
+    properties: dict[str, Scalar] = {}
+    """Any further librdkafka property for both clients; snake_case keys become dotted
+    (``fetch_wait_max_ms`` → ``fetch.wait.max.ms``)."""
+    consumer: dict[str, Scalar] = {}
+    """librdkafka properties for the consumer only."""
+    producer: dict[str, Scalar] = {}
+    """librdkafka properties for the producer only."""
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    """How long startup waits for the brokers and topics before giving up."""
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _one_topic(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=N``."""
+    password: SecretStr | None = None
+    """Overrides a password in the URL; never logged."""
+    timeout_s: float = Field(default=2.0, gt=0)
+    """Socket timeout for each round trip."""
+    ca_file: Path | None = None
+    """CA bundle for ``rediss://``."""
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    """How long startup waits for Redis before giving up."""
+
+
+class AvroSettings(_Section):
+    input_schema: Path
+    """.avsc of the input events."""
+    output_schema: Path
+    """.avsc of the predictions."""
+    framing: Literal["plain", "confluent"] = "plain"
+    """``plain``: schemaless Avro binary; ``confluent``: magic byte + schema id (Schema Registry)."""
+    schema_registry_url: str | None = None
+    """Schema Registry URL; required with ``confluent`` framing."""
+    schema_registry_username: str | None = None
+    """Basic-auth user for the registry."""
+    schema_registry_password: SecretStr | None = None
+    """Basic-auth password for the registry; never logged."""
+    output_subject: str | None = None
+    """Subject the output schema is registered under (default ``<output_topic>-value``)."""
+    max_value_bytes: int = Field(default=1_048_576, gt=0)
+    """Events larger than this are dead-lettered without being decoded."""
+
+    @model_validator(mode="after")
+    def _registry_for_confluent(self) -> AvroSettings:
+        if self.framing == "confluent" and not self.schema_registry_url:
+            raise ValueError("framing 'confluent' needs schema_registry_url")
+        return self
+
+
+class EntitySettings(_Section):
+    key: str
+    """Key template built from event fields, e.g. ``card:{card_id}`` or ``u:{user.id}``."""
+    fields: list[str] = Field(min_length=1)
+    """Hash fields to read (HMGET) for each key."""
+    defaults: dict[str, Scalar] = {}
+    """Value per field when the hash or the field is missing."""
+    default: Scalar | None = None
+    """Value for any field not listed in ``defaults``."""
+
+
+class ColumnSettings(_Section):
+    """One column of a model input: exactly one of ``event``, ``feature``, ``entity``, ``const``."""
+
+    event: str | None = None
+    """Event field path, dots for nested records (``user.id``)."""
+    feature: str | None = None
+    """``entity.field`` from the feature store."""
+    entity: str | None = None
+    """Every field of this entity, in its ``fields`` order (one column each)."""
+    const: Scalar | None = None
+    """A constant value."""
+    default: Scalar | None = None
+    """Value used where the event field is null (required for nullable fields)."""
+    mapping: dict[str, Scalar] | None = None
+    """Maps string/enum values to numbers; unmapped values take ``default``."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ColumnSettings:
+        given = [k for k in ("event", "feature", "entity", "const") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a column needs exactly one of event, feature, entity, const (got {given or 'none'})")
+        return self
+
+
+class InputSettings(_Section):
+    columns: list[ColumnSettings] = Field(min_length=1)
+    """The input's columns, in order: ``[N, len(columns)]`` (or ``[N]`` for a rank-1 input)."""
+    dtype: Literal["float32", "float64", "int64", "int32", "bool", "string"] | None = None
+    """Element type; defaults to the model's declared type, which it must match."""
+
+
+class ScoreSettings(_Section):
+    output: str
+    """Model output holding the score."""
+    column: int | None = None
+    """Column of that output (e.g. 1 for P(class 1) in ``[N, 2]`` probabilities)."""
+
+
+class ModelSettings(_Section):
+    path: Path | None = None
+    """The ONNX file. Alternatively give ``repository`` (+ ``name`` and ``version``)."""
+    repository: Path | None = None
+    """A model repository laid out as ``<repository>/<name>/<version>/model.onnx``."""
+    name: str | None = None
+    """Model name (defaults to the repository entry or the file's stem)."""
+    version: str | None = None
+    """Version served; written into every prediction (defaults to the model card's)."""
+    inputs: dict[str, InputSettings] = Field(min_length=1)
+    """How each model input is assembled, by ONNX input name."""
+    score: ScoreSettings
+    """Which output (and column) is the score."""
+    threshold: float = 0.5
+    """The label is ``score >= threshold``."""
+    threads: int = Field(default=0, ge=0)
+    """ONNX Runtime intra-op threads; 0 sizes them from the container's CPU quota."""
+
+    @model_validator(mode="after")
+    def _path_or_repository(self) -> ModelSettings:
+        if (self.path is None) == (self.repository is None):
+            raise ValueError("give either model.path or model.repository with model.name and model.version")
+        if self.repository is not None and not (self.name and self.version):
+            raise ValueError("model.repository needs model.name and model.version")
+        return self
+
+    def onnx_path(self) -> Path:
+        if self.path is not None:
+            return self.path
+        assert self.repository is not None and self.name and self.version
+        return self.repository / self.name / self.version / "model.onnx"
+
+
+SPECIALS = ("score", "label", "model_version", "model_name", "scored_at")
+
+
+class OutputFieldSettings(_Section):
+    """Where an output field's value comes from: exactly one of ``event``, ``special``,
+    ``model_output`` (with ``column``) or ``const``. A plain string is read as an event path,
+    or as a special when it starts with ``$`` (``$score``)."""
+
+    event: str | None = None
+    """Event field path (``user.id``)."""
+    special: Literal["score", "label", "model_version", "model_name", "scored_at"] | None = None
+    """``score``, ``label`` (score >= threshold), ``model_version``, ``model_name``, ``scored_at`` (epoch ms)."""
+    model_output: str | None = None
+    """A model output name, for values other than the score."""
+    column: int | None = None
+    """The column of ``model_output`` when it is 2-D."""
+    const: Scalar | None = None
+    """A constant written into every prediction."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.startswith("$"):
+                if value[1:] not in SPECIALS:
+                    raise ValueError(f"unknown '{value}' (use one of {', '.join('$' + s for s in SPECIALS)})")
+                return {"special": value[1:]}
+            return {"event": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> OutputFieldSettings:
+        given = [k for k in ("event", "special", "model_output", "const") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"an output field needs exactly one of event, $special, model_output, const "
+                             f"(got {given or 'none'})")
+        return self
+
+
+class OutputSettings(_Section):
+    fields: dict[str, OutputFieldSettings] = Field(min_length=1)
+    """Output field → source: an event path (``user.id``), ``$score``, ``$label``,
+    ``$model_version``, ``$model_name``, ``$scored_at``, ``{model_output: name, column: k}``
+    or ``{const: value}``."""
+    key: str | None = None
+    """Event field whose value is the output key; unset copies the input message's key."""
+    key_encoding: Literal["string", "int64"] = "string"
+    """How a non-string key is written: its text in UTF-8, or 8-byte big-endian (Kafka's LongSerializer)."""
+
+
+class BatchSettings(_Section):
+    max_events: int = Field(default=2000, ge=1)
+    """A batch never holds more events than this."""
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    """The longest a partial batch waits for more events."""
+    commit_interval_ms: float = Field(default=1000.0, ge=0)
+    """How often outputs are flushed and input offsets committed (0: after every batch)."""
+
+
+class WorkerSettings(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      use_attribute_docstrings=True, frozen=True)
+
+    kafka: KafkaSettings
+    """Brokers, topics and client properties."""
+    redis: RedisSettings = RedisSettings()
+    """The feature store."""
+    avro: AvroSettings
+    """Schemas and framing of input and output values."""
+    features: dict[str, EntitySettings] = {}
+    """Entities read from Redis, by name (referenced as ``entity.field``)."""
+    model: ModelSettings
+    """The ONNX model and how its inputs are fed."""
+    output: OutputSettings
+    """The prediction record and its key."""
+    batch: BatchSettings = BatchSettings()
+    """Batch size and timing."""
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    """``exactly-once`` runs consume-transform-produce in Kafka transactions."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the ``worker`` loggers."""
+    log_format: Literal["text", "json"] = "text"
+    """``json`` writes one JSON object per line."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("worker_config_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The config file's contents, below the environment and the command line."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The raw mapping in a YAML or TOML config file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError.at(str(path), f"cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError.at(str(path), f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError.at(str(path), "the file must hold a mapping of sections (kafka, avro, model, ...)")
+    return data
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> WorkerSettings:
+    """File + environment + overrides (nested dicts), validated; raises ``ConfigError``."""
+    token = _file_data.set(read_file(path) if path else {})
+    try:
+        settings = WorkerSettings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from exc
+    finally:
+        _file_data.reset(token)
+    return _resolve_paths(settings, path.parent if path else Path.cwd())
+
+
+def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
+    def at(p: Path | None) -> Path | None:
+        return None if p is None else p if p.is_absolute() else (base / p).resolve()
+
+    avro = settings.avro.model_copy(update={"input_schema": at(settings.avro.input_schema),
+                                            "output_schema": at(settings.avro.output_schema)})
+    model = settings.model.model_copy(update={"path": at(settings.model.path),
+                                              "repository": at(settings.model.repository)})
+    redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
+    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis})
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors():
+        loc = [f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"] if not _is_union_tag(p)]
+        key = ".".join(loc).replace(".[", "[") or "(top level)"
+        problems.append((key, _reason(error, loc)))
+    return _dedupe(problems)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member it tried ("str", "ModelOutputSource") to the location
+    return isinstance(part, str) and (part[:1].isupper() or part in ("str", "int", "float", "bool"))
+
+
+def _reason(error: Any, loc: list[str]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggest(loc)
+    if kind == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _suggest(loc: list[str]) -> str:
+    section: Any = WorkerSettings
+    for part in loc[:-1]:
+        if get_origin(section) in (dict, list):
+            section = _section_type(get_args(section)[-1])
+            continue
+        fields = getattr(section, "model_fields", {})
+        if part not in fields:
+            return ""
+        section = _section_type(fields[part].annotation)
+    names = list(getattr(section, "model_fields", {}))
+    close = difflib.get_close_matches(loc[-1], names, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})" if names else ""
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model (or dict/list of models) inside an annotation such as ``X | None``."""
+    if get_origin(annotation) in (dict, list):
+        return annotation
+    for candidate in get_args(annotation) or (annotation,):
+        if (isinstance(candidate, type) and issubclass(candidate, BaseModel)) or get_origin(candidate) in (dict, list):
+            return candidate
+    return annotation
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for key, reason in problems:
+        seen.setdefault(key, reason)
+    return list(seen.items())
+
+
+def librdkafka_config(properties: dict[str, Scalar]) -> dict[str, Scalar]:
+    """snake_case keys → librdkafka's dotted ones (its property names have no underscores)."""
+    return {key.replace("_", "."): value for key, value in properties.items()}
