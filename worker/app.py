@@ -4,6 +4,8 @@ reads settings."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -17,7 +19,6 @@ from worker.codecs import (
     HttpSchemaRegistry,
     PlainAvroDecoder,
     PlainAvroEncoder,
-    SizeLimitedDecoder,
 )
 from worker.compile import Compiled, compile_settings
 from worker.errors import StartupError
@@ -74,22 +75,23 @@ def make_store(settings: WorkerSettings) -> RedisFeatureStore:
 def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
     a = settings.avro
     if a.framing == "plain":
-        decoder: Decoder = PlainAvroDecoder(compiled.input_schema)
+        decoder: Decoder = PlainAvroDecoder(compiled.input_schema, a.max_value_bytes)
         encoder: Encoder = PlainAvroEncoder(compiled.output_schema)
     else:
         assert a.schema_registry_url
         password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
         registry = HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
-        decoder = ConfluentAvroDecoder(registry, compiled.input_schema)
+        decoder = ConfluentAvroDecoder(registry, compiled.input_schema, a.max_value_bytes)
         subject = a.output_subject or f"{settings.kafka.output_topic}-value"
         encoder = ConfluentAvroEncoder(compiled.output_schema, registry, subject, compiled.output_schema_text)
-    return SizeLimitedDecoder(decoder, a.max_value_bytes), encoder
+    return decoder, encoder
 
 
-def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureStore) -> Pipeline:
+def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureStore,
+                  clock: Callable[[], int] = time.perf_counter_ns) -> Pipeline:
     decoder, encoder = make_codecs(settings, compiled)
     return Pipeline(decoder, FeatureFetcher(store, compiled.entities), Assembler(compiled.tensors),
-                    ModelSlot(compiled.model), compiled.builder, encoder)
+                    ModelSlot(compiled.model), compiled.builder, encoder, clock)
 
 
 def build_runner(settings: WorkerSettings) -> Runner:

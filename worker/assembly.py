@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ class TensorSpec:
 @dataclass
 class Assembled:
     """The model feeds for a batch, the events that could not be assembled, and how many
-    feature values fell back to defaults (per ``entity.field``)."""
+    feature values fell back to defaults (per entity)."""
 
     feeds: dict[str, np.ndarray]
     bad: dict[int, EventError] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class _BatchContext:
         self.records = records
         self.lookups = lookups
         self.result = Assembled({})
-        self.feature_cache: dict[tuple[str, str, bool], np.ndarray] = {}
+        self.numeric_tables: dict[str, np.ndarray] = {}
 
     def mark_bad(self, row: int, error: EventError) -> None:
         self.result.bad.setdefault(row, error)
@@ -159,50 +160,73 @@ def _mapped(ctx: _BatchContext, column: EventColumn, values: list[Any]) -> list[
 
 
 def _feature_column(ctx: _BatchContext, column: FeatureColumn, as_string: bool) -> np.ndarray:
-    cache_key = (column.entity, column.field, as_string)
-    cached = ctx.feature_cache.get(cache_key)
-    if cached is not None:
-        return cached
     lookup = ctx.lookups[column.entity]
-    raw = lookup.raw_column(column.field) if lookup.values else []
-    fill = str(column.default) if as_string else column.default
-    per_key, missing = (_string_values if as_string else _numeric_values)(raw, fill, ctx, lookup, column)
-    rows: np.ndarray = np.append(per_key, np.array([fill], dtype=per_key.dtype))[lookup.index]
-    missing_rows = np.append(missing, True)[lookup.index]
-    ctx.result.defaulted[f"{column.entity}.{column.field}"] = int(np.count_nonzero(missing_rows))
-    ctx.feature_cache[cache_key] = rows
+    if as_string:
+        return _string_column(ctx, lookup, column)
+    table = ctx.numeric_tables.get(column.entity)
+    if table is None:
+        table = ctx.numeric_tables[column.entity] = _numeric_table(ctx, lookup)
+    column_values: np.ndarray = table[lookup.index, lookup.spec.fields.index(column.field)]
+    return column_values
+
+
+def _numeric_table(ctx: _BatchContext, lookup: EntityLookup) -> np.ndarray:
+    """``[distinct keys + 1, fields]`` as doubles with defaults filled in; the last row (index -1)
+    is all defaults, for events whose key is null. Converted in one numpy pass per entity."""
+    spec = lookup.spec
+    width = len(spec.fields)
+    defaults = np.array([_as_float(spec.defaults[f]) for f in spec.fields], dtype=np.float64)
+    rows = [[None] * width if isinstance(r, Exception) else r for r in lookup.values]
+    flat = [*chain.from_iterable(rows), *[None] * width]
+    raw = np.array(flat, dtype=object).reshape(-1, width)
+    missing = np.array([v is None for v in flat], dtype=bool).reshape(-1, width)
+    raw[missing] = 0.0
+    try:
+        values = raw.astype(np.float64)
+    except (ValueError, TypeError):
+        values = np.array([_salvage_row(ctx, lookup, u, row, defaults) for u, row in enumerate(rows)] + [defaults])
+    for u, row in enumerate(lookup.values):
+        if isinstance(row, Exception):
+            _mark_key_bad(ctx, lookup, u, f"entity {spec.name} key {lookup.keys[u]!r}: the store answered {row}")
+    ctx.result.defaulted[spec.name] = int(missing.sum(axis=1)[lookup.index].sum())
+    table: np.ndarray = np.where(missing, defaults, values)
+    return table
+
+
+def _salvage_row(ctx: _BatchContext, lookup: EntityLookup, u: int, row: list[Any],
+                 defaults: np.ndarray) -> list[float]:
+    """A row whose values do not all parse: defaults where unusable, and the key's events marked bad."""
+    out: list[float] = defaults.tolist()
+    for f, value in enumerate(row):
+        try:
+            out[f] = out[f] if value is None else float(value)
+        except ValueError:
+            name = f"{lookup.spec.name}.{lookup.spec.fields[f]}"
+            _mark_key_bad(ctx, lookup, u, f"feature {name} of {lookup.keys[u]!r}: {value!r} is not a number")
+    return out
+
+
+def _mark_key_bad(ctx: _BatchContext, lookup: EntityLookup, u: int, reason: str) -> None:
+    for row in np.flatnonzero(lookup.index == u):
+        ctx.mark_bad(int(row), FeatureValueError(reason))
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")  # a text default only ever feeds string columns (checked by the config)
+
+
+def _string_column(ctx: _BatchContext, lookup: EntityLookup, column: FeatureColumn) -> np.ndarray:
+    fill = str(column.default)
+    per_key = _string_values(lookup.raw_column(column.field) if lookup.values else [], fill, ctx, lookup, column)
+    rows: np.ndarray = np.append(per_key, np.array([fill], dtype=object))[lookup.index]
     return rows
 
 
-def _numeric_values(raw: list[Any], default: Any, ctx: _BatchContext, lookup: EntityLookup,
-                    column: FeatureColumn) -> tuple[np.ndarray, np.ndarray]:
-    missing = np.fromiter((v is None for v in raw), dtype=bool, count=len(raw))
-    try:
-        values = np.array([b"0" if v is None else v for v in raw], dtype="S").astype(np.float64)
-    except (ValueError, TypeError):
-        values = _parse_one_by_one(raw, ctx, lookup, column)
-    values[missing] = default
-    return values, missing
-
-
-def _parse_one_by_one(raw: list[Any], ctx: _BatchContext, lookup: EntityLookup,
-                      column: FeatureColumn) -> np.ndarray:
-    values = np.zeros(len(raw), dtype=np.float64)
-    for u, value in enumerate(raw):
-        if value is None:
-            continue
-        try:
-            values[u] = float(value) if not isinstance(value, Exception) else _raise(value)
-        except (ValueError, TypeError) as exc:
-            reason = f"feature {column.entity}.{column.field} of {lookup.keys[u]!r}: {_describe(value, exc)}"
-            for row in np.flatnonzero(lookup.index == u):
-                ctx.mark_bad(int(row), FeatureValueError(reason))
-    return values
-
-
-def _string_values(raw: list[Any], default: Any, ctx: _BatchContext, lookup: EntityLookup,
-                   column: FeatureColumn) -> tuple[np.ndarray, np.ndarray]:
-    missing = np.fromiter((v is None for v in raw), dtype=bool, count=len(raw))
+def _string_values(raw: list[Any], default: str, ctx: _BatchContext, lookup: EntityLookup,
+                   column: FeatureColumn) -> np.ndarray:
     values = np.empty(len(raw), dtype=object)
     for u, value in enumerate(raw):
         try:
@@ -210,10 +234,9 @@ def _string_values(raw: list[Any], default: Any, ctx: _BatchContext, lookup: Ent
                 else _raise(value)
         except (UnicodeDecodeError, ValueError) as exc:
             reason = f"feature {column.entity}.{column.field} of {lookup.keys[u]!r}: {_describe(value, exc)}"
-            for row in np.flatnonzero(lookup.index == u):
-                ctx.mark_bad(int(row), FeatureValueError(reason))
+            _mark_key_bad(ctx, lookup, u, reason)
             values[u] = ""
-    return values, missing
+    return values
 
 
 def _raise(error: Exception) -> Any:

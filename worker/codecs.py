@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import ssl
 import struct
 import urllib.error
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 import fastavro
 
+from worker.avro_writer import compile_writer
 from worker.errors import DecodeError, EncodeError, WorkerError
 from worker.records import Message
 from worker.schemas import Schema, parse_schema, record_name
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 Record = dict[str, Any]
 _MAGIC = 0
 _HEADER = struct.Struct(">bI")
+_OBJECT_REPR = re.compile(r" from <[\w.]+ object at 0x[0-9a-f]+>")
 
 
 class Decoder(Protocol):
@@ -53,41 +56,48 @@ class SchemaRegistry(Protocol):
     def register(self, subject: str, schema: str) -> int: ...
 
 
-def _read_exactly(schema: Schema, name: str, value: bytes | None, ctx: Message, start: int = 0,
+DEFAULT_MAX_BYTES = 1 << 20
+
+
+def _read_exactly(schema: Schema, name: str, value: bytes | None, ctx: Message, limit: int, start: int = 0,
                   reader: Schema | None = None) -> Record:
+    """One record that must use every byte of ``value``; anything else is a ``DecodeError``."""
     if value is None:
         raise DecodeError("the message has no value (a tombstone)", ctx)
+    if len(value) > limit:
+        raise DecodeError(f"value of {len(value)} bytes is over the {limit}-byte limit", ctx)
     buf = BytesIO(value)
-    buf.seek(start)
+    if start:
+        buf.seek(start)
     try:
         record = fastavro.schemaless_reader(buf, schema, reader)
     except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, IndexError, ...
-        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {exc}", ctx) from exc
-    left = len(value) - buf.tell()
-    if left:
-        raise DecodeError(f"{left} bytes left over after a {name} Avro record", ctx)
-    if not isinstance(record, dict):
-        raise DecodeError(f"decoded a {type(record).__name__}, not a {name} record", ctx)
-    return record
+        detail = _OBJECT_REPR.sub("", str(exc))
+        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {detail}", ctx) from exc
+    if buf.tell() != len(value):
+        raise DecodeError(f"{len(value) - buf.tell()} bytes left over after a {name} Avro record", ctx)
+    return record  # type: ignore[return-value]  # a record schema always reads as a dict
 
 
 class PlainAvroDecoder:
     """Schemaless Avro binary written with exactly the configured schema."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._schema = schema
         self._name = record_name(schema)
+        self._limit = max_bytes
 
     def __call__(self, value: bytes | None, ctx: Message) -> Record:
-        return _read_exactly(self._schema, self._name, value, ctx)
+        return _read_exactly(self._schema, self._name, value, ctx, self._limit)
 
 
 class ConfluentAvroDecoder:
     """Schema Registry framing; writer schemas are fetched once per id and cached."""
 
-    def __init__(self, registry: SchemaRegistry, reader_schema: Schema) -> None:
+    def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._registry = registry
         self._reader = reader_schema
+        self._limit = max_bytes
         self._name = record_name(reader_schema)
         self._writers: dict[int, Schema] = {}
 
@@ -96,7 +106,7 @@ class ConfluentAvroDecoder:
             raise DecodeError("not Schema Registry framed (no magic byte 0 and schema id)", ctx)
         _, schema_id = _HEADER.unpack_from(value)
         writer = self._writers.get(schema_id) or self._fetch(schema_id, ctx)
-        return _read_exactly(writer, self._name, value, ctx, _HEADER.size, self._reader)
+        return _read_exactly(writer, self._name, value, ctx, self._limit, _HEADER.size, self._reader)
 
     def _fetch(self, schema_id: int, ctx: Message) -> Schema:
         try:
@@ -112,23 +122,23 @@ class ConfluentAvroDecoder:
 
 
 class PlainAvroEncoder:
+    """Schemaless Avro binary; a writer compiled for the schema when it can be (see avro_writer)."""
+
     def __init__(self, schema: Schema) -> None:
         self._schema = schema
         self._name = record_name(schema)
-        self._buf = BytesIO()
+        self._write = compile_writer(schema) or self._fastavro
 
     def __call__(self, record: Record, ctx: Message) -> bytes:
-        buf = self._buf
-        buf.seek(0)
-        buf.truncate()
-        self.write(buf, record, ctx)
-        return buf.getvalue()
-
-    def write(self, buf: BytesIO, record: Record, ctx: Message) -> None:
         try:
-            fastavro.schemaless_writer(buf, self._schema, record)
-        except Exception as exc:  # fastavro raises ValueError, TypeError, KeyError, ...
+            return self._write(record)
+        except Exception as exc:  # KeyError, TypeError, ValueError, struct.error, ... from either writer
             raise EncodeError(f"cannot encode a {self._name}: {type(exc).__name__}: {exc}", ctx) from exc
+
+    def _fastavro(self, record: Record) -> bytes:
+        buf = BytesIO()
+        fastavro.schemaless_writer(buf, self._schema, record)
+        return buf.getvalue()
 
 
 class ConfluentAvroEncoder(PlainAvroEncoder):
@@ -141,12 +151,7 @@ class ConfluentAvroEncoder(PlainAvroEncoder):
         logger.info("output schema registered", extra={"subject": subject, "schema_id": schema_id})
 
     def __call__(self, record: Record, ctx: Message) -> bytes:
-        buf = self._buf
-        buf.seek(0)
-        buf.truncate()
-        buf.write(self._prefix)
-        self.write(buf, record, ctx)
-        return buf.getvalue()
+        return self._prefix + super().__call__(record, ctx)
 
 
 class HttpSchemaRegistry:
@@ -205,15 +210,3 @@ class InMemorySchemaRegistry:
         self.subjects[subject] = schema_id
         return schema_id
 
-
-class SizeLimitedDecoder:
-    """Refuses values over ``limit`` bytes before any decoding work is spent on them."""
-
-    def __init__(self, inner: Decoder, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    def __call__(self, value: bytes | None, ctx: Message) -> Record:
-        if value is not None and len(value) > self._limit:
-            raise DecodeError(f"value of {len(value)} bytes is over the {self._limit}-byte limit", ctx)
-        return self._inner(value, ctx)

@@ -8,13 +8,14 @@ time of scoring, or a constant. Fields are built a column at a time for the whol
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from worker.features import Record, path_getter
+from worker.records import Message
 
 Special = Literal["score", "label", "model_version", "model_name", "scored_at"]
 
@@ -123,21 +124,20 @@ class OutputBuilder:
                   "scored_at": scored.scored_at_ms}[source.what]
         return [single] * n
 
-    def key_function(self) -> Callable[[Record, bytes | None], bytes | None]:
-        """``(event, input_key) -> output key bytes``."""
+    def keys(self, events: Sequence[Record], sources: Sequence[Message]) -> list[bytes | None]:
+        """The output key of each event: its key field encoded, or the input message's key."""
         getter = self._key_getter
         if getter is None:
-            return lambda event, input_key: input_key
-        as_int64 = self.key.encoding == "int64"
+            return [m.key() for m in sources]
+        values = list(map(getter, events))
+        try:
+            return [v.encode() for v in values]  # the usual string key, at list speed
+        except AttributeError:
+            return [self._key_bytes(v) for v in values]
 
-        def key_of(event: Record, input_key: bytes | None) -> bytes | None:
-            value = getter(event)
-            if value is None:
-                return None
-            if isinstance(value, bytes):
-                return value
-            if as_int64 and isinstance(value, int):
-                return struct.pack(">q", value)
-            return str(value).encode()
-
-        return key_of
+    def _key_bytes(self, value: Any) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        if self.key.encoding == "int64" and isinstance(value, int):
+            return struct.pack(">q", value)
+        return str(value).encode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,34 +39,35 @@ class ModelSlot:
 
 class Pipeline:
     def __init__(self, decoder: Decoder, fetcher: FeatureFetcher, assembler: Assembler, slot: ModelSlot,
-                 builder: OutputBuilder, encoder: Encoder) -> None:
+                 builder: OutputBuilder, encoder: Encoder, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.decoder = decoder
         self.fetcher = fetcher
         self.assembler = assembler
         self.slot = slot
         self.builder = builder
         self.encoder = encoder
-        self._key_of = builder.key_function()
         self._model_outputs = builder.model_outputs()
+        self._clock = clock
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
         model = self.slot.model
         result.model_version = model.version
-        with _stage(result, "decode"):
+        stage = self._stage
+        with stage(result, "decode"):
             events, sources = self._decode(messages, result)
         if not events:
             return result
-        with _stage(result, "features"):
+        with stage(result, "features"):
             lookups = self.fetcher.fetch(events)
-        with _stage(result, "assemble"):
+        with stage(result, "assemble"):
             assembled = self.assembler.assemble(events, lookups)
         result.stats["feature_defaults"] = assembled.defaulted
-        with _stage(result, "inference"):
+        with stage(result, "inference"):
             outputs, failed = self._infer(model, assembled.feeds, len(events))
         bad = {**assembled.bad, **failed}
         scored = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000))
-        with _stage(result, "encode"):
+        with stage(result, "encode"):
             self._encode(events, sources, scored, bad, result)
         return result
 
@@ -97,29 +98,29 @@ class Pipeline:
 
     def _encode(self, events: list[Record], sources: list[Message], scored: ScoredBatch, bad: dict[int, EventError],
                 result: BatchResult) -> None:
-        encode, key_of, outputs = self.encoder, self._key_of, result.outputs
-        for row, (record, event, source) in enumerate(zip(self.builder.records(events, scored), events, sources,
-                                                           strict=True)):
+        encode, outputs = self.encoder, result.outputs
+        records = self.builder.records(events, scored)
+        keys = self.builder.keys(events, sources)
+        for row, (record, key, source) in enumerate(zip(records, keys, sources, strict=True)):
             if row in bad:
                 result.dead_letters.append(_dead(source, bad[row]))
                 continue
             try:
-                outputs.append(Output(key_of(event, source.key()), encode(record, source), source))
+                outputs.append(Output(key, encode(record, source), source))
             except EventError as exc:
                 result.dead_letters.append(_dead(source, exc))
+
+    @contextmanager
+    def _stage(self, result: BatchResult, name: str) -> Iterator[None]:
+        start = self._clock()
+        try:
+            yield
+        finally:
+            result.timings.append(StageTiming(name, start, self._clock()))
 
 
 def _dead(message: Message, exc: EventError) -> DeadLetter:
     return DeadLetter(message, exc.stage, exc.reason, type(exc.__cause__ or exc).__name__)
-
-
-@contextmanager
-def _stage(result: BatchResult, name: str) -> Iterator[None]:
-    start = time.perf_counter_ns()
-    try:
-        yield
-    finally:
-        result.timings.append(StageTiming(name, start, time.perf_counter_ns()))
 
 
 def _run_isolating(model: Model, feeds: dict[str, np.ndarray], names: list[str], rows: np.ndarray,

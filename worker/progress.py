@@ -17,7 +17,7 @@ class ProgressLog:
     def __init__(self, interval_s: float = 10.0, dead_letter_log_limit: int = 20) -> None:
         self.interval_s = interval_s
         self.scored = self.dead = self.batches = 0
-        self._window_scored = 0
+        self._window_scored = self._window_events = self._window_batches = 0
         self._last = time.monotonic()
         self._dead_logged = 0
         self._dead_limit = dead_letter_log_limit
@@ -25,6 +25,8 @@ class ProgressLog:
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, consumed_ns: int) -> None:
         self.batches += 1
+        self._window_batches += 1
+        self._window_events += len(batch)
         self.scored += len(result.outputs)
         self._window_scored += len(result.outputs)
         self.dead += len(result.dead_letters)
@@ -46,12 +48,14 @@ class ProgressLog:
 
     def _report(self, now: float) -> None:
         rate = self._window_scored / (now - self._last)
-        logger.info("progress: %d scored (%.0f/s), %d dead-lettered, %d batches", self.scored, rate, self.dead,
-                    self.batches)
+        mean_batch = self._window_events / max(self._window_batches, 1)
+        logger.info("progress: %d scored (%.0f/s), %d dead-lettered, %d batches (mean %.0f events)", self.scored,
+                    rate, self.dead, self.batches, mean_batch)
         if self._dead_suppressed:
             logger.warning("dead letters not logged individually in the last interval: %s",
                            dict(self._dead_suppressed))
-        self._last, self._window_scored, self._dead_logged = now, 0, 0
+        self._last, self._dead_logged = now, 0
+        self._window_scored = self._window_events = self._window_batches = 0
         self._dead_suppressed.clear()
 
     def batch_acked(self, size: int, consumed_ns: int) -> None:

@@ -1,0 +1,72 @@
+"""Time each pipeline stage on the shared fraud workload, without Kafka.
+
+Runs ``Pipeline.process`` over in-memory messages with the real Redis feature store and the
+real ONNX model, and prints microseconds per event for decode, features, assemble,
+inference and encode. Used to profile the hot path in isolation from broker noise:
+
+    python -m bench.stages --redis redis://127.0.0.1:6379/0 --n 100000 --batch 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from worker.app import make_pipeline, make_store
+from worker.compile import compile_settings
+from worker.records import InputMessage
+from worker.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
+
+
+def workload_messages(n: int, seed: int = 1) -> list[InputMessage]:
+    sys.path.insert(0, str(WORKLOAD))
+    import gen
+
+    args = argparse.Namespace(n=n, seed=seed, cards=100_000, merchants=5_000, missing_cards=0.02)
+    return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(gen.event_stream(args))]
+
+
+def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool) -> dict[str, float]:
+    overrides: dict[str, Any] = {"redis": {"url": redis_url}, "model": {"threads": 1} if cpu else {}}
+    settings = load_settings(ROOT / "bench" / "fraud-contract.yaml", overrides)
+    clock = time.thread_time_ns if cpu else time.perf_counter_ns
+    pipeline = make_pipeline(settings, compile_settings(settings), make_store(settings), clock)
+    messages = workload_messages(n)
+    best: dict[str, float] = defaultdict(lambda: float("inf"))
+    for _ in range(repeat):
+        totals: dict[str, float] = defaultdict(float)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for i in range(0, len(messages), batch):
+            for timing in pipeline.process(messages[i:i + batch]).timings:
+                totals[timing.stage] += timing.seconds
+        totals["total"] = time.perf_counter() - start
+        totals["cpu"] = time.process_time() - cpu_start
+        for stage, seconds in totals.items():
+            best[stage] = min(best[stage], seconds / len(messages) * 1e6)
+    return dict(best)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--redis", required=True, help="Redis URL with the workload's features loaded")
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cpu", action="store_true", help="time stages in this thread's CPU time (one ONNX thread): "
+                    "steadier than wall time on a busy machine")
+    args = ap.parse_args()
+    result = run(args.redis, args.n, args.batch, args.repeat, args.cpu)
+    print(json.dumps({"us_per_event": {k: round(v, 3) for k, v in result.items()},
+                      "events_per_s": round(1e6 / result["total"])}))
+
+
+if __name__ == "__main__":
+    main()
