@@ -43,15 +43,19 @@ def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def make_consumer(settings: WorkerSettings) -> Consumer:
-    k = settings.kafka
+    k, b = settings.kafka, settings.batch
     own = {"auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
+           "queued.min.messages": max(b.max_in_flight_events // 4, b.max_events),
+           "queued.max.messages.kbytes": b.max_in_flight_mb * 1024 // 2,
            **librdkafka_config(k.consumer)}
     return _client(Consumer, consumer_config(k.bootstrap_servers, k.group_id, kafka_common(settings), own))
 
 
 def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None) -> Producer:
-    k = settings.kafka
-    own = {**librdkafka_config(k.producer), **(extra or {})}
+    k, b = settings.kafka, settings.batch
+    own = {"queue.buffering.max.messages": b.max_in_flight_events,
+           "queue.buffering.max.kbytes": b.max_in_flight_mb * 1024 // 2,
+           **librdkafka_config(k.producer), **(extra or {})}
     return _client(Producer, producer_config(k.bootstrap_servers, kafka_common(settings), own))
 
 
@@ -106,7 +110,7 @@ def build_runner(settings: WorkerSettings) -> Runner:
     pipeline = make_pipeline(settings, compiled, store)
     sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
     checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
-    loop = LoopSettings(settings.batch.max_events, settings.batch.max_wait_ms / 1000)
+    loop = LoopSettings(settings.batch.max_events, settings.batch.latency_budget_ms / 1000)
     return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog()])
 
 

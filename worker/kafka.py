@@ -10,6 +10,7 @@ lost (duplicates are possible only for that in-flight work).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from worker.batching import BatchPolicy
 from worker.errors import StartupError
 from worker.records import BatchResult, DeadLetter, Headers, Message
 
@@ -46,9 +48,8 @@ def consumer_config(bootstrap_servers: str, group_id: str, common: dict[str, Any
 def producer_config(bootstrap_servers: str, common: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap_servers,
-        "linger.ms": 2,
+        "linger.ms": 1,
         "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 200_000,
         "partitioner": "murmur2_random",  # keys land on the partitions Java clients would pick
         **common,
         **own,
@@ -58,25 +59,33 @@ def producer_config(bootstrap_servers: str, common: dict[str, Any], own: dict[st
 
 
 class BatchConsumer:
-    """Hands out bounded batches: what is buffered at once, else waits for the first event;
-    then, if ``max_wait_s`` allows, waits a little for the batch to fill."""
+    """Hands out bounded batches: what is buffered at once, else the first event to arrive;
+    then, if the policy's latency budget allows and more events are expected, a little more."""
 
-    def __init__(self, consumer: Consumer, idle_timeout_s: float = 0.1) -> None:
+    def __init__(self, consumer: Consumer, policy: BatchPolicy, idle_timeout_s: float = 0.1) -> None:
         self.consumer = consumer
+        self.policy = policy
         self._idle = idle_timeout_s
         self._errors_logged = 0
 
-    def next_batch(self, max_events: int, max_wait_s: float) -> list[Message]:
-        consumer = self.consumer
-        messages = consumer.consume(max_events, 0)
+    def next_batch(self) -> tuple[list[Message], int]:
+        """The batch and when its first event was received (``perf_counter_ns``; 0 if empty)."""
+        consumer, policy = self.consumer, self.policy
+        messages = consumer.consume(policy.max_events, 0)
         if not messages:
             first = consumer.poll(self._idle)
             if first is None:
-                return []
-            messages = [first, *consumer.consume(max_events - 1, 0)]
-        if len(messages) < max_events and max_wait_s > 0:
-            messages += consumer.consume(max_events - len(messages), max_wait_s)
-        return self._without_errors(messages)
+                policy.arrived(0, time.perf_counter())
+                return [], 0
+            messages = [first, *consumer.consume(policy.max_events - 1, 0)]
+        received_ns = time.perf_counter_ns()
+        policy.arrived(len(messages), received_ns / 1e9)
+        wait = policy.wait_s(len(messages), 0.0)
+        if wait > 0:
+            more = consumer.consume(policy.max_events - len(messages), wait)
+            policy.arrived(len(more), time.perf_counter())
+            messages += more
+        return self._without_errors(messages), received_ns
 
     def _without_errors(self, messages: list[Any]) -> list[Message]:
         good = [m for m in messages if m.error() is None]
@@ -88,30 +97,70 @@ class BatchConsumer:
         return good
 
 
+class BatchTicket:
+    """Delivery callback for one batch's messages; when the last is acknowledged it reports
+    the batch, with its timestamps, to the tracker's listener.
+
+    Callbacks run on the delivery thread and, during a flush, on the loop's thread, hence the lock."""
+
+    __slots__ = ("acked_ns", "consumed_ns", "left", "published_ns", "size", "tracker")
+
+    def __init__(self, tracker: DeliveryTracker, size: int, consumed_ns: int) -> None:
+        self.tracker = tracker
+        self.size = self.left = size
+        self.consumed_ns = consumed_ns
+        self.published_ns = self.acked_ns = 0
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        tracker = self.tracker
+        with tracker.lock:
+            tracker.pending -= 1
+            self.left -= 1
+            done = self.left == 0
+            if err is not None:
+                tracker.failed.append(f"{msg.topic()}: {err}")
+        if done and err is None and tracker.on_batch_acked is not None:
+            self.acked_ns = time.perf_counter_ns()
+            tracker.on_batch_acked(self)
+
+
 class DeliveryTracker:
     """Counts delivery reports since the last checkpoint and remembers failures."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.pending = 0
         self.failed: list[str] = []
-        self.failed_partitions: set[TP] = set()
-        self.on_batch_acked: Callable[[int, int], None] | None = None
+        self.on_batch_acked: Callable[[BatchTicket], None] | None = None
 
-    def batch_callback(self, size: int, consumed_ns: int) -> Callable[[KafkaError | None, Any], None]:
-        """A delivery callback for one batch's messages; reports the batch when the last is acked."""
-        left = size
-        self.pending += size
+    def ticket(self, size: int, consumed_ns: int) -> BatchTicket:
+        with self.lock:
+            self.pending += size
+        return BatchTicket(self, size, consumed_ns)
 
-        def delivered(err: KafkaError | None, msg: Any) -> None:
-            nonlocal left
-            self.pending -= 1
-            left -= 1
-            if err is not None:
-                self.failed.append(f"{msg.topic()}: {err}")
-            elif left == 0 and self.on_batch_acked is not None:
-                self.on_batch_acked(size, consumed_ns)
+    def take_failures(self) -> list[str]:
+        with self.lock:
+            failed, self.failed = self.failed, []
+        return failed
 
-        return delivered
+
+class DeliveryThread(threading.Thread):
+    """Serves the producer's delivery reports as they arrive, so acknowledgements are seen (and
+    timed) when the broker sends them rather than whenever the loop next polls."""
+
+    def __init__(self, producer: Producer, interval_s: float = 0.05) -> None:
+        super().__init__(name="delivery-reports", daemon=True)
+        self.producer = producer
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            self.producer.poll(self.interval_s)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(self.interval_s * 4)
 
 
 class Sink:
@@ -124,11 +173,8 @@ class Sink:
         self.group_id = group_id
         self.tracker = DeliveryTracker()
 
-    def publish(self, result: BatchResult, consumed_ns: int, headers: Headers | None = None) -> None:
-        size = len(result.outputs) + len(result.dead_letters)
-        if not size:
-            return
-        callback = self.tracker.batch_callback(size, consumed_ns)
+    def publish(self, result: BatchResult, consumed_ns: int, headers: Headers | None = None) -> BatchTicket:
+        callback = self.tracker.ticket(len(result.outputs) + len(result.dead_letters), consumed_ns)
         produce, topic = self.producer.produce, self.output_topic
         for output in result.outputs:
             try:
@@ -138,7 +184,9 @@ class Sink:
         for dead in result.dead_letters:
             self._produce_when_room(self.dlq_topic, dead.message.value(), dead.message.key(), callback,
                                     self.dead_letter_headers(dead, headers))
+        callback.published_ns = time.perf_counter_ns()
         self.producer.poll(0)
+        return callback
 
     def _produce_when_room(self, topic: str, value: bytes | None, key: bytes | None,
                            callback: Callable[..., None], headers: Headers | None) -> None:
@@ -210,9 +258,9 @@ class Checkpointer:
             logger.warning("%d outputs still unacknowledged after %.0fs; offsets not committed",
                            remaining, self.flush_timeout_s)
             return False
-        tracker = self.sink.tracker
-        if tracker.failed:
-            self._rewind(tracker.failed)
+        failures = self.sink.tracker.take_failures()
+        if failures:
+            self._rewind(failures)
             return False
         return self._commit(partitions)
 
@@ -240,7 +288,6 @@ class Checkpointer:
             except KafkaException as exc:
                 logger.warning("cannot rewind %s[%d]: %s", topic, partition, exc)
         self.ledger.done = dict(self.ledger.committed)
-        failures.clear()
 
     def drop(self, partitions: Iterable[TP]) -> None:
         self.ledger.forget(partitions)

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from worker.kafka import TP
+from worker.kafka import TP, BatchTicket
 from worker.records import BatchResult, Message
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,10 @@ class ProgressLog:
         self._dead_logged = 0
         self._dead_limit = dead_letter_log_limit
         self._dead_suppressed: Counter[str] = Counter()
+        self._latencies: list[tuple[float, int]] = []  # (worker-added ms, events) per acked batch
+        self._acks: list[tuple[float, int]] = []  # (ms from produce to acknowledgement, events)
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, consumed_ns: int) -> None:
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
         self.batches += 1
         self._window_batches += 1
         self._window_events += len(batch)
@@ -49,8 +51,13 @@ class ProgressLog:
     def _report(self, now: float) -> None:
         rate = self._window_scored / (now - self._last)
         mean_batch = self._window_events / max(self._window_batches, 1)
-        logger.info("progress: %d scored (%.0f/s), %d dead-lettered, %d batches (mean %.0f events)", self.scored,
-                    rate, self.dead, self.batches, mean_batch)
+        p50, p99 = weighted_percentiles(self._latencies, (50, 99))
+        ack50, ack99 = weighted_percentiles(self._acks, (50, 99))
+        logger.info("progress: %d scored (%.0f/s), %d dead-lettered, %d batches (mean %.0f events), "
+                    "worker latency p50 %.1f ms p99 %.1f ms (broker ack p50 %.1f ms p99 %.1f ms)", self.scored, rate,
+                    self.dead, self.batches, mean_batch, p50, p99, ack50, ack99)
+        self._latencies.clear()
+        self._acks.clear()
         if self._dead_suppressed:
             logger.warning("dead letters not logged individually in the last interval: %s",
                            dict(self._dead_suppressed))
@@ -58,11 +65,29 @@ class ProgressLog:
         self._window_scored = self._window_events = self._window_batches = 0
         self._dead_suppressed.clear()
 
-    def batch_acked(self, size: int, consumed_ns: int) -> None:
-        pass
+    def batch_acked(self, ticket: BatchTicket) -> None:
+        self._latencies.append(((ticket.acked_ns - ticket.consumed_ns) / 1e6, ticket.size))
+        self._acks.append(((ticket.acked_ns - ticket.published_ns) / 1e6, ticket.size))
 
     def dependency_down(self, what: str, error: Exception) -> None:
         pass
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         pass
+
+
+def weighted_percentiles(samples: list[tuple[float, int]], percents: Sequence[float]) -> list[float]:
+    """Percentiles of values each counted ``weight`` times (a batch's latency, once per event)."""
+    if not samples:
+        return [float("nan")] * len(percents)
+    ordered = sorted(samples)
+    total = sum(w for _, w in ordered)
+    out = []
+    for pct in percents:
+        target, seen = total * pct / 100, 0
+        for value, weight in ordered:
+            seen += weight
+            if seen >= target:
+                out.append(value)
+                break
+    return out

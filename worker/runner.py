@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, TopicPartition
 
+from worker.batching import BatchPolicy
 from worker.codecs import RegistryUnavailable
 from worker.errors import FeatureStoreUnavailable
-from worker.kafka import TP, BatchConsumer, Checkpointer, Sink
+from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink
 from worker.pipeline import Pipeline
 from worker.records import BatchResult, Message
 
@@ -32,8 +33,8 @@ TRANSIENT = (FeatureStoreUnavailable, RegistryUnavailable)
 class Observer(Protocol):
     """Listens to the loop's units of work (metrics, traces, progress logs)."""
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, consumed_ns: int) -> None: ...
-    def batch_acked(self, size: int, consumed_ns: int) -> None: ...
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None: ...
+    def batch_acked(self, ticket: BatchTicket) -> None: ...
     def dependency_down(self, what: str, error: Exception) -> None: ...
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None: ...
 
@@ -41,7 +42,7 @@ class Observer(Protocol):
 @dataclass(frozen=True)
 class LoopSettings:
     max_events: int
-    max_wait_s: float
+    latency_budget_s: float
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
 
@@ -56,14 +57,17 @@ class Runner:
         self.checkpointer = checkpointer
         self.settings = settings
         self.observers = list(observers)
-        self.batches = BatchConsumer(consumer)
+        self.policy = BatchPolicy(settings.max_events, settings.latency_budget_s)
+        self.batches = BatchConsumer(consumer, self.policy)
         self.stopping = False
         self.assignment: set[TP] = set()
         sink.tracker.on_batch_acked = self._acked
+        self.deliveries = DeliveryThread(sink.producer)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+        self.deliveries.start()
         logger.info("consuming %s", ", ".join(self.topics))
         if ready:
             ready()
@@ -74,10 +78,9 @@ class Runner:
             self._shutdown()
 
     def step(self) -> None:
-        s = self.settings
-        batch = self.batches.next_batch(s.max_events, s.max_wait_s)
+        batch, received_ns = self.batches.next_batch()
         if batch:
-            self._handle(batch, time.perf_counter_ns())
+            self._handle(batch, received_ns)
         if self.checkpointer.due():
             self.checkpointer.checkpoint()
 
@@ -94,15 +97,17 @@ class Runner:
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
 
-    def _handle(self, batch: list[Message], consumed_ns: int) -> None:
+    def _handle(self, batch: list[Message], received_ns: int) -> None:
+        start = time.perf_counter_ns()
         result = self._process(batch)
         if result is None:
             return
         self.checkpointer.begin()
-        self.sink.publish(result, consumed_ns)
+        ticket = self.sink.publish(result, received_ns)
+        self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
         self.checkpointer.ledger.track(batch)
         for observer in self.observers:
-            observer.batch_done(batch, result, consumed_ns)
+            observer.batch_done(batch, result, ticket)
 
     def _process(self, batch: list[Message]) -> BatchResult | None:
         """Process, retrying while a dependency is down; None if the batch's partitions went away."""
@@ -144,9 +149,10 @@ class Runner:
                 batch.append(stray)
         return [m for m in batch if (m.topic(), m.partition()) in self.assignment]
 
-    def _acked(self, size: int, consumed_ns: int) -> None:
+    def _acked(self, ticket: BatchTicket) -> None:
+        self.policy.acknowledged((ticket.acked_ns - ticket.published_ns) / 1e9)
         for observer in self.observers:
-            observer.batch_acked(size, consumed_ns)
+            observer.batch_acked(ticket)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = [(p.topic, p.partition) for p in partitions]
@@ -176,6 +182,7 @@ class Runner:
             self.checkpointer.checkpoint()
         finally:
             self.consumer.close()
+            self.deliveries.stop()
             self.sink.producer.flush(10)
         logger.info("stopped")
 

@@ -244,8 +244,16 @@ class OutputSettings(_Section):
 class BatchSettings(_Section):
     max_events: int = Field(default=2000, ge=1)
     """A batch never holds more events than this."""
-    max_wait_ms: float = Field(default=5.0, ge=0)
-    """The longest a partial batch waits for more events."""
+    latency_budget_ms: float = Field(default=3.0, ge=0)
+    """Worker-added latency a partial batch may spend waiting for more events: it waits only
+    while its oldest event can still be scored and acknowledged within this budget, and only
+    if more events are expected meanwhile (a lone event is scored at once). 0 never waits."""
+    max_in_flight_events: int = Field(default=50_000, ge=1000)
+    """Cap on events held at once: prefetched by the consumer (a quarter of this per partition)
+    plus outputs awaiting acknowledgement. When the cap is reached the worker stops fetching
+    and pauses its partitions instead of growing memory."""
+    max_in_flight_mb: int = Field(default=64, ge=4)
+    """Cap in MB on the same, split evenly between prefetched input and unacknowledged output."""
     commit_interval_ms: float = Field(default=1000.0, ge=0)
     """How often outputs are flushed and input offsets committed (0: after every batch)."""
 
