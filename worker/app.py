@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -27,8 +28,9 @@ from worker.kafka import Checkpointer, Sink, consumer_config, producer_config, w
 from worker.pipeline import ModelSlot, Pipeline
 from worker.progress import ProgressLog
 from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
-from worker.runner import LoopSettings, Runner
+from worker.runner import LoopSettings, Observer, Runner
 from worker.settings import WorkerSettings, librdkafka_config
+from worker.stats import RunStats
 
 logger = logging.getLogger(__name__)
 ClientT = TypeVar("ClientT", Consumer, Producer)
@@ -98,7 +100,7 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
                     ModelSlot(compiled.model), compiled.builder, encoder, clock)
 
 
-def build_runner(settings: WorkerSettings) -> Runner:
+def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
     """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
     compiled = compile_settings(settings)
     store = make_store(settings)
@@ -111,10 +113,11 @@ def build_runner(settings: WorkerSettings) -> Runner:
     sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
     checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
     loop = LoopSettings(settings.batch.max_events, settings.batch.latency_budget_ms / 1000)
-    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog()])
+    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog(), *observers])
 
 
-def run(settings: WorkerSettings) -> None:
-    runner = build_runner(settings)
+def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:
+    observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
+    runner = build_runner(settings, observers)
     runner.install_signal_handlers()
     runner.run(ready=lambda: logger.info("worker ready"))

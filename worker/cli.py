@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,13 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    launched_at = time.time()
     from worker.app import run
 
     settings = settings_from(args)
     configure(settings.log_level, settings.log_format)
     logger.info("worker %s starting with %s", __version__, args.config)
-    run(settings)
+    run(settings, args.stats_file, launched_at)
     return 0
 
 
@@ -91,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run": ("consume, score and publish until stopped", cmd_run),
         "check-config": ("validate a config file without connecting anywhere", cmd_check_config),
     }
+    parsers = {}
     for name, (help_text, fn) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        parsers[name] = p = sub.add_parser(name, help=help_text, description=help_text)
         _config_options(p)
         p.set_defaults(fn=fn)
+    parsers["run"].add_argument("--stats-file", type=Path, help="write run statistics (throughput, latency "
+                                "percentiles, stage times, batch sizes, peak RSS) as JSON here on exit")
     from worker import devtools
 
     devtools.add_commands(sub, _config_options)

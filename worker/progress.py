@@ -7,13 +7,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from worker.kafka import TP, BatchTicket
+from worker.kafka import BatchTicket
 from worker.records import BatchResult, Message
+from worker.runner import Observer
 
 logger = logging.getLogger(__name__)
 
 
-class ProgressLog:
+class ProgressLog(Observer):
     def __init__(self, interval_s: float = 10.0, dead_letter_log_limit: int = 20) -> None:
         self.interval_s = interval_s
         self.scored = self.dead = self.batches = 0
@@ -68,12 +69,6 @@ class ProgressLog:
     def batch_acked(self, ticket: BatchTicket) -> None:
         self._latencies.append(((ticket.acked_ns - ticket.consumed_ns) / 1e6, ticket.size))
         self._acks.append(((ticket.acked_ns - ticket.published_ns) / 1e6, ticket.size))
-
-    def dependency_down(self, what: str, error: Exception) -> None:
-        pass
-
-    def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
-        pass
 
 
 def weighted_percentiles(samples: list[tuple[float, int]], percents: Sequence[float]) -> list[float]:

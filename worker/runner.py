@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -23,20 +23,38 @@ from worker.codecs import RegistryUnavailable
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink
 from worker.pipeline import Pipeline
-from worker.records import BatchResult, Message
+from worker.records import BatchResult, Message, StageTiming
 
 logger = logging.getLogger(__name__)
 
 TRANSIENT = (FeatureStoreUnavailable, RegistryUnavailable)
 
 
-class Observer(Protocol):
-    """Listens to the loop's units of work (metrics, traces, progress logs)."""
+class Observer:
+    """Listens to the loop's units of work (metrics, traces, progress logs); override what you need.
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None: ...
-    def batch_acked(self, ticket: BatchTicket) -> None: ...
-    def dependency_down(self, what: str, error: Exception) -> None: ...
-    def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None: ...
+    ``batch_acked`` runs on the delivery-report thread; the others on the loop's thread."""
+
+    def started(self) -> None:
+        """The worker subscribed and is about to consume."""
+
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+        """A batch was processed and its outputs handed to the producer (``result.timings`` has every stage)."""
+
+    def batch_acked(self, ticket: BatchTicket) -> None:
+        """The broker acknowledged every output of a batch."""
+
+    def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
+        """A checkpoint finished; ``committed`` is False if offsets could not be committed safely."""
+
+    def dependency_down(self, what: str, error: Exception) -> None:
+        """A batch is held because a dependency (Redis, Schema Registry) failed."""
+
+    def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
+        """Partitions were assigned to, or taken from, this worker."""
+
+    def stopped(self) -> None:
+        """The worker has committed its last offsets and left the group."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,8 @@ class Runner:
         if ready:
             ready()
         try:
+            for observer in self.observers:
+                observer.started()
             while not self.stopping:
                 self.step()
         finally:
@@ -82,7 +102,15 @@ class Runner:
         if batch:
             self._handle(batch, received_ns)
         if self.checkpointer.due():
-            self.checkpointer.checkpoint()
+            self._checkpoint()
+
+    def _checkpoint(self) -> bool:
+        start = time.perf_counter_ns()
+        committed = self.checkpointer.checkpoint()
+        timing = StageTiming("commit", start, time.perf_counter_ns())
+        for observer in self.observers:
+            observer.checkpoint_done(timing, committed)
+        return committed
 
     def stop(self, *_: Any) -> None:
         if self.stopping:
@@ -103,7 +131,9 @@ class Runner:
         if result is None:
             return
         self.checkpointer.begin()
+        produce_start = time.perf_counter_ns()
         ticket = self.sink.publish(result, received_ns)
+        result.timings.append(StageTiming("produce", produce_start, ticket.published_ns))
         self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
         self.checkpointer.ledger.track(batch)
         for observer in self.observers:
@@ -163,7 +193,7 @@ class Runner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
-        self.checkpointer.checkpoint()
+        self._checkpoint()
         self._forget(revoked, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -179,11 +209,13 @@ class Runner:
     def _shutdown(self) -> None:
         logger.info("shutting down: flushing outputs and committing offsets")
         try:
-            self.checkpointer.checkpoint()
+            self._checkpoint()
         finally:
             self.consumer.close()
             self.deliveries.stop()
             self.sink.producer.flush(10)
+        for observer in self.observers:
+            observer.stopped()
         logger.info("stopped")
 
 
