@@ -36,6 +36,9 @@ def consumer_config(bootstrap_servers: str, group_id: str, common: dict[str, Any
         "bootstrap.servers": bootstrap_servers,
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.wait.max.ms": 10,
+        # With the prefetch queue capped (memory bound), librdkafka's default 1 s back-off after
+        # reaching the cap starves the loop; refill promptly instead.
+        "fetch.queue.backoff.ms": 20,
         **common,
         **own,
         "group.id": group_id,
