@@ -3,7 +3,8 @@
 Keeps every batch's size, stage times and worker-added latency (from the moment its first
 event was received to the broker's acknowledgement of its last output), and writes a JSON
 summary when the worker stops: throughput, latency percentiles per event, time per stage,
-the batch-size distribution, peak RSS and time to ready.
+the batch-size distribution, peak RSS and time to ready; and per batch its receive time,
+latency and size, so that a benchmark can look at a window of the run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RunStats(Observer):
         self.stage_s: dict[str, float] = defaultdict(float)
         self.sizes: Counter[int] = Counter()
         self.latencies: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, float, int]] = []  # (received, epoch s; ms; events)
         self.first_received_ns: int | None = None
         self.last_acked_ns = 0
         self._lock = threading.Lock()
@@ -53,15 +55,20 @@ class RunStats(Observer):
             self.first_received_ns = ticket.consumed_ns
 
     def batch_acked(self, ticket: BatchTicket) -> None:
+        latency_ms = (ticket.acked_ns - ticket.consumed_ns) / 1e6
+        received = time.time() - (time.perf_counter_ns() - ticket.consumed_ns) / 1e9
         with self._lock:
-            self.latencies.append(((ticket.acked_ns - ticket.consumed_ns) / 1e6, ticket.size))
+            self.latencies.append((latency_ms, ticket.size))
+            self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size))
             self.last_acked_ns = max(self.last_acked_ns, ticket.acked_ns)
 
     def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
         self.stage_s["commit"] += timing.seconds
 
     def stopped(self) -> None:
-        self.path.write_text(json.dumps({**self.summary(), "latency_samples_ms": self.latency_samples()}))
+        with self._lock:
+            samples = list(self.samples)
+        self.path.write_text(json.dumps({**self.summary(), "batches": samples}))
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -80,9 +87,3 @@ class RunStats(Observer):
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "ready_s": round(self.ready_s, 3) if self.ready_s is not None else None,
         }
-
-    def latency_samples(self, limit: int = 20_000) -> list[tuple[float, int]]:
-        """Up to ``limit`` evenly spaced (ms, events) samples, for plotting a CDF."""
-        with self._lock:
-            step = max(len(self.latencies) // limit, 1)
-            return self.latencies[::step]

@@ -1,0 +1,126 @@
+"""Benchmark the worker against baselines, side by side, on one broker and Redis.
+
+    python -m bench                       # full run: results in bench/results/latest/
+    python -m bench --quick               # smaller figures, a few minutes
+    python -m bench --bootstrap HOST:PORT --redis redis://HOST:PORT/0
+
+Starts a local tansu broker and redis-server unless given, and measures on the shared fraud
+workload: throughput (backlog) of the worker, a hand-written batched loop and a per-message
+tutorial loop; the worker's own latency at a fixed offered rate; time per stage; batch
+sizes; peak RSS with a large backlog; time to ready; and throughput on the project's own
+example. Writes results.json and report.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.local import LocalBroker, LocalRedis
+
+from bench import scenarios
+from bench.infra import Infra
+from bench.report import render
+
+
+def machine() -> dict[str, Any]:
+    import confluent_kafka
+    import onnxruntime
+
+    cpus = len(os.sched_getaffinity(0))
+    return {"summary": f"{cpus} CPUs, Python {platform.python_version()}, broker and Redis on the same machine",
+            "cpus": cpus, "python": platform.python_version(), "librdkafka": confluent_kafka.libversion()[0],
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+
+
+def step(name: str, fn: Callable[[], Any]) -> Any:
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    result = fn()
+    print(f"[bench] {name} done in {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+    return result
+
+
+def run(args: argparse.Namespace, infra: Infra, workdir: Path) -> dict[str, Any]:
+    n = 50_000 if args.quick else args.n
+    results: dict[str, Any] = {"command": "python -m bench " + shlex.join(sys.argv[1:]), "machine": machine(),
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "throughput": {}}
+    step("load features", lambda: scenarios.load_fraud_features(infra))
+    worker = step("worker throughput", lambda: scenarios.throughput_fraud(infra, n, workdir))
+    results["throughput"]["worker (fraud contract)"] = worker
+    topic = worker.pop("input_topic")
+    results["throughput"]["hand-written batched loop"] = step(
+        "batched baseline", lambda: scenarios.baseline(infra, "batched", topic, n, workdir))
+    results["throughput"]["per-message loop"] = step(
+        "per-message baseline", lambda: scenarios.baseline(infra, "naive", topic, min(n, 20_000), workdir))
+    results["throughput"]["worker (project example)"] = step(
+        "example throughput", lambda: scenarios.throughput_example(infra, n, workdir))
+    results["latency"] = step("latency", lambda: scenarios.latency_fraud(
+        infra, args.rate, 10 if args.quick else args.seconds, workdir))
+    if not args.skip_memory:
+        results["memory"] = step("memory", lambda: scenarios.memory(
+            infra, 200_000 if args.quick else args.backlog, workdir))
+    results["ready_s"] = worker.get("ready_s")
+    return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    t = results["throughput"]
+    w = t["worker (fraud contract)"]
+    return {"worker_eps": w["throughput_eps"], "batched_loop_eps": t["hand-written batched loop"]["throughput_eps"],
+            "per_message_eps": t["per-message loop"]["throughput_eps"],
+            "example_eps": t["worker (project example)"]["throughput_eps"], "correctness": w["correctness"],
+            "latency_p50_ms": results["latency"]["p50_ms"], "latency_p99_ms": results["latency"]["p99_ms"],
+            "latency_rate": results["latency"]["rate"], "peak_rss_mb": results.get("memory", {}).get("peak_rss_mb"),
+            "backlog": results.get("memory", {}).get("backlog"), "ready_s": results["ready_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", help="use this broker instead of starting tansu")
+    ap.add_argument("--redis", help="use this Redis URL instead of starting redis-server (features are loaded)")
+    ap.add_argument("--n", type=int, default=200_000, help="backlog size for throughput runs")
+    ap.add_argument("--rate", type=float, default=5000, help="offered events/s for the latency run")
+    ap.add_argument("--seconds", type=float, default=30, help="length of the latency run")
+    ap.add_argument("--backlog", type=int, default=1_000_000, help="backlog size for the memory run")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small figures, for a smoke run")
+    ap.add_argument("--out", type=Path, default=scenarios.ROOT / "bench" / "results" / "latest")
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    with LocalBroker(log_path=workdir / "broker.log") if not args.bootstrap else _Given(args.bootstrap) as broker, \
+            LocalRedis(log_path=workdir / "redis.log", workdir=workdir) if not args.redis else _Given(args.redis) as r:
+        infra = Infra(getattr(broker, "bootstrap_servers", args.bootstrap), getattr(r, "url", args.redis))
+        results = run(args, infra, workdir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results["headline"] = headline(results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    render(results, args.out / "report.png")
+    print(json.dumps(results["headline"]))
+    print(f"[bench] wrote {args.out}/results.json and report.png (logs in {workdir})", file=sys.stderr)
+
+
+class _Given:
+    """Stands in for a local process when the user names an existing broker or Redis."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> _Given:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The benchmark's scenarios, each measured on the same broker and Redis in one run."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+from worker.local import LocalProcess
+
+from bench.infra import Infra
+from worker.progress import weighted_percentiles
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
+CONTRACT_CONFIG = ROOT / "bench" / "fraud-contract.yaml"
+EXAMPLE_CONFIG = ROOT / "deploy" / "config" / "fraud-example.yaml"
+EXAMPLE_DATA = ROOT / "models" / "fraud" / "data.py"
+
+
+def _gen() -> Any:
+    if str(WORKLOAD) not in sys.path:
+        sys.path.insert(0, str(WORKLOAD))
+    import gen
+
+    return gen
+
+
+def workload_args(n: int, seed: int = 1) -> argparse.Namespace:
+    return argparse.Namespace(n=n, seed=seed, cards=100_000, merchants=5_000, missing_cards=0.02)
+
+
+def load_fraud_features(infra: Infra) -> None:
+    _gen().cmd_features(argparse.Namespace(**{**vars(workload_args(0)), "redis": infra.redis_url}))
+
+
+def fraud_events(n: int, seed: int, poison: float, good: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
+    """The shared workload's events; a ``poison`` share replaced by undecodable bytes. Well-formed
+    records are appended to ``good`` (to compute the expected scores)."""
+    rng = np.random.default_rng(seed + 3000)
+    for key, value, record in _gen().event_stream(workload_args(n, seed)):
+        if poison and rng.random() < poison:
+            yield key, value[: len(value) // 2]
+        else:
+            good.append(record)
+            yield key, value
+
+
+class WorkerRun:
+    """The worker as a process with ``--stats-file``; stopped with SIGTERM once caught up."""
+
+    def __init__(self, infra: Infra, config: Path, input_topic: str, workdir: Path, name: str) -> None:
+        self.infra, self.input = infra, input_topic
+        self.output, self.dlq = infra.topic(f"{name}-out"), infra.topic(f"{name}-dlq")
+        self.group = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.stats_path = workdir / f"{name}.stats.json"
+        self.process = LocalProcess(name, [sys.executable, "-m", "worker", "run", "--config", str(config),
+                                           "--bootstrap-servers", infra.bootstrap, "--redis-url", infra.redis_url,
+                                           "--input-topic", input_topic, "--output-topic", self.output,
+                                           "--dlq-topic", self.dlq, "--group-id", self.group,
+                                           "--stats-file", str(self.stats_path)], workdir / f"{name}.log")
+
+    def start(self) -> WorkerRun:
+        self.process.start()
+        self.process.wait_for_log(r"assigned", timeout_s=90)
+        return self
+
+    def finish(self, timeout_s: float = 600) -> dict[str, Any]:
+        caught_up = self.infra.wait_caught_up(self.group, self.input, timeout_s)
+        code = self.process.stop(30)
+        if not caught_up or code != 0:
+            raise RuntimeError(f"{self.process.name}: caught up {caught_up}, exit code {code}; "
+                               f"see {self.process.log_path}")
+        stats: dict[str, Any] = json.loads(self.stats_path.read_text())
+        return stats
+
+
+def check_scores(infra: Infra, topic: str, good: list[dict[str, Any]]) -> dict[str, int]:
+    """Missing, wrong (|Δ| > 1e-5) and duplicate predictions against onnxruntime run directly."""
+    gen = _gen()
+    want = dict(zip((r["event_id"] for r in good), gen.expected_scores(good, workload_args(0)).tolist(),
+                    strict=True))
+    got: dict[str, float] = {}
+    duplicates = 0
+    for _, value in infra.read_all(topic):
+        record = fastavro.schemaless_reader(io.BytesIO(value), gen.PRED)
+        duplicates += record["event_id"] in got
+        got[record["event_id"]] = record["score"]
+    wrong = sum(1 for e, s in got.items() if e in want and abs(s - want[e]) > 1e-5)
+    return {"expected": len(want), "missing": sum(1 for e in want if e not in got), "wrong": wrong,
+            "duplicates": duplicates}
+
+
+def throughput_fraud(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
+    """Backlog mode on the shared workload; every prediction checked."""
+    topic, good = infra.topic("fraud-in"), []
+    infra.produce(topic, fraud_events(n, 1, 0.001, good))
+    run = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-fraud").start()
+    stats = run.finish()
+    stats["correctness"] = check_scores(infra, run.output, good)
+    stats["input_topic"] = topic
+    return stats
+
+
+def baseline(infra: Infra, module: str, topic: str, n: int, workdir: Path) -> dict[str, Any]:
+    """A baseline loop (bench/baselines) on an existing backlog topic."""
+    out = infra.topic(f"{module}-out")
+    cmd = [sys.executable, "-m", f"bench.baselines.{module}", "--bootstrap", infra.bootstrap, "--redis",
+           infra.redis_url, "--input", topic, "--output", out, "--group", f"{module}-{uuid.uuid4().hex[:6]}",
+           "--n", str(n)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    (workdir / f"baseline-{module}.log").write_text(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline {module} failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Worker-added latency at a fixed offered rate (after a warm-up that is not measured)."""
+    topic = infra.topic("fraud-rate")
+    run = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-latency").start()
+    infra.produce(topic, fraud_events(5000, 99, 0.0, []))
+    infra.wait_caught_up(run.group, topic, 120)
+    measured_from = time.time()
+    sent = infra.produce(topic, fraud_events(int(rate * seconds), 7, 0.0, []), rate=rate)
+    stats = run.finish()
+    window = [(ms, size) for at, ms, size in stats["batches"] if at >= measured_from]
+    p50, p90, p99, worst = weighted_percentiles(window, (50, 90, 99, 100))
+    return {"rate": rate, "events": sent, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": worst,
+            "mean_batch": round(sum(s for _, s in window) / max(len(window), 1), 1),
+            "samples": window, "stage_us_per_event": stats["stage_us_per_event"]}
+
+
+def throughput_example(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
+    """Backlog mode on the project's own example (its generator, schemas and model)."""
+    topic = infra.topic("example-in")
+    common = ["--config", str(EXAMPLE_CONFIG), "--bootstrap-servers", infra.bootstrap, "--redis-url",
+              infra.redis_url, "--input-topic", topic]
+    for cmd in (["features", "load", "--generator", f"{EXAMPLE_DATA}:features"],
+                ["produce", "--generator", f"{EXAMPLE_DATA}:events", "--n", str(n)]):
+        subprocess.run([sys.executable, "-m", "worker", *cmd, *common], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    return WorkerRun(infra, EXAMPLE_CONFIG, topic, workdir, "worker-example").start().finish()
+
+
+def memory(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
+    """Peak RSS while working through a large backlog."""
+    topic = infra.topic("fraud-big")
+    infra.produce(topic, fraud_events(n, 5, 0.0, []))
+    stats = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-memory").start().finish(timeout_s=1200)
+    return {"backlog": n, "peak_rss_mb": stats["peak_rss_mb"], "throughput_eps": stats["throughput_eps"]}
