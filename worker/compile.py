@@ -168,8 +168,11 @@ def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: 
         problems.add(f"{key}.dtype", f"'{spec.dtype}' does not match the model's input type '{info.dtype}'")
         return None
     columns: list[Column] = []
+    reported = len(problems.items)
     for i, column in enumerate(spec.columns):
         columns += _columns(f"{key}.columns[{i}]", column, dtype, schema, entities, problems)
+    if len(problems.items) > reported:
+        return None  # a column was refused; counting the rest would report it twice
     rank = len(info.shape) if info.shape else 2
     if rank == 1 and len(columns) != 1:
         problems.add(f"{key}.columns", f"the model input is 1-D ([N]) so it takes one column, not {len(columns)}")
