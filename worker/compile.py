@@ -80,7 +80,9 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     problems.raise_if_any()
     assert input_schema and output_schema and model
     entities = _entities(settings, input_schema, problems)
-    tensors = _tensors(settings, model, input_schema, {e.name: e for e in entities}, problems)
+    # An entity refused above is still known by name, so columns using it are not reported again.
+    known: dict[str, EntitySpec | None] = {**dict.fromkeys(settings.features), **{e.name: e for e in entities}}
+    tensors = _tensors(settings, model, input_schema, known, problems)
     builder = _builder(settings, model, input_schema, output_schema, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
@@ -140,7 +142,7 @@ def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix:
         return None
 
 
-def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec],
+def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec | None],
              problems: Problems) -> list[TensorSpec]:
     declared = {t.name: t for t in model.inputs}
     for name in declared:
@@ -159,7 +161,7 @@ def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: d
 
 
 def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: Schema,
-            entities: dict[str, EntitySpec], problems: Problems) -> TensorSpec | None:
+            entities: dict[str, EntitySpec | None], problems: Problems) -> TensorSpec | None:
     dtype = spec.dtype or info.dtype
     if dtype not in (*NUMERIC_DTYPES, "string"):
         problems.add(f"{key}.dtype", f"model input type '{info.dtype}' is not supported")
@@ -167,12 +169,10 @@ def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: 
     if spec.dtype and spec.dtype != info.dtype:
         problems.add(f"{key}.dtype", f"'{spec.dtype}' does not match the model's input type '{info.dtype}'")
         return None
-    columns: list[Column] = []
-    reported = len(problems.items)
-    for i, column in enumerate(spec.columns):
-        columns += _columns(f"{key}.columns[{i}]", column, dtype, schema, entities, problems)
-    if len(problems.items) > reported:
-        return None  # a column was refused; counting the rest would report it twice
+    built = [_columns(f"{key}.columns[{i}]", c, dtype, schema, entities, problems) for i, c in enumerate(spec.columns)]
+    if any(b is None for b in built):
+        return None  # a column was refused (and reported); counting the rest would report it twice
+    columns = [column for group in built if group for column in group]
     rank = len(info.shape) if info.shape else 2
     if rank == 1 and len(columns) != 1:
         problems.add(f"{key}.columns", f"the model input is 1-D ([N]) so it takes one column, not {len(columns)}")
@@ -181,43 +181,48 @@ def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: 
     return TensorSpec(name, dtype, tuple(columns), 1 if rank == 1 else 2)
 
 
-def _columns(key: str, column: ColumnSettings, dtype: str, schema: Schema, entities: dict[str, EntitySpec],
-             problems: Problems) -> list[Column]:
+def _columns(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+             entities: dict[str, EntitySpec | None], problems: Problems) -> list[Column] | None:
+    """The columns one setting feeds, or None if it is refused (the problem is recorded)."""
     if column.const is not None:
-        return [ConstColumn(column.const)] if _const_fits(key, column.const, dtype, problems) else []
+        return [ConstColumn(column.const)] if _const_fits(key, column.const, dtype, problems) else None
     if column.entity is not None:
-        entity = entities.get(column.entity)
-        if entity is None:
+        if column.entity not in entities:
             problems.add(f"{key}.entity", f"no entity '{column.entity}' in features (known: {', '.join(entities)})")
-            return []
-        return [FeatureColumn(entity.name, f, entity.defaults[f]) for f in entity.fields]
+            return None
+        entity = entities[column.entity]
+        return None if entity is None else [FeatureColumn(entity.name, f, entity.defaults[f]) for f in entity.fields]
     if column.feature is not None:
         return _feature_column(key, column.feature, entities, problems)
     return _event_column(key, column, dtype, schema, problems)
 
 
-def _feature_column(key: str, ref: str, entities: dict[str, EntitySpec], problems: Problems) -> list[Column]:
+def _feature_column(key: str, ref: str, entities: dict[str, EntitySpec | None],
+                    problems: Problems) -> list[Column] | None:
     entity_name, _, field_name = ref.partition(".")
-    entity = entities.get(entity_name)
-    if entity is None or not field_name:
+    if entity_name not in entities or not field_name:
         problems.add(f"{key}.feature", f"'{ref}' is not entity.field (entities: {', '.join(entities) or 'none'})")
-        return []
+        return None
+    entity = entities[entity_name]
+    if entity is None:
+        return None
     if field_name not in entity.fields:
         problems.add(f"{key}.feature", f"entity '{entity_name}' has no field '{field_name}' "
                                        f"(it reads: {', '.join(entity.fields)})")
-        return []
+        return None
     return [FeatureColumn(entity_name, field_name, entity.defaults[field_name])]
 
 
-def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema, problems: Problems) -> list[Column]:
+def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+                  problems: Problems) -> list[Column] | None:
     assert column.event is not None
     found = _check_path(schema, column.event, f"{key}.event", problems)
     if found is None:
-        return []
+        return None
     reason = _conversion_problem(found, dtype, column)
     if reason:
         problems.add(key, f"event field '{column.event}' ({found.describe()}): {reason}")
-        return []
+        return None
     mapping = dict(column.mapping) if column.mapping is not None else None
     return [EventColumn(column.event, column.default, mapping)]
 
