@@ -127,9 +127,11 @@ def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> l
         defaults = {f: entity.defaults.get(f, entity.default) for f in entity.fields}
         for unknown in sorted(set(entity.defaults) - set(entity.fields)):
             problems.add(f"{key}.defaults.{unknown}", f"'{unknown}' is not one of the entity's fields")
-        for field_name in [f for f, v in defaults.items() if v is None]:
-            problems.add(f"{key}.defaults", f"no default for field '{field_name}' (set defaults.{field_name} "
-                                           "or default)")
+        undefaulted = [f for f, v in defaults.items() if v is None]
+        if undefaulted:
+            names = ", ".join(repr(f) for f in undefaulted)
+            problems.add(f"{key}.defaults", f"no default for field{'s' if len(undefaulted) > 1 else ''} {names} "
+                                           "(set defaults.<field> or default)")
         entities.append(EntitySpec(name, template, tuple(entity.fields), defaults))
     return entities
 
