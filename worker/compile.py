@@ -225,8 +225,31 @@ def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema,
     if reason:
         problems.add(key, f"event field '{column.event}' ({found.describe()}): {reason}")
         return None
-    mapping = dict(column.mapping) if column.mapping is not None else None
+    mapping = None
+    if column.mapping is not None:
+        mapping = _typed_mapping(found.kind, column.mapping)
+        if mapping is None:
+            problems.add(f"{key}.mapping", f"its keys must be {found.kind} values like the event field "
+                                           f"'{column.event}' (got {', '.join(map(repr, column.mapping))})")
+            return None
     return [EventColumn(column.event, column.default, mapping)]
+
+
+def _typed_mapping(kind: str, mapping: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The mapping keyed like the decoded events (config keys are text, or YAML numbers and
+    booleans), so that an int or boolean field finds its values; None if a key does not convert."""
+    typed = {_typed_key(kind, key): value for key, value in mapping.items()}
+    return None if None in typed else typed
+
+
+def _typed_key(kind: str, key: Any) -> Any:
+    if kind in ("int", "long"):
+        if isinstance(key, str) and key.strip().lstrip("+-").isdigit():
+            return int(key)
+        return key if isinstance(key, int) and not isinstance(key, bool) else None
+    if kind == "boolean":
+        return key if isinstance(key, bool) else {"true": True, "false": False}.get(str(key).lower())
+    return str(key)
 
 
 def _conversion_problem(found: FieldType, dtype: str, column: ColumnSettings) -> str | None:

@@ -133,8 +133,8 @@ class ColumnSettings(_Section):
     """A constant value."""
     default: Scalar | None = None
     """Value used where the event field is null (required for nullable fields)."""
-    mapping: dict[str, Scalar] | None = None
-    """Maps string/enum values to numbers; unmapped values take ``default``."""
+    mapping: dict[Scalar, Scalar] | None = None
+    """Maps string, enum, integer or boolean values to numbers; unmapped values take ``default``."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ColumnSettings:
