@@ -17,7 +17,7 @@ FRAUD_CONFIG = repo_root() / "bench" / "fraud-contract.yaml"
 def fraud_workload_dir() -> Path:
     """The shared fraud workload, as the bench config locates it (skips the test if it is absent)."""
     raw = yaml.safe_load(FRAUD_CONFIG.read_text())
-    directory = (FRAUD_CONFIG.parent / raw["model"]["path"]).resolve().parent
+    directory = (FRAUD_CONFIG.parent / str(raw["model"]["path"])).resolve().parent
     if not (directory / "gen.py").is_file():
         pytest.skip(f"the shared fraud workload is not at {directory}")
     return directory
@@ -45,7 +45,7 @@ def changed(data: dict[str, Any], **changes: Any) -> dict[str, Any]:
         *parents, last = dotted.split(".")
         node = out
         for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         where: Any = int(last) if isinstance(node, list) else last
         if value is DELETE:
             del node[where]

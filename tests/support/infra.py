@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import shutil
 import socket
@@ -55,7 +56,7 @@ def wait_port(host: str, port: int, timeout_s: float = 20.0, proc: subprocess.Po
 def docker_answers() -> bool:
     """True when a Docker engine answers a ping (quick and quiet: no engine is the common case here)."""
     try:
-        import docker
+        docker = importlib.import_module("docker")
     except ImportError:
         return False
     try:

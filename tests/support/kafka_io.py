@@ -6,6 +6,7 @@ group join to wait for, and nothing the worker's group could notice.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-Headers = list[tuple[str, bytes | None]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Consumed:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes | None]
-    header_list: Headers
+    header_list: list[tuple[str, bytes | None]]
 
 
 @dataclass
@@ -123,9 +124,11 @@ class TopicReader:
         batch = self._consumer.consume(10_000, timeout_s)
         good = [m for m in batch if m.error() is None]
         for m in good:
-            headers: Headers = list(m.headers() or [])
-            self.messages.append(Consumed(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                          dict(headers), headers))
+            raw = m.headers() or []
+            pairs = raw.items() if isinstance(raw, dict) else raw
+            headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+            self.messages.append(Consumed(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), m.key(),
+                                          m.value(), dict(headers), headers))
         return len(good)
 
     def read_until(self, done: Callable[[TopicReader], bool], timeout_s: float,
@@ -168,3 +171,24 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in found}
+
+
+class RateProducer(threading.Thread):
+    """Produces messages at a steady rate in the background, recording where each landed."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: Sequence[ToSend], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, messages, rate
+        self.sent: list[Sent] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = make_producer(self.bootstrap, **{"linger.ms": 1})
+        chunk = max(1, int(self.rate / 20))
+        try:
+            for start in range(0, len(self.messages), chunk):
+                began = time.monotonic()
+                self.sent += produce(self.bootstrap, self.topic, self.messages[start:start + chunk], producer)
+                time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
+        except BaseException as exc:  # reported by the test that joins this thread
+            self.error = exc

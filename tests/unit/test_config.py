@@ -359,3 +359,26 @@ def test_a_mapping_matches_int_and_boolean_event_values(tmp_path: Path, base: di
 
     assert assembled.feeds["features"][:, 1:3].tolist() == [[1.5, 10.0], [2.5, 20.0], [-5.0, 10.0]]
     assert assembled.bad == {}
+
+
+def test_the_command_line_entry_point(tmp_path: Path, base: dict[str, Any]) -> None:
+    """``python -m worker check-config`` as users run it: exit codes and streams."""
+    import subprocess
+    import sys
+
+    from tests.support.infra import repo_root
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}, "PYTHONPATH": str(repo_root())}
+    good = write_config(tmp_path / "good.yaml", base)
+    bad = write_config(tmp_path / "bad.yaml", changed(base, **{"kafka.bootstrap_server": "x"}))
+
+    ok = subprocess.run([sys.executable, "-m", "worker", "check-config", "-c", str(good)], capture_output=True,
+                        text=True, env=env, timeout=60)
+    broken = subprocess.run([sys.executable, "-m", "worker", "check-config", "-c", str(bad)], capture_output=True,
+                            text=True, env=env, timeout=60)
+
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert ok.stdout.startswith("config OK")
+    assert (broken.returncode, broken.stdout) == (2, "")
+    assert broken.stderr == ("config error: kafka.bootstrap_server: unknown key (did you mean "
+                             "'bootstrap_servers'?)\n")

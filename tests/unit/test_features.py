@@ -63,7 +63,7 @@ USER = EntitySpec("user", KeyTemplate("u:{user.id}"), ("age",), {"age": -1})
 
 def test_fetcher_dedups_keys_and_makes_one_store_call_per_batch() -> None:
     store = RecordingStore({"card:a": {"count": 3, "sum": "1.5"}, "u:1": {"age": 30}})
-    records = [{"card_id": "a", "user": {"id": 1}}, {"card_id": "b", "user": {"id": 2}},
+    records: list[dict[str, Any]] = [{"card_id": "a", "user": {"id": 1}}, {"card_id": "b", "user": {"id": 2}},
                {"card_id": "a", "user": None}, {"card_id": "a", "user": {"id": 1}}]
 
     lookups = FeatureFetcher(store, [CARD, USER]).fetch(records)

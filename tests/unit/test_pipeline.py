@@ -59,25 +59,31 @@ def make_pipeline(store: InMemoryFeatureStore, model: FunctionModel | None = Non
 
 
 def payment(i: int, amount: float | None = None, currency: str = "EUR", card: str | None = None) -> InputMessage:
-    record = {"event_id": f"e{i}", "card_id": card or f"c{i % 3}", "amount": float(i) if amount is None else amount,
+    card_id = card or f"c{i % 3}"
+    record = {"event_id": f"e{i}", "card_id": card_id, "amount": float(i) if amount is None else amount,
               "currency": currency}
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, EVENT, record)
-    return InputMessage(buf.getvalue(), record["card_id"].encode(), "payments", i % 2, 100 + i,
-                        [("trace", b"t%d" % i)])
+    return InputMessage(buf.getvalue(), card_id.encode(), "payments", i % 2, 100 + i, [("trace", b"t%d" % i)])
+
+
+def read(value: bytes | None, schema: dict[str, Any]) -> dict[str, Any]:
+    record = fastavro.schemaless_reader(io.BytesIO(value or b""), schema)
+    assert isinstance(record, dict)
+    return record
 
 
 def decoded(value: bytes) -> dict[str, Any]:
-    return dict(fastavro.schemaless_reader(io.BytesIO(value), PREDICTION))  # type: ignore[arg-type]
+    return read(value, PREDICTION)
 
 
 STORE = {"card:c0": {"count": "1"}, "card:c1": {"count": "2"}, "card:c2": {"count": "3"}}
 
 
 def expected_score(message: InputMessage) -> float:
-    record = fastavro.schemaless_reader(io.BytesIO(message.value() or b""), EVENT)
-    count = float(STORE.get(f"card:{record['card_id']}", {}).get("count", 0))  # type: ignore[index]
-    x = np.asarray([[record["amount"], count]], dtype=np.float32)  # type: ignore[index]
+    record = read(message.value(), EVENT)
+    count = float(STORE.get(f"card:{record['card_id']}", {}).get("count", 0))
+    x = np.asarray([[record["amount"], count]], dtype=np.float32)
     return float(scores(x.astype(np.float64)).astype(np.float32)[0])
 
 
