@@ -44,8 +44,12 @@ def gen() -> ModuleType:
     return load_gen()
 
 
-def load_features(gen: ModuleType, args: argparse.Namespace, redis_url: str) -> None:
+def workload(gen: ModuleType, redis_url: str, n: int, seed: int,
+             poison_every: int = 0) -> tuple[argparse.Namespace, FraudEvents]:
+    """Loads the population's features into Redis and makes ``n`` events (with poison)."""
+    args = population(n=n, seed=seed)
     gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_url}))
+    return args, fraud_events(gen, args, poison_every)
 
 
 def predictions_by_event(gen: ModuleType, messages: list[Consumed]) -> dict[str, list[tuple[Consumed, dict[str, Any]]]]:
@@ -108,10 +112,8 @@ def wait_for(reader: TopicReader, topics: Topics, outputs: int, dead: int, worke
 def test_fraud_workload_end_to_end(gen: ModuleType, kafka_bootstrap: str, redis_db_url: str,
                                    kafka_topics: Callable[..., Topics], topic_reader: Callable[..., TopicReader],
                                    start_worker: StartWorker) -> None:
-    args = population(n=3000, seed=5)
-    load_features(gen, args, redis_db_url)
     topics = kafka_topics(partitions=3, prefix="fraud")
-    events = fraud_events(gen, args, poison_every=250)
+    args, events = workload(gen, redis_db_url, n=3000, seed=5, poison_every=250)
     sent = produce(kafka_bootstrap, topics.input, events.messages)
     started_ms = int(time.time() * 1000)
 
@@ -128,9 +130,7 @@ def test_fraud_workload_end_to_end(gen: ModuleType, kafka_bootstrap: str, redis_
 def test_poison_of_every_kind_is_dead_lettered_and_committed(
         gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
-    args = population(n=600, seed=11)
-    load_features(gen, args, redis_db_url)
-    events = fraud_events(gen, args, poison_every=50)
+    args, events = workload(gen, redis_db_url, n=600, seed=11, poison_every=50)
     # A card whose feature is not a number, and a merchant key of the wrong type: only the
     # events that use them fail, at the features stage.
     r = redis.Redis.from_url(redis_db_url)
@@ -181,9 +181,7 @@ def test_poison_of_every_kind_is_dead_lettered_and_committed(
 def test_sigterm_mid_stream_commits_and_a_restart_finishes_the_rest(
         gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
-    args = population(n=8000, seed=21)
-    load_features(gen, args, redis_db_url)
-    events = fraud_events(gen, args, poison_every=400)
+    args, events = workload(gen, redis_db_url, n=8000, seed=21, poison_every=400)
     topics = kafka_topics(partitions=3, prefix="shutdown")
     config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{"batch.max_events": 200,
                                                                               "batch.commit_interval_ms": 5000}))
@@ -240,12 +238,10 @@ def test_expected_scores_are_not_trivial(gen: ModuleType) -> None:
 def test_a_redis_outage_holds_the_stream_and_loses_nothing(
         gen: ModuleType, kafka_bootstrap: str, redis_server: RedisServer, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
-    args = population(n=6000, seed=31)
-    load_features(gen, args, redis_server.url)
+    args, events = workload(gen, redis_server.url, n=6000, seed=31)
     client = redis.Redis.from_url(redis_server.url)
     client.save()  # the server reloads this snapshot when it starts again
     client.close()
-    events = fraud_events(gen, args)
     topics = kafka_topics(partitions=2, prefix="outage")
     config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{"batch.max_events": 200}))
     reader = topic_reader(topics.output, topics.dlq)
