@@ -25,6 +25,7 @@ def fraud_workload_dir() -> Path:
 
 def fraud_config() -> dict[str, Any]:
     """The bench config for the fraud workload as a dict, its paths made absolute."""
+    fraud_workload_dir()
     data: dict[str, Any] = yaml.safe_load(FRAUD_CONFIG.read_text())
     base = FRAUD_CONFIG.parent
     for section, key in (("avro", "input_schema"), ("avro", "output_schema"), ("model", "path")):
