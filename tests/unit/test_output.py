@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -15,14 +16,15 @@ from worker.output import (
     OutputBuilder,
     ScoredBatch,
     ScoreSpec,
+    Source,
     select,
 )
 
-EVENTS = [{"id": 5, "user": {"id": 2**40, "name": "Ann"}}, {"id": -3, "user": None}]
+EVENTS: list[dict[str, Any]] = [{"id": 5, "user": {"id": 2**40, "name": "Ann"}}, {"id": -3, "user": None}]
 
 
-def builder(key: KeySpec, **fields: object) -> OutputBuilder:
-    return OutputBuilder(dict(fields), ScoreSpec("probabilities", 1, 0.5), key)  # type: ignore[arg-type]
+def builder(key: KeySpec, **fields: Source) -> OutputBuilder:
+    return OutputBuilder(dict(fields), ScoreSpec("probabilities", 1, 0.5), key)
 
 
 def test_records_from_every_kind_of_source() -> None:
