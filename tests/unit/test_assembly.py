@@ -128,7 +128,7 @@ def test_missing_entities_and_fields_take_defaults_and_are_counted() -> None:
 
     assert result.feeds["x"].tolist() == [[3, 1.25, 40], [4, 2.5, -1], [0, 2.5, -1], [3, 1.25, -1]]
     assert result.feeds["t"].tolist() == [["gold"], ["none"], ["none"], ["gold"]]
-    assert result.defaulted == {"card.count": 1, "card.avg": 2, "user.age": 3, "card.tier": 2}
+    assert result.defaulted == {"card": 5, "user": 3}  # values that fell back to a default, per entity
     assert result.bad == {}
 
 
@@ -147,6 +147,18 @@ def test_a_non_numeric_feature_marks_only_the_events_using_that_key() -> None:
         assert "card.count of 'card:bad'" in error.reason
         assert "b'three'" in error.reason
     assert result.feeds["x"][[0, 2, 4], 0].tolist() == [3.0, 5.0, 0.0]
+
+
+def test_a_text_field_feeding_only_a_string_tensor_is_not_parsed_as_a_number() -> None:
+    store = InMemoryFeatureStore({"card:a": {"count": "3", "tier": "gold"}, "card:b": {"count": "4", "tier": "silver"}})
+    numeric = TensorSpec("x", "float32", (FeatureColumn("card", "count", 0),))
+    text = TensorSpec("t", "string", (FeatureColumn("card", "tier", "none"),))
+
+    result = assemble([numeric, text], [event(card_id="a"), event(card_id="b"), event(card_id="c")], store)
+
+    assert result.bad == {}
+    assert result.feeds["x"].tolist() == [[3.0], [4.0], [0.0]]
+    assert result.feeds["t"].tolist() == [["gold"], ["silver"], ["none"]]
 
 
 class ErrorForKeyStore(InMemoryFeatureStore):

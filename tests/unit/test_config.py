@@ -225,7 +225,7 @@ def test_environment_overrides_nested_and_top_level_keys(tmp_path: Path, base: d
 
     settings = load_settings(path)
 
-    assert (settings.batch.max_events, settings.batch.max_wait_ms, settings.log_level) == (77, 5.0, "DEBUG")
+    assert (settings.batch.max_events, settings.batch.commit_interval_ms, settings.log_level) == (77, 1000.0, "DEBUG")
 
 
 def test_an_invalid_environment_value_is_one_problem(tmp_path: Path, base: dict[str, Any],

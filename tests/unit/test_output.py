@@ -19,6 +19,7 @@ from worker.output import (
     Source,
     select,
 )
+from worker.records import InputMessage
 
 EVENTS: list[dict[str, Any]] = [{"id": 5, "user": {"id": 2**40, "name": "Ann"}}, {"id": -3, "user": None}]
 
@@ -55,13 +56,9 @@ def test_zipmap_outputs_are_read_by_class() -> None:
 
 
 def test_keys_as_text_int64_or_the_input_key() -> None:
-    text = builder(KeySpec("id")).key_function()
-    int64 = builder(KeySpec("user.id", "int64")).key_function()
-    passthrough = builder(KeySpec(None)).key_function()
+    sources = [InputMessage(b"v", b"in-0"), InputMessage(b"v", None)]
 
-    assert text(EVENTS[0], b"in") == b"5"
-    assert text(EVENTS[1], b"in") == b"-3"
-    assert int64(EVENTS[0], b"in") == struct.pack(">q", 2**40)
-    assert int64(EVENTS[1], b"in") is None  # a null key
-    assert passthrough(EVENTS[0], b"in") == b"in"
-    assert passthrough(EVENTS[0], None) is None
+    assert builder(KeySpec("id")).keys(EVENTS, sources) == [b"5", b"-3"]
+    assert builder(KeySpec("user.id", "int64")).keys(EVENTS, sources) == [struct.pack(">q", 2**40), None]
+    assert builder(KeySpec("user.name")).keys(EVENTS, sources) == [b"Ann", None]
+    assert builder(KeySpec(None)).keys(EVENTS, sources) == [b"in-0", None]
