@@ -72,9 +72,11 @@ class Assembled:
 class _BatchContext:
     """Per-batch state shared by the columns: records, lookups, bad rows, converted features."""
 
-    def __init__(self, records: Sequence[Record], lookups: Mapping[str, EntityLookup]) -> None:
+    def __init__(self, records: Sequence[Record], lookups: Mapping[str, EntityLookup],
+                 numeric_features: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.records = records
         self.lookups = lookups
+        self.numeric_features = numeric_features
         self.result = Assembled({})
         self.numeric_tables: dict[str, np.ndarray] = {}
 
@@ -91,9 +93,13 @@ class Assembler:
     def __init__(self, tensors: Sequence[TensorSpec]) -> None:
         self.tensors = list(tensors)
         self._plans = [(t, [_column_fn(c, t.dtype) for c in t.columns]) for t in self.tensors]
+        # Only these (entity, field) pairs are parsed as numbers; a text field that feeds string
+        # tensors alone must not fail its events for not being a number.
+        self._numeric_features = frozenset((c.entity, c.field) for t in self.tensors if t.dtype != "string"
+                                           for c in t.columns if isinstance(c, FeatureColumn))
 
     def assemble(self, records: Sequence[Record], lookups: Mapping[str, EntityLookup]) -> Assembled:
-        ctx = _BatchContext(records, lookups)
+        ctx = _BatchContext(records, lookups, self._numeric_features)
         n = len(records)
         for spec, columns in self._plans:
             ctx.result.feeds[spec.name] = _stack(spec, [fn(ctx) for fn in columns], n)
@@ -176,15 +182,18 @@ def _numeric_table(ctx: _BatchContext, lookup: EntityLookup) -> np.ndarray:
     spec = lookup.spec
     width = len(spec.fields)
     defaults = np.array([_as_float(spec.defaults[f]) for f in spec.fields], dtype=np.float64)
+    unparsed = np.array([(spec.name, f) not in ctx.numeric_features for f in spec.fields], dtype=bool)
     rows = [[None] * width if isinstance(r, Exception) else r for r in lookup.values]
     flat = [*chain.from_iterable(rows), *[None] * width]
     raw = np.array(flat, dtype=object).reshape(-1, width)
     missing = np.array([v is None for v in flat], dtype=bool).reshape(-1, width)
-    raw[missing] = 0.0
+    raw[missing | unparsed] = 0.0
     try:
         values = raw.astype(np.float64)
     except (ValueError, TypeError):
-        values = np.array([_salvage_row(ctx, lookup, u, row, defaults) for u, row in enumerate(rows)] + [defaults])
+        numeric_rows = [[None if skip else v for v, skip in zip(row, unparsed, strict=True)] for row in rows]
+        values = np.array([*(_salvage_row(ctx, lookup, u, row, defaults) for u, row in enumerate(numeric_rows)),
+                           defaults])
     for u, row in enumerate(lookup.values):
         if isinstance(row, Exception):
             _mark_key_bad(ctx, lookup, u, f"entity {spec.name} key {lookup.keys[u]!r}: the store answered {row}")

@@ -25,6 +25,8 @@ _SMALL = 1 << 14
 @lru_cache(maxsize=4096)  # large values repeat within a batch (timestamps, versions)
 def encode_long(n: int) -> bytes:
     """Avro's zigzag varint."""
+    if not -(1 << 63) <= n < 1 << 63:  # zigzag would wrap silently and write another number
+        raise OverflowError(f"{n} does not fit an Avro long")
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z & ~0x7F:

@@ -74,7 +74,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     compiled = compile_settings(settings)
     k = settings.kafka
-    tensors = ", ".join(f"{t.name}[N,{len(t.columns)}] {t.dtype}" for t in compiled.tensors)
+    tensors = ", ".join(f"{t.name}[N{'' if t.rank == 1 else f',{len(t.columns)}'}] {t.dtype}" for t in compiled.tensors)
     print(f"config OK: {args.config}")
     print(f"  kafka   {k.bootstrap_servers}: {', '.join(k.input_topics)} -> {k.output_topic} (dead letters: "
           f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")

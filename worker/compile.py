@@ -80,7 +80,9 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     problems.raise_if_any()
     assert input_schema and output_schema and model
     entities = _entities(settings, input_schema, problems)
-    tensors = _tensors(settings, model, input_schema, {e.name: e for e in entities}, problems)
+    # An entity refused above is still known by name, so columns using it are not reported again.
+    known: dict[str, EntitySpec | None] = {**dict.fromkeys(settings.features), **{e.name: e for e in entities}}
+    tensors = _tensors(settings, model, input_schema, known, problems)
     builder = _builder(settings, model, input_schema, output_schema, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
@@ -125,9 +127,11 @@ def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> l
         defaults = {f: entity.defaults.get(f, entity.default) for f in entity.fields}
         for unknown in sorted(set(entity.defaults) - set(entity.fields)):
             problems.add(f"{key}.defaults.{unknown}", f"'{unknown}' is not one of the entity's fields")
-        for field_name in [f for f, v in defaults.items() if v is None]:
-            problems.add(f"{key}.defaults", f"no default for field '{field_name}' (set defaults.{field_name} "
-                                           "or default)")
+        undefaulted = [f for f, v in defaults.items() if v is None]
+        if undefaulted:
+            names = ", ".join(repr(f) for f in undefaulted)
+            problems.add(f"{key}.defaults", f"no default for field{'s' if len(undefaulted) > 1 else ''} {names} "
+                                           "(set defaults.<field> or default)")
         entities.append(EntitySpec(name, template, tuple(entity.fields), defaults))
     return entities
 
@@ -140,7 +144,7 @@ def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix:
         return None
 
 
-def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec],
+def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec | None],
              problems: Problems) -> list[TensorSpec]:
     declared = {t.name: t for t in model.inputs}
     for name in declared:
@@ -159,7 +163,7 @@ def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: d
 
 
 def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: Schema,
-            entities: dict[str, EntitySpec], problems: Problems) -> TensorSpec | None:
+            entities: dict[str, EntitySpec | None], problems: Problems) -> TensorSpec | None:
     dtype = spec.dtype or info.dtype
     if dtype not in (*NUMERIC_DTYPES, "string"):
         problems.add(f"{key}.dtype", f"model input type '{info.dtype}' is not supported")
@@ -167,9 +171,10 @@ def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: 
     if spec.dtype and spec.dtype != info.dtype:
         problems.add(f"{key}.dtype", f"'{spec.dtype}' does not match the model's input type '{info.dtype}'")
         return None
-    columns: list[Column] = []
-    for i, column in enumerate(spec.columns):
-        columns += _columns(f"{key}.columns[{i}]", column, dtype, schema, entities, problems)
+    built = [_columns(f"{key}.columns[{i}]", c, dtype, schema, entities, problems) for i, c in enumerate(spec.columns)]
+    if any(b is None for b in built):
+        return None  # a column was refused (and reported); counting the rest would report it twice
+    columns = [column for group in built if group for column in group]
     rank = len(info.shape) if info.shape else 2
     if rank == 1 and len(columns) != 1:
         problems.add(f"{key}.columns", f"the model input is 1-D ([N]) so it takes one column, not {len(columns)}")
@@ -178,45 +183,73 @@ def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: 
     return TensorSpec(name, dtype, tuple(columns), 1 if rank == 1 else 2)
 
 
-def _columns(key: str, column: ColumnSettings, dtype: str, schema: Schema, entities: dict[str, EntitySpec],
-             problems: Problems) -> list[Column]:
+def _columns(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+             entities: dict[str, EntitySpec | None], problems: Problems) -> list[Column] | None:
+    """The columns one setting feeds, or None if it is refused (the problem is recorded)."""
     if column.const is not None:
-        return [ConstColumn(column.const)] if _const_fits(key, column.const, dtype, problems) else []
+        return [ConstColumn(column.const)] if _const_fits(key, column.const, dtype, problems) else None
     if column.entity is not None:
-        entity = entities.get(column.entity)
-        if entity is None:
+        if column.entity not in entities:
             problems.add(f"{key}.entity", f"no entity '{column.entity}' in features (known: {', '.join(entities)})")
-            return []
-        return [FeatureColumn(entity.name, f, entity.defaults[f]) for f in entity.fields]
+            return None
+        entity = entities[column.entity]
+        return None if entity is None else [FeatureColumn(entity.name, f, entity.defaults[f]) for f in entity.fields]
     if column.feature is not None:
         return _feature_column(key, column.feature, entities, problems)
     return _event_column(key, column, dtype, schema, problems)
 
 
-def _feature_column(key: str, ref: str, entities: dict[str, EntitySpec], problems: Problems) -> list[Column]:
+def _feature_column(key: str, ref: str, entities: dict[str, EntitySpec | None],
+                    problems: Problems) -> list[Column] | None:
     entity_name, _, field_name = ref.partition(".")
-    entity = entities.get(entity_name)
-    if entity is None or not field_name:
+    if entity_name not in entities or not field_name:
         problems.add(f"{key}.feature", f"'{ref}' is not entity.field (entities: {', '.join(entities) or 'none'})")
-        return []
+        return None
+    entity = entities[entity_name]
+    if entity is None:
+        return None
     if field_name not in entity.fields:
         problems.add(f"{key}.feature", f"entity '{entity_name}' has no field '{field_name}' "
                                        f"(it reads: {', '.join(entity.fields)})")
-        return []
+        return None
     return [FeatureColumn(entity_name, field_name, entity.defaults[field_name])]
 
 
-def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema, problems: Problems) -> list[Column]:
+def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+                  problems: Problems) -> list[Column] | None:
     assert column.event is not None
     found = _check_path(schema, column.event, f"{key}.event", problems)
     if found is None:
-        return []
+        return None
     reason = _conversion_problem(found, dtype, column)
     if reason:
         problems.add(key, f"event field '{column.event}' ({found.describe()}): {reason}")
-        return []
-    mapping = dict(column.mapping) if column.mapping is not None else None
+        return None
+    mapping = None
+    if column.mapping is not None:
+        mapping = _typed_mapping(found.kind, column.mapping)
+        if mapping is None:
+            problems.add(f"{key}.mapping", f"its keys must be {found.kind} values like the event field "
+                                           f"'{column.event}' (got {', '.join(map(repr, column.mapping))})")
+            return None
     return [EventColumn(column.event, column.default, mapping)]
+
+
+def _typed_mapping(kind: str, mapping: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The mapping keyed like the decoded events (config keys are text, or YAML numbers and
+    booleans), so that an int or boolean field finds its values; None if a key does not convert."""
+    typed = {_typed_key(kind, key): value for key, value in mapping.items()}
+    return None if None in typed else typed
+
+
+def _typed_key(kind: str, key: Any) -> Any:
+    if kind in ("int", "long"):
+        if isinstance(key, str) and key.strip().lstrip("+-").isdigit():
+            return int(key)
+        return key if isinstance(key, int) and not isinstance(key, bool) else None
+    if kind == "boolean":
+        return key if isinstance(key, bool) else {"true": True, "false": False}.get(str(key).lower())
+    return str(key)
 
 
 def _conversion_problem(found: FieldType, dtype: str, column: ColumnSettings) -> str | None:

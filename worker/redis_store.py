@@ -161,7 +161,10 @@ def _key_values(reply: object) -> KeyValues:
     if isinstance(reply, list):
         return reply
     if isinstance(reply, Exception):
-        return reply
+        if str(reply).startswith("WRONGTYPE"):
+            return reply  # this key holds another type: only the events using it fail
+        # NOAUTH, NOPERM, LOADING, BUSY, ...: the server cannot answer now; retry the batch
+        raise FeatureStoreUnavailable(f"Redis answered: {reply}")
     return ValueError(f"unexpected Redis reply {reply!r}")
 
 

