@@ -4,12 +4,15 @@ reads settings."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from worker.assembly import Assembler
 from worker.codecs import (
@@ -31,6 +34,7 @@ from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
 from worker.runner import LoopSettings, Observer, Runner
 from worker.settings import WorkerSettings, librdkafka_config
 from worker.stats import RunStats
+from worker.transactions import TransactionalCheckpointer
 
 logger = logging.getLogger(__name__)
 ClientT = TypeVar("ClientT", Consumer, Producer)
@@ -44,21 +48,72 @@ def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
     return {**{key: v for key, v in typed.items() if v is not None}, **librdkafka_config(k.properties)}
 
 
+def exactly_once(settings: WorkerSettings) -> bool:
+    return settings.processing_guarantee == "exactly-once"
+
+
 def make_consumer(settings: WorkerSettings) -> Consumer:
     k, b = settings.kafka, settings.batch
-    own = {"auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
-           "queued.min.messages": max(b.max_in_flight_events // 4, b.max_events),
-           "queued.max.messages.kbytes": b.max_in_flight_mb * 1024 // 2,
-           **librdkafka_config(k.consumer)}
+    own: dict[str, Any] = {
+        "auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
+        "queued.min.messages": max(b.max_in_flight_events // 4, b.max_events),
+        "queued.max.messages.kbytes": b.max_in_flight_mb * 1024 // 2,
+        **librdkafka_config(k.consumer)}
+    if k.group_instance_id:
+        own["group.instance.id"] = k.group_instance_id
+    if exactly_once(settings):
+        own["isolation.level"] = "read_committed"  # never score input from aborted transactions
     return _client(Consumer, consumer_config(k.bootstrap_servers, k.group_id, kafka_common(settings), own))
 
 
-def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None) -> Producer:
+def transactional_id(settings: WorkerSettings) -> str:
+    """Stable per replica when it can be (so a restart aborts what its predecessor left open at
+    once), else unique per process (a zombie is then fenced through the group generation, KIP-447)."""
+    k = settings.kafka
+    if k.transactional_id:
+        return k.transactional_id
+    if k.group_instance_id:
+        return f"{k.group_id}-{k.group_instance_id}"
+    return f"{k.group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None,
+                  error_cb: Callable[[KafkaError], None] | None = None) -> Producer:
+    """The producer; its own queue limits are twice the in-flight cap the loop waits at (``Sink``),
+    so that a batch never blocks inside ``produce`` with the consumer unpolled."""
     k, b = settings.kafka, settings.batch
-    own = {"queue.buffering.max.messages": b.max_in_flight_events,
-           "queue.buffering.max.kbytes": b.max_in_flight_mb * 1024 // 2,
-           **librdkafka_config(k.producer), **(extra or {})}
+    own: dict[str, Any] = {"queue.buffering.max.messages": 2 * b.max_in_flight_events + b.max_events,
+                           "queue.buffering.max.kbytes": b.max_in_flight_mb * 1024,
+                           **librdkafka_config(k.producer), **(extra or {})}
+    if error_cb is not None:
+        own["error_cb"] = error_cb
     return _client(Producer, producer_config(k.bootstrap_servers, kafka_common(settings), own))
+
+
+def make_sink(settings: WorkerSettings) -> Sink:
+    """The sink; in exactly-once mode its producers (a replacement too) share one transactional id."""
+    k, b = settings.kafka, settings.batch
+    extra: dict[str, Any] = {}
+    if exactly_once(settings):
+        extra = {"transactional.id": transactional_id(settings), "transaction.timeout.ms": k.transaction_timeout_ms}
+        logger.info("exactly-once: transactional id %s", extra["transactional.id"])
+    return Sink(lambda error_cb: make_producer(settings, extra, error_cb), k.output_topic, k.dlq_topic, k.group_id,
+                b.max_in_flight_events, b.max_in_flight_mb * (1 << 20) // 2)
+
+
+def make_checkpointer(settings: WorkerSettings, consumer: Consumer, sink: Sink) -> Checkpointer:
+    interval_s, timeout_s = settings.batch.commit_interval_ms / 1000, settings.kafka.commit_timeout_ms / 1000
+    if not exactly_once(settings):
+        return Checkpointer(consumer, sink, interval_s, timeout_s)
+    checkpointer = TransactionalCheckpointer(consumer, sink, interval_s, timeout_s)
+    checkpointer.initialise(settings.kafka.startup_timeout_s)
+    return checkpointer
+
+
+def loop_settings(settings: WorkerSettings) -> LoopSettings:
+    b, f = settings.batch, settings.faults
+    return LoopSettings(b.max_events, b.latency_budget_ms / 1000, f.retry_initial_ms / 1000, f.retry_max_ms / 1000,
+                        f.probe_interval_ms / 1000, f.degrade_after_retries if f.on_redis_down == "degrade" else None)
 
 
 def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
@@ -108,12 +163,11 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = ()) -
     k = settings.kafka
     consumer = make_consumer(settings)
     wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic], k.startup_timeout_s)
-    producer = make_producer(settings)
     pipeline = make_pipeline(settings, compiled, store)
-    sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
-    checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
-    loop = LoopSettings(settings.batch.max_events, settings.batch.latency_budget_ms / 1000)
-    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog(), *observers])
+    sink = make_sink(settings)
+    checkpointer = make_checkpointer(settings, consumer, sink)
+    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop_settings(settings),
+                  [ProgressLog(), *observers], probe=store.ping)
 
 
 def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:

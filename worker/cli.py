@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
-from worker.errors import ConfigError, StartupError
+from worker.errors import ConfigError, StartupError, WorkerError
 from worker.logs import configure
 from worker.settings import WorkerSettings, load_settings
 
@@ -19,6 +19,7 @@ logger = logging.getLogger("worker.cli")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_FATAL = 4
 
 _OVERRIDES = {  # option → nested settings key
     "bootstrap_servers": ("kafka", "bootstrap_servers"), "group_id": ("kafka", "group_id"),
@@ -118,5 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot start: %s", exc)
         print(f"startup error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except WorkerError as exc:  # e.g. fenced by a newer instance: stop, let the orchestrator decide
+        logger.error("stopped by a fatal error: %s", exc)
+        print(f"fatal error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     except KeyboardInterrupt:
         return 130

@@ -326,7 +326,8 @@ def _output_source(key: str, source: OutputFieldSettings, target: Any, input_sch
 
 
 _SPECIAL_KINDS = {"score": ("float", "double"), "label": ("boolean", "int", "long"),
-                  "model_version": ("string",), "model_name": ("string",), "scored_at": ("long",)}
+                  "model_version": ("string",), "model_name": ("string",), "scored_at": ("long",),
+                  "degraded": ("boolean", "int", "long")}
 
 
 def _special(key: str, source: OutputFieldSettings, target: Any, problems: Problems) -> Source | None:
@@ -336,4 +337,4 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
         problems.add(key, f"${source.special} cannot be written to a {kind} field "
                           f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
         return None
-    return Computed(source.special, as_int=source.special == "label" and kind in ("int", "long"))
+    return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))

@@ -75,5 +75,13 @@ class FeatureStoreUnavailable(WorkerError):
     """The feature store cannot be reached; the batch is retried, not dead-lettered."""
 
 
+class BrokerUnavailable(WorkerError):
+    """The broker does not acknowledge outputs (or finish a commit) in time; the loop holds its batch."""
+
+
+class ProducerFenced(WorkerError):
+    """Another instance took over this worker's transactional id; this one must stop."""
+
+
 class ModelRunError(WorkerError):
     """The model failed on a whole batch; the pipeline splits it to find the culprits."""

@@ -152,6 +152,14 @@ class FeatureFetcher:
                 lookups[spec.name].values = values
         return lookups
 
+    def absent(self, records: Sequence[Record]) -> dict[str, EntityLookup]:
+        """Lookups as if the store held none of the keys: every feature takes its default."""
+        lookups = {spec.name: _distinct_keys(spec, records) for spec in self._entities}
+        for spec in self._entities:
+            lookup = lookups[spec.name]
+            lookup.values = [[None] * len(spec.fields) for _ in lookup.keys]
+        return lookups
+
 
 def _distinct_keys(spec: EntitySpec, records: Sequence[Record]) -> EntityLookup:
     keys = list(map(spec.template.render, records))

@@ -4,7 +4,9 @@ A checkpoint is Kafka's at-least-once contract made explicit: flush the producer
 every output and dead letter since the last checkpoint was acknowledged, and only then
 commit the input offsets. If any delivery failed, nothing is committed and the affected
 partitions are rewound to their last committed offsets, so the work is redone rather than
-lost (duplicates are possible only for that in-flight work).
+lost (duplicates are possible only for that in-flight work). A producer that hit a fatal
+error (the idempotent producer's sequence broke, say) is replaced before the work is redone.
+The exactly-once sibling, which commits through Kafka transactions, is in ``worker.transactions``.
 """
 
 from __future__ import annotations
@@ -106,78 +108,154 @@ class BatchTicket:
 
     Callbacks run on the delivery thread and, during a flush, on the loop's thread, hence the lock."""
 
-    __slots__ = ("acked_ns", "consumed_ns", "left", "published_ns", "size", "tracker")
+    __slots__ = ("acked_ns", "consumed_ns", "generation", "left", "nbytes", "published_ns", "size", "tracker")
 
-    def __init__(self, tracker: DeliveryTracker, size: int, consumed_ns: int) -> None:
+    def __init__(self, tracker: DeliveryTracker, size: int, nbytes: int, consumed_ns: int) -> None:
         self.tracker = tracker
+        self.generation = tracker.generation
         self.size = self.left = size
+        self.nbytes = nbytes
         self.consumed_ns = consumed_ns
         self.published_ns = self.acked_ns = 0
 
     def __call__(self, err: KafkaError | None, msg: Any) -> None:
         tracker = self.tracker
         with tracker.lock:
-            tracker.pending -= 1
             self.left -= 1
             done = self.left == 0
-            if err is not None:
-                tracker.failed.append(f"{msg.topic()}: {err}")
-        if done and err is None and tracker.on_batch_acked is not None:
+            current = self.generation == tracker.generation
+            if current:
+                tracker.pending -= 1
+                if done:
+                    tracker.pending_bytes -= self.nbytes
+                if err is not None:
+                    tracker.failed.append(f"{msg.topic()}: {err}")
+        if done and err is None and current and tracker.on_batch_acked is not None:
             self.acked_ns = time.perf_counter_ns()
             tracker.on_batch_acked(self)
 
 
 class DeliveryTracker:
-    """Counts delivery reports since the last checkpoint and remembers failures."""
+    """Counts outputs awaiting acknowledgement (and their bytes) and remembers failures.
+
+    ``reset`` starts a new generation when the producer is replaced or a transaction aborted:
+    reports about the earlier messages no longer count (their work is redone from the last commit)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pending = 0
+        self.pending_bytes = 0
+        self.generation = 0
         self.failed: list[str] = []
         self.on_batch_acked: Callable[[BatchTicket], None] | None = None
 
-    def ticket(self, size: int, consumed_ns: int) -> BatchTicket:
+    def ticket(self, size: int, nbytes: int, consumed_ns: int) -> BatchTicket:
         with self.lock:
             self.pending += size
-        return BatchTicket(self, size, consumed_ns)
+            self.pending_bytes += nbytes
+            return BatchTicket(self, size, nbytes, consumed_ns)
+
+    def fail(self, reason: str) -> None:
+        with self.lock:
+            self.failed.append(reason)
+
+    def has_failures(self) -> bool:
+        return bool(self.failed)
 
     def take_failures(self) -> list[str]:
         with self.lock:
             failed, self.failed = self.failed, []
         return failed
 
+    def reset(self) -> None:
+        with self.lock:
+            self.generation += 1
+            self.pending = self.pending_bytes = 0
+            self.failed = []
+
 
 class DeliveryThread(threading.Thread):
     """Serves the producer's delivery reports as they arrive, so acknowledgements are seen (and
     timed) when the broker sends them rather than whenever the loop next polls."""
 
-    def __init__(self, producer: Producer, interval_s: float = 0.05) -> None:
+    def __init__(self, sink: Sink, interval_s: float = 0.05) -> None:
         super().__init__(name="delivery-reports", daemon=True)
-        self.producer = producer
+        self.sink = sink
         self.interval_s = interval_s
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.is_set():
-            self.producer.poll(self.interval_s)
+            self.sink.producer.poll(self.interval_s)  # read each time: the sink may replace its producer
 
     def stop(self) -> None:
         self._stopped.set()
         self.join(self.interval_s * 4)
 
 
-class Sink:
-    """Produces predictions and dead letters; blocks (serving callbacks) while the queue is full."""
+ProducerFactory = Callable[[Callable[[KafkaError], None]], Producer]
 
-    def __init__(self, producer: Producer, output_topic: str, dlq_topic: str, group_id: str) -> None:
-        self.producer = producer
+
+class Sink:
+    """Produces predictions and dead letters, tracking every delivery.
+
+    ``has_room`` tells the loop when the outputs awaiting acknowledgement reach the in-flight cap,
+    so that it can wait (pausing its partitions and polling the consumer) before producing more,
+    rather than blocking inside ``produce`` where the consumer is not polled. A producer that
+    reports a fatal error is replaced by ``rebuild`` (the caller redoes the work since the last
+    commit)."""
+
+    def __init__(self, new_producer: ProducerFactory, output_topic: str, dlq_topic: str, group_id: str,
+                 max_pending: int = 50_000, max_pending_bytes: int = 32 << 20) -> None:
+        self._new_producer = new_producer
+        self.producer = new_producer(self._on_error)
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
         self.group_id = group_id
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.tracker = DeliveryTracker()
+        self.fatal: KafkaError | None = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err
+            logger.error("the producer hit a fatal error: %s", err)
+        else:
+            logger.debug("producer: %s", err)  # transient (broker down...): librdkafka retries
+
+    def has_room(self, count: int, nbytes: int) -> bool:
+        tracker = self.tracker
+        if tracker.pending == 0:
+            return True
+        return tracker.pending + count <= self.max_pending and tracker.pending_bytes + nbytes <= self.max_pending_bytes
+
+    def rebuild(self) -> None:
+        """Replace the producer (after a fatal error); what the old one held is dropped."""
+        old = self.producer
+        old.purge(in_queue=True, in_flight=True)
+        old.flush(0)
+        self.tracker.reset()
+        self.fatal = None
+        self.producer = self._new_producer(self._on_error)
+        logger.warning("producer replaced; redoing the work since the last commit")
 
     def publish(self, result: BatchResult, consumed_ns: int, headers: Headers | None = None) -> BatchTicket:
-        callback = self.tracker.ticket(len(result.outputs) + len(result.dead_letters), consumed_ns)
+        callback = self.tracker.ticket(len(result.outputs) + len(result.dead_letters), output_bytes(result),
+                                       consumed_ns)
+        try:
+            self._produce(result, callback, headers)
+        except KafkaException as exc:
+            # A fatal or transaction-state error: the checkpoint that follows redoes this work.
+            error = exc.args[0] if exc.args else exc
+            self.tracker.fail(f"produce refused: {error}")
+            if isinstance(error, KafkaError) and error.fatal() and self.fatal is None:
+                self.fatal = error
+        callback.published_ns = time.perf_counter_ns()
+        self.producer.poll(0)
+        return callback
+
+    def _produce(self, result: BatchResult, callback: BatchTicket, headers: Headers | None) -> None:
         produce, topic = self.producer.produce, self.output_topic
         for output in result.outputs:
             try:
@@ -187,12 +265,11 @@ class Sink:
         for dead in result.dead_letters:
             self._produce_when_room(self.dlq_topic, dead.message.value(), dead.message.key(), callback,
                                     self.dead_letter_headers(dead, headers))
-        callback.published_ns = time.perf_counter_ns()
-        self.producer.poll(0)
-        return callback
 
     def _produce_when_room(self, topic: str, value: bytes | None, key: bytes | None,
                            callback: Callable[..., None], headers: Headers | None) -> None:
+        # Rare: the loop waits for room before a batch; only a batch bigger than the slack
+        # between that soft cap and the producer's own queue limit gets here.
         while True:
             try:
                 self.producer.produce(topic, value, key, on_delivery=callback, headers=headers)
@@ -209,6 +286,17 @@ class Sink:
             ("error.reason", dead.reason[:_REASON_LIMIT]), ("worker.group", self.group_id),
         ]
         return [*(m.headers() or []), *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in own), *(extra or [])]
+
+
+def output_bytes(result: BatchResult) -> int:
+    """Bytes a batch puts in the producer's queue (values; keys and headers are small)."""
+    return sum(len(o.value) for o in result.outputs) + sum(len(d.message.value() or b"") for d in result.dead_letters)
+
+
+def owned_only(result: BatchResult, owned: Callable[[Message], bool]) -> None:
+    """Drop the outputs and dead letters of events whose partitions this worker no longer owns."""
+    result.outputs = [o for o in result.outputs if owned(o.source)]
+    result.dead_letters = [d for d in result.dead_letters if owned(d.message)]
 
 
 @dataclass
@@ -237,18 +325,27 @@ class OffsetLedger:
 
 
 class Checkpointer:
-    """At-least-once checkpoints: flush, verify every delivery, then commit offsets."""
+    """At-least-once checkpoints: flush, verify every delivery, then commit offsets.
 
-    def __init__(self, consumer: Consumer, sink: Sink, interval_s: float, flush_timeout_s: float = 30.0) -> None:
+    A delivery that failed (or a producer that hit a fatal error) rewinds the consumer to the
+    last commit instead: ``on_rewind`` then tells the loop to drop the work it holds, which is
+    redone from there."""
+
+    def __init__(self, consumer: Consumer, sink: Sink, interval_s: float, timeout_s: float = 10.0) -> None:
         self.consumer = consumer
         self.sink = sink
         self.ledger = OffsetLedger()
         self.interval_s = interval_s
-        self.flush_timeout_s = flush_timeout_s
+        self.timeout_s = timeout_s
+        self.on_rewind: Callable[[], None] = lambda: None
         self._last = time.monotonic()
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.interval_s
+
+    def ready(self) -> bool:
+        """Whether a batch may be produced now (a transaction being finished holds it back)."""
+        return True
 
     def begin(self) -> None:
         """Called before a batch is produced (transactions start here; nothing to do otherwise)."""
@@ -256,16 +353,23 @@ class Checkpointer:
     def checkpoint(self, partitions: Iterable[TP] | None = None) -> bool:
         """Commit what is acknowledged; returns False if nothing could be committed safely."""
         self._last = time.monotonic()
-        remaining = self.sink.producer.flush(self.flush_timeout_s)
+        remaining = self.sink.producer.flush(self.timeout_s)
         if remaining:
-            logger.warning("%d outputs still unacknowledged after %.0fs; offsets not committed",
-                           remaining, self.flush_timeout_s)
+            logger.warning("%d outputs still unacknowledged after %.0fs; offsets not committed (will retry)",
+                           remaining, self.timeout_s)
             return False
         failures = self.sink.tracker.take_failures()
-        if failures:
-            self._rewind(failures)
+        if failures or self.sink.fatal is not None:
+            self._redo(failures)
             return False
         return self._commit(partitions)
+
+    def _redo(self, failures: list[str]) -> None:
+        logger.error("%d outputs were not delivered (first: %s); rewinding to the last commit to redo them",
+                     len(failures), failures[0] if failures else self.sink.fatal)
+        if self.sink.fatal is not None:
+            self.sink.rebuild()
+        self.rewind()
 
     def _commit(self, partitions: Iterable[TP] | None) -> bool:
         todo = self.ledger.uncommitted()
@@ -282,18 +386,27 @@ class Checkpointer:
         self.ledger.committed.update(todo)
         return True
 
-    def _rewind(self, failures: list[str]) -> None:
-        logger.error("%d outputs were not delivered (first: %s); rewinding to the last commit to redo them",
-                     len(failures), failures[0])
+    def rewind(self) -> None:
+        """Seek every owned partition back to its last commit; the loop drops what it holds."""
         for (topic, partition), offset in self.ledger.committed.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:
                 logger.warning("cannot rewind %s[%d]: %s", topic, partition, exc)
         self.ledger.done = dict(self.ledger.committed)
+        self.on_rewind()
 
     def drop(self, partitions: Iterable[TP]) -> None:
+        """Partitions were revoked (after a checkpoint): forget them."""
         self.ledger.forget(partitions)
+
+    def lost(self, partitions: Iterable[TP]) -> None:
+        """Partitions were taken away without a chance to commit (their work may be redone elsewhere)."""
+        self.ledger.forget(partitions)
+
+    def close(self) -> None:
+        """The worker is stopping, after its last checkpoint."""
+        self.sink.producer.flush(self.timeout_s)
 
 
 def wait_for_topics(consumer: Consumer, topics: Sequence[str], timeout_s: float) -> None:

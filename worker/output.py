@@ -17,7 +17,7 @@ import numpy as np
 from worker.features import Record, path_getter
 from worker.records import Message
 
-Special = Literal["score", "label", "model_version", "model_name", "scored_at"]
+Special = Literal["score", "label", "model_version", "model_name", "scored_at", "degraded"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class FromModel:
 @dataclass(frozen=True)
 class Computed:
     what: Special
-    as_int: bool = False  # a label written to an int field is 1/0
+    as_int: bool = False  # a label (or the degraded flag) written to an int field is 1/0
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class ScoredBatch:
     model_name: str
     model_version: str
     scored_at_ms: int
+    degraded: bool = False  # scored with default features because the feature store was down
 
 
 def select(output: Any, column: int | None) -> np.ndarray:
@@ -121,7 +122,8 @@ class OutputBuilder:
             labels = scores >= self.score.threshold
             return (labels.astype(np.int64) if source.as_int else labels).tolist()  # type: ignore[no-any-return]
         single = {"model_version": scored.model_version, "model_name": scored.model_name,
-                  "scored_at": scored.scored_at_ms}[source.what]
+                  "scored_at": scored.scored_at_ms,
+                  "degraded": int(scored.degraded) if source.as_int else scored.degraded}[source.what]
         return [single] * n
 
     def keys(self, events: Sequence[Record], sources: Sequence[Message]) -> list[bytes | None]:

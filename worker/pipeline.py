@@ -49,7 +49,8 @@ class Pipeline:
         self._model_outputs = builder.model_outputs()
         self._clock = clock
 
-    def process(self, messages: Sequence[Message]) -> BatchResult:
+    def process(self, messages: Sequence[Message], degraded: bool = False) -> BatchResult:
+        """``degraded``: the feature store is down; score with every feature at its default."""
         result = BatchResult()
         model = self.slot.model
         result.model_version = model.version
@@ -59,14 +60,14 @@ class Pipeline:
         if not events:
             return result
         with stage(result, "features"):
-            lookups = self.fetcher.fetch(events)
+            lookups = self.fetcher.absent(events) if degraded else self.fetcher.fetch(events)
         with stage(result, "assemble"):
             assembled = self.assembler.assemble(events, lookups)
         result.stats["feature_defaults"] = assembled.defaulted
         with stage(result, "inference"):
             outputs, failed = self._infer(model, assembled.feeds, len(events))
         bad = {**assembled.bad, **failed}
-        scored = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000))
+        scored = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000), degraded)
         with stage(result, "encode"):
             self._encode(events, sources, scored, bad, result)
         return result

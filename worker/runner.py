@@ -1,9 +1,19 @@
 """The consume → process → produce → checkpoint loop and its lifecycle.
 
 The loop is single-threaded: rebalance callbacks run inside ``consume``/``poll``, so they
-never race with a batch being processed. A batch that cannot be processed because a
-dependency is down (Redis, Schema Registry) is held, its partitions paused, and retried
-with backoff while the consumer keeps polling so the group does not evict this member.
+never race with a batch being processed. The loop never blocks without polling the consumer
+for long, so the group does not evict this member while something is down:
+
+- a batch that cannot be processed because a dependency is down (Redis, Schema Registry) is
+  held, its partitions paused, and retried with capped backoff; Redis is probed with PING
+  meanwhile so the batch is retried as soon as it answers. With ``degrade_after`` set, a batch
+  is instead scored with default features after that many failed attempts, and marked;
+- a batch whose outputs would push the producer's unacknowledged backlog past its cap (the
+  broker is slow or gone), or that must wait for a transaction to finish committing, is held
+  the same way until the broker catches up.
+
+Revoked partitions are committed in the revoke callback before they move, and no output is
+published for an event whose partition was revoked while its batch was in hand.
 """
 
 from __future__ import annotations
@@ -20,10 +30,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from worker.batching import BatchPolicy
 from worker.codecs import RegistryUnavailable
-from worker.errors import FeatureStoreUnavailable
-from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink
+from worker.errors import BrokerUnavailable, FeatureStoreUnavailable
+from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink, output_bytes, owned_only
 from worker.pipeline import Pipeline
-from worker.records import BatchResult, Message, StageTiming
+from worker.records import BatchResult, Headers, Message, StageTiming
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +71,19 @@ class Observer:
 class LoopSettings:
     max_events: int
     latency_budget_s: float
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 5.0
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 1.0
+    probe_interval_s: float = 0.2
+    degrade_after: int | None = None  # failed attempts before scoring with default features; None: never
+
+
+DEGRADED_HEADER: Headers = [("x-worker-degraded", b"1")]
 
 
 class Runner:
     def __init__(self, consumer: Consumer, topics: list[str], pipeline: Pipeline, sink: Sink,
-                 checkpointer: Checkpointer, settings: LoopSettings, observers: Sequence[Observer] = ()) -> None:
+                 checkpointer: Checkpointer, settings: LoopSettings, observers: Sequence[Observer] = (),
+                 probe: Callable[[], None] | None = None) -> None:
         self.consumer = consumer
         self.topics = topics
         self.pipeline = pipeline
@@ -75,12 +91,20 @@ class Runner:
         self.checkpointer = checkpointer
         self.settings = settings
         self.observers = list(observers)
+        self.probe = probe  # raises FeatureStoreUnavailable while the feature store is down
         self.policy = BatchPolicy(settings.max_events, settings.latency_budget_s)
         self.batches = BatchConsumer(consumer, self.policy)
         self.stopping = False
         self.assignment: set[TP] = set()
+        self.degraded = False
+        self._paused = False
+        self._held: list[Message] = []  # polled while paused; processed next
+        self._revoked: set[TP] = set()  # taken away since the batch in hand was fetched
+        self._stale = False  # the consumer was rewound since the batch in hand was fetched
+        self._last_probe = 0.0
         sink.tracker.on_batch_acked = self._acked
-        self.deliveries = DeliveryThread(sink.producer)
+        checkpointer.on_rewind = self._rewound
+        self.deliveries = DeliveryThread(sink)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -98,11 +122,25 @@ class Runner:
             self._shutdown()
 
     def step(self) -> None:
-        batch, received_ns = self.batches.next_batch()
+        batch, received_ns = self._next_batch()
         if batch:
             self._handle(batch, received_ns)
         if self.checkpointer.due():
             self._checkpoint()
+
+    def _next_batch(self) -> tuple[list[Message], int]:
+        """The next batch: events held while paused first, then what the consumer hands out;
+        without events of partitions revoked meanwhile, and none at all if the consumer was
+        rewound meanwhile (everything after the last commit comes again)."""
+        self._revoked.clear()
+        self._stale = False
+        batch, received_ns = self.batches.next_batch()
+        if self._held:
+            batch, self._held = self._held + batch, []
+            received_ns = received_ns or time.perf_counter_ns()
+        if self._stale:
+            return [], 0
+        return (self._owned(batch) if self._revoked else batch), received_ns
 
     def _checkpoint(self) -> bool:
         start = time.perf_counter_ns()
@@ -127,57 +165,152 @@ class Runner:
 
     def _handle(self, batch: list[Message], received_ns: int) -> None:
         start = time.perf_counter_ns()
-        result = self._process(batch)
-        if result is None:
+        processed = self._process(batch)
+        if processed is None:
             return
+        batch, result = processed
+        if not self._wait_until_publishable(result):
+            return
+        if self._revoked:
+            batch = self._owned(batch)
+            owned_only(result, self._is_owned)
         self.checkpointer.begin()
         produce_start = time.perf_counter_ns()
-        ticket = self.sink.publish(result, received_ns)
+        ticket = self.sink.publish(result, received_ns, DEGRADED_HEADER if result.stats.get("degraded") else None)
         result.timings.append(StageTiming("produce", produce_start, ticket.published_ns))
         self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
         self.checkpointer.ledger.track(batch)
         for observer in self.observers:
             observer.batch_done(batch, result, ticket)
 
-    def _process(self, batch: list[Message]) -> BatchResult | None:
-        """Process, retrying while a dependency is down; None if the batch's partitions went away."""
-        delay = self.settings.retry_initial_s
-        paused: list[TopicPartition] = []
+    # --- a dependency (Redis, Schema Registry) down ---------------------------------------------
+
+    def _process(self, batch: list[Message]) -> tuple[list[Message], BatchResult] | None:
+        """Process, retrying while a dependency is down (partitions paused, consumer polled);
+        None if the batch's partitions went away, the consumer was rewound, or the worker stops."""
+        delay, attempt = self.settings.retry_initial_s, 0
         try:
             while True:
                 try:
-                    return self.pipeline.process(batch)
+                    return batch, self._run_pipeline(batch)
                 except TRANSIENT as exc:
+                    attempt += 1
                     self._notify_down(exc)
-                    paused = paused or self._pause()
-                    batch = self._wait_and_keep_owned(batch, delay)
-                    if not batch or self.stopping:
+                    self._pause()
+                    if self._may_degrade(exc, attempt):
+                        continue
+                    batch = self._wait_and_keep_owned(batch, delay, isinstance(exc, FeatureStoreUnavailable))
+                    if not batch or self.stopping or self._stale:
                         return None
                     delay = min(delay * 2, self.settings.retry_max_s)
         finally:
-            if paused:
-                self.consumer.resume(paused)
-                logger.info("dependency is back; resumed %d partitions", len(paused))
+            if self._paused:
+                self._resume("dependency is back")
+
+    def _run_pipeline(self, batch: list[Message]) -> BatchResult:
+        if self.degraded and self._probe_due() and self._probe_ok():
+            self.degraded = False
+            logger.info("the feature store answers again; scoring with features")
+        result = self.pipeline.process(batch, degraded=self.degraded)
+        if self.degraded:
+            result.stats["degraded"] = True
+        return result
+
+    def _may_degrade(self, exc: Exception, attempt: int) -> bool:
+        limit = self.settings.degrade_after
+        if limit is None or not isinstance(exc, FeatureStoreUnavailable) or attempt <= limit:
+            return False
+        logger.warning("the feature store is down; scoring with default features until it answers")
+        self.degraded = True
+        self._last_probe = time.monotonic()
+        return True
 
     def _notify_down(self, exc: Exception) -> None:
         logger.warning("cannot process the batch, will retry: %s", exc)
         for observer in self.observers:
             observer.dependency_down(type(exc).__name__, exc)
 
-    def _pause(self) -> list[TopicPartition]:
-        partitions = [TopicPartition(t, p) for t, p in self.assignment]
-        if partitions:
-            self.consumer.pause(partitions)
-        return partitions
-
-    def _wait_and_keep_owned(self, batch: list[Message], delay: float) -> list[Message]:
-        """Poll while waiting (keeps the membership alive), then drop revoked partitions' events."""
+    def _wait_and_keep_owned(self, batch: list[Message], delay: float, probe: bool) -> list[Message]:
+        """Poll while waiting (keeps the membership alive), ending early when a feature store probe
+        answers; then drop revoked partitions' events."""
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not self.stopping:
-            stray = self.consumer.poll(min(0.1, max(deadline - time.monotonic(), 0)))
-            if stray is not None and stray.error() is None:
-                batch.append(stray)
-        return [m for m in batch if (m.topic(), m.partition()) in self.assignment]
+            self._poll_paused(min(self.settings.probe_interval_s / 2, max(deadline - time.monotonic(), 0)))
+            if probe and self._probe_due() and self._probe_ok():
+                break
+        return self._owned(batch)
+
+    def _probe_due(self) -> bool:
+        return self.probe is not None and time.monotonic() - self._last_probe >= self.settings.probe_interval_s
+
+    def _probe_ok(self) -> bool:
+        assert self.probe is not None
+        self._last_probe = time.monotonic()
+        try:
+            self.probe()
+        except FeatureStoreUnavailable:
+            return False
+        return True
+
+    # --- the broker slow or down ---------------------------------------------------------------
+
+    def _wait_until_publishable(self, result: BatchResult) -> bool:
+        """Wait, partitions paused and consumer polled, while the producer's backlog is at its cap
+        or a transaction is being finished; False if the batch must be dropped meanwhile (the
+        consumer was rewound, or the worker stops: it is redone from the last commit)."""
+        count, nbytes = len(result.outputs) + len(result.dead_letters), output_bytes(result)
+        if self.checkpointer.ready() and self.sink.has_room(count, nbytes):
+            return True
+        logger.warning("holding the batch: %d outputs await acknowledgement%s", self.sink.tracker.pending,
+                       "" if self.checkpointer.ready() else " and a transaction awaits its commit")
+        down = BrokerUnavailable(f"{self.sink.tracker.pending} outputs unacknowledged")
+        for observer in self.observers:
+            observer.dependency_down("Kafka", down)
+        self._pause()
+        try:
+            while not (self.stopping or self._stale):
+                self._poll_paused(0.1)
+                if not self.checkpointer.ready() or self.checkpointer.due():
+                    self._checkpoint()
+                if self.checkpointer.ready() and self.sink.has_room(count, nbytes):
+                    return not self._stale
+            return False
+        finally:
+            self._resume("the broker caught up")
+
+    # --- pausing, rebalances, rewinds ----------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            partitions = [TopicPartition(t, p) for t, p in self.assignment]
+            if partitions:
+                self.consumer.pause(partitions)
+
+    def _resume(self, why: str) -> None:
+        self._paused = False
+        partitions = [TopicPartition(t, p) for t, p in self.assignment]
+        if partitions:
+            self.consumer.resume(partitions)
+        logger.info("%s; resumed %d partitions", why, len(partitions))
+
+    def _poll_paused(self, timeout_s: float) -> None:
+        """Poll while paused: serves the group protocol and rebalance callbacks; an event that
+        still arrives is held for the next batch."""
+        stray = self.consumer.poll(timeout_s)
+        if stray is not None and stray.error() is None:
+            self._held.append(stray)
+
+    def _is_owned(self, message: Message) -> bool:
+        tp = (message.topic(), message.partition())
+        return tp in self.assignment and tp not in self._revoked
+
+    def _owned(self, messages: list[Message]) -> list[Message]:
+        return [m for m in messages if self._is_owned(m)]
+
+    def _rewound(self) -> None:
+        self._held = []
+        self._stale = True
 
     def _acked(self, ticket: BatchTicket) -> None:
         self.policy.acknowledged((ticket.acked_ns - ticket.published_ns) / 1e9)
@@ -187,6 +320,8 @@ class Runner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = [(p.topic, p.partition) for p in partitions]
         self.assignment.update(added)
+        if self._paused and partitions:
+            consumer.pause(partitions)
         logger.info("assigned %s", _describe(added))
         for observer in self.observers:
             observer.partitions_changed(added, [])
@@ -194,14 +329,18 @@ class Runner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
         self._checkpoint()
+        self.checkpointer.drop(revoked)
         self._forget(revoked, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget([(p.topic, p.partition) for p in partitions], "lost (not committed)")
+        lost = [(p.topic, p.partition) for p in partitions]
+        self.checkpointer.lost(lost)
+        self._forget(lost, "lost (not committed)")
 
     def _forget(self, partitions: list[TP], how: str) -> None:
-        self.checkpointer.drop(partitions)
         self.assignment.difference_update(partitions)
+        self._revoked.update(partitions)
+        self._held = self._owned(self._held)
         logger.info("%s %s", how, _describe(partitions))
         for observer in self.observers:
             observer.partitions_changed([], partitions)
@@ -211,9 +350,12 @@ class Runner:
         try:
             self._checkpoint()
         finally:
-            self.consumer.close()
-            self.deliveries.stop()
-            self.sink.producer.flush(10)
+            try:
+                self.consumer.close()
+            finally:
+                self.checkpointer.close()
+                self.deliveries.stop()
+                self.sink.producer.flush(10)
         for observer in self.observers:
             observer.stopped()
         logger.info("stopped")

@@ -64,6 +64,22 @@ class KafkaSettings(_Section):
     """librdkafka properties for the producer only."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long startup waits for the brokers and topics before giving up."""
+    group_instance_id: str | None = None
+    """Static group membership (librdkafka ``group.instance.id``): a name unique to this replica and
+    stable across its restarts (a StatefulSet pod name, say). A restarted replica then gets its
+    partitions back without a rebalance, if it returns within ``session_timeout_ms``."""
+    transactional_id: str | None = None
+    """Exactly-once only: the producer's ``transactional.id``. Default: ``<group_id>-<group_instance_id>``
+    with static membership, else unique per process. A stable id lets a restarted replica abort the
+    transaction its previous incarnation left open at once, instead of after
+    ``transaction_timeout_ms`` (read_committed consumers of the outputs wait until then)."""
+    transaction_timeout_ms: int = Field(default=30_000, ge=1000)
+    """Exactly-once only: the broker aborts a transaction left open longer than this (a crashed
+    replica's, say); read_committed consumers of the outputs are held up to this long meanwhile."""
+    commit_timeout_ms: int = Field(default=10_000, ge=100)
+    """How long a checkpoint waits for outputs to be acknowledged and offsets (or the transaction)
+    committed before giving up until the next one. The loop keeps polling meanwhile, so a slow or
+    stalled broker never gets this member evicted from the group."""
 
     @field_validator("input_topics", mode="before")
     @classmethod
@@ -191,7 +207,7 @@ class ModelSettings(_Section):
         return self.repository / self.name / self.version / "model.onnx"
 
 
-SPECIALS = ("score", "label", "model_version", "model_name", "scored_at")
+SPECIALS = ("score", "label", "model_version", "model_name", "scored_at", "degraded")
 
 
 class OutputFieldSettings(_Section):
@@ -201,8 +217,9 @@ class OutputFieldSettings(_Section):
 
     event: str | None = None
     """Event field path (``user.id``)."""
-    special: Literal["score", "label", "model_version", "model_name", "scored_at"] | None = None
-    """``score``, ``label`` (score >= threshold), ``model_version``, ``model_name``, ``scored_at`` (epoch ms)."""
+    special: Literal["score", "label", "model_version", "model_name", "scored_at", "degraded"] | None = None
+    """``score``, ``label`` (score >= threshold), ``model_version``, ``model_name``, ``scored_at`` (epoch ms),
+    ``degraded`` (true when scored with default features because Redis was down)."""
     model_output: str | None = None
     """A model output name, for values other than the score."""
     column: int | None = None
@@ -233,7 +250,7 @@ class OutputFieldSettings(_Section):
 class OutputSettings(_Section):
     fields: dict[str, OutputFieldSettings] = Field(min_length=1)
     """Output field → source: an event path (``user.id``), ``$score``, ``$label``,
-    ``$model_version``, ``$model_name``, ``$scored_at``, ``{model_output: name, column: k}``
+    ``$model_version``, ``$model_name``, ``$scored_at``, ``$degraded``, ``{model_output: name, column: k}``
     or ``{const: value}``."""
     key: str | None = None
     """Event field whose value is the output key; unset copies the input message's key."""
@@ -258,6 +275,32 @@ class BatchSettings(_Section):
     """How often outputs are flushed and input offsets committed (0: after every batch)."""
 
 
+class FaultSettings(_Section):
+    """How the worker rides out failures of its dependencies (Redis, Schema Registry)."""
+
+    retry_initial_ms: float = Field(default=100.0, gt=0)
+    """First wait before a batch that failed on an unavailable dependency is retried."""
+    retry_max_ms: float = Field(default=1000.0, gt=0)
+    """The wait doubles after each failed attempt up to this; while the dependency stays down the
+    batch is retried at least this often (and sooner when a Redis probe answers)."""
+    probe_interval_ms: float = Field(default=200.0, gt=0)
+    """While Redis is down it is probed with PING this often; the held batch is retried as soon as
+    it answers, so the stream resumes within about this long of Redis returning."""
+    on_redis_down: Literal["pause", "degrade"] = "pause"
+    """``pause``: hold the batch and pause the partitions until Redis answers (nothing is scored
+    without its features). ``degrade``: after ``degrade_after_retries`` failed attempts, score with
+    every feature at its configured default, and mark those predictions with the header
+    ``x-worker-degraded: 1`` (and the ``$degraded`` output field, if mapped), until Redis is back."""
+    degrade_after_retries: int = Field(default=2, ge=0)
+    """With ``on_redis_down: degrade``: failed attempts before a batch is scored with defaults."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FaultSettings:
+        if self.retry_initial_ms > self.retry_max_ms:
+            raise ValueError("retry_initial_ms must not exceed retry_max_ms")
+        return self
+
+
 class WorkerSettings(BaseSettings):
     """The whole configuration file."""
 
@@ -278,8 +321,13 @@ class WorkerSettings(BaseSettings):
     """The prediction record and its key."""
     batch: BatchSettings = BatchSettings()
     """Batch size and timing."""
+    faults: FaultSettings = FaultSettings()
+    """Retries, backoff and the policy while Redis is down."""
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
-    """``exactly-once`` runs consume-transform-produce in Kafka transactions."""
+    """``at-least-once``: offsets are committed only after every prediction and dead letter before
+    them was acknowledged (idempotent producer), so a crash can only repeat in-flight work.
+    ``exactly-once``: predictions, dead letters and input offsets are committed together in one Kafka
+    transaction; consumers reading with ``isolation.level=read_committed`` see each event once."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the ``worker`` loggers."""
     log_format: Literal["text", "json"] = "text"

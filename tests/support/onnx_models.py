@@ -45,3 +45,31 @@ def sum_of_inputs(path: Path, names: Sequence[str]) -> Path:
     """Several ``[N, 1]`` float inputs → ``score [N, 1]``, their sum."""
     nodes = [helper.make_node("Sum", list(names), ["score"])]
     return save_model(path, nodes, [(n, FLOAT, ["N", 1]) for n in names], [("score", FLOAT, ["N", 1])])
+
+
+def failing_on(path: Path, base: Path, value: float, column: int = 0, output: str = "probabilities") -> Path:
+    """``base`` with one change: a batch in which input column ``column`` of any row equals
+    ``value`` makes ONNX Runtime fail (a Gather index out of bounds); other batches score exactly
+    as ``base`` does (the gathered zeros are added to ``output``)."""
+    model = onnx.load(str(base))
+    graph = model.graph
+    (source,) = [n for n in graph.node if output in n.output]
+    source.output[list(source.output).index(output)] = f"{output}_base"
+    (feed,) = graph.input
+    graph.node.extend([
+        helper.make_node("Slice", [feed.name, "col_start", "col_end", "col_axis"], ["watched"]),
+        helper.make_node("Equal", ["watched", "poison_value"], ["is_poison"]),
+        helper.make_node("Cast", ["is_poison"], ["poison_index"], to=INT64),
+        helper.make_node("Mul", ["poison_index", "out_of_bounds"], ["gather_index"]),
+        helper.make_node("Gather", ["zeros", "gather_index"], ["gathered"], axis=0),
+        helper.make_node("Add", [f"{output}_base", "gathered"], [output]),
+    ])
+    graph.initializer.extend([const("col_start", np.array([column], dtype=np.int64)),
+                              const("col_end", np.array([column + 1], dtype=np.int64)),
+                              const("col_axis", np.array([1], dtype=np.int64)),
+                              const("poison_value", np.array(value, dtype=np.float32)),
+                              const("out_of_bounds", np.array(5, dtype=np.int64)),
+                              const("zeros", np.zeros(2, dtype=np.float32))])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
