@@ -105,7 +105,8 @@ def make_checkpointer(settings: WorkerSettings, consumer: Consumer, sink: Sink) 
     interval_s, timeout_s = settings.batch.commit_interval_ms / 1000, settings.kafka.commit_timeout_ms / 1000
     if not exactly_once(settings):
         return Checkpointer(consumer, sink, interval_s, timeout_s)
-    checkpointer = TransactionalCheckpointer(consumer, sink, interval_s, timeout_s)
+    checkpointer = TransactionalCheckpointer(consumer, sink, interval_s, timeout_s,
+                                             settings.kafka.transaction_timeout_ms / 1000)
     checkpointer.initialise(settings.kafka.startup_timeout_s)
     return checkpointer
 

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from worker.batching import BatchPolicy
 from worker.codecs import RegistryUnavailable
-from worker.errors import BrokerUnavailable, FeatureStoreUnavailable
+from worker.errors import BrokerUnavailable, FeatureStoreUnavailable, WorkerError
 from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink, output_bytes, owned_only
 from worker.pipeline import Pipeline
 from worker.records import BatchResult, Headers, Message, StageTiming
@@ -102,6 +102,7 @@ class Runner:
         self._revoked: set[TP] = set()  # taken away since the batch in hand was fetched
         self._stale = False  # the consumer was rewound since the batch in hand was fetched
         self._last_probe = 0.0
+        self._fatal: WorkerError | None = None  # raised by a rebalance callback; re-raised by the loop
         sink.tracker.on_batch_acked = self._acked
         checkpointer.on_rewind = self._rewound
         self.deliveries = DeliveryThread(sink)
@@ -127,6 +128,8 @@ class Runner:
             self._handle(batch, received_ns)
         if self.checkpointer.due():
             self._checkpoint()
+        if self._fatal is not None:
+            raise self._fatal
 
     def _next_batch(self) -> tuple[list[Message], int]:
         """The next batch: events held while paused first, then what the consumer hands out;
@@ -328,13 +331,19 @@ class Runner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
-        self._checkpoint()
+        try:
+            self._checkpoint()
+        except WorkerError as exc:  # raised once the callback returned: the rebalance must complete
+            self._fatal = exc
         self.checkpointer.drop(revoked)
         self._forget(revoked, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = [(p.topic, p.partition) for p in partitions]
-        self.checkpointer.lost(lost)
+        try:
+            self.checkpointer.lost(lost)
+        except WorkerError as exc:
+            self._fatal = exc
         self._forget(lost, "lost (not committed)")
 
     def _forget(self, partitions: list[TP], how: str) -> None:
@@ -348,7 +357,8 @@ class Runner:
     def _shutdown(self) -> None:
         logger.info("shutting down: flushing outputs and committing offsets")
         try:
-            self._checkpoint()
+            if self._fatal is None:
+                self._checkpoint()
         finally:
             try:
                 self.consumer.close()

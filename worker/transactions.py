@@ -45,11 +45,15 @@ class _State(Enum):
 class TransactionalCheckpointer(Checkpointer):
     """Commits outputs and input offsets atomically, one transaction per checkpoint."""
 
-    def __init__(self, consumer: Consumer, sink: Sink, interval_s: float, timeout_s: float = 10.0) -> None:
+    def __init__(self, consumer: Consumer, sink: Sink, interval_s: float, timeout_s: float = 10.0,
+                 transaction_timeout_s: float = 60.0) -> None:
         super().__init__(consumer, sink, interval_s, timeout_s)
+        self.transaction_timeout_s = transaction_timeout_s
         self._state = _State.IDLE
         self._offsets_sent = False
         self._fenced: KafkaError | None = None
+        self._stuck_since: float | None = None  # when finishing the transaction started failing
+        self._last_warning = 0.0
 
     def initialise(self, timeout_s: float) -> None:
         """Register the transactional id with the broker; this fences an older instance using it
@@ -96,22 +100,31 @@ class TransactionalCheckpointer(Checkpointer):
             if not self._offsets_sent and todo:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
                 self.sink.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
-                                                               self.timeout_s)
+                                                               self._attempt_s())
                 self._offsets_sent = True
-            self.sink.producer.commit_transaction(self.timeout_s)
+            self.sink.producer.commit_transaction(self._attempt_s())
         except KafkaException as exc:
             return self._commit_failed(exc.args[0])
         self.sink.tracker.take_failures()
         self.ledger.committed.update(todo)
-        self._state = _State.IDLE
+        self._finished()
         logger.debug("transaction committed with offsets %s", todo)
         return True
+
+    def _attempt_s(self) -> float:
+        """How long one call may block: the full timeout at first; once the transaction is stuck,
+        short retries (the calls resume where they left off) so the loop keeps serving rebalances."""
+        return self.timeout_s if self._stuck_since is None else min(self.timeout_s, 1.0)
+
+    def _finished(self) -> None:
+        self._state = _State.IDLE
+        self._stuck_since = None
 
     def _commit_failed(self, error: KafkaError) -> bool:
         if self._is_fatal(error):
             return False
         if error.retriable() and not error.txn_requires_abort():
-            logger.warning("transaction commit did not complete (will retry before producing more): %s", error)
+            self._check_stuck("commit", error)
             return False
         logger.error("transaction commit failed; aborting it and redoing its work: %s", error)
         return self._abort()
@@ -120,22 +133,50 @@ class TransactionalCheckpointer(Checkpointer):
         """Abort the transaction and rewind to the last commit; False in any case (nothing committed)."""
         self._state = _State.ABORTING
         try:
-            self.sink.producer.abort_transaction(self.timeout_s)
+            self.sink.producer.abort_transaction(self._attempt_s())
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() == KafkaError._CONFLICT:
                 self._state = _State.COMMITTING  # a timed-out commit must be finished first
             elif not self._is_fatal(error):
-                logger.warning("transaction abort did not complete (will retry before producing more): %s", error)
+                self._check_stuck("abort", error)
             return False
         failures = self.sink.tracker.take_failures()
         if failures:
             logger.error("%d outputs were not delivered (first: %s); transaction aborted, redoing its work",
                          len(failures), failures[0])
         self.sink.tracker.reset()
-        self._state = _State.IDLE
+        self._finished()
         self.rewind()
         return False
+
+    def _check_stuck(self, operation: str, error: KafkaError) -> None:
+        """A transaction that cannot be finished for longer than the transaction timeout while the
+        broker answers is not waiting for the broker: the producer was fenced (some brokers time the
+        fenced producer out rather than tell it) or its transaction expired. Stop: a restart
+        registers the transactional id afresh. While the broker does not answer, keep waiting."""
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = self._last_warning = now
+            logger.warning("transaction %s did not complete; retrying before producing more: %s", operation, error)
+            return
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            logger.warning("transaction %s still not complete after %.0fs: %s", operation, now - self._stuck_since,
+                           error)
+        if now - self._stuck_since < self.transaction_timeout_s or not self._broker_answers():
+            return
+        self._fenced = error
+        raise ProducerFenced(f"the transaction could not be finished for {now - self._stuck_since:.0f}s although "
+                             f"the broker answers; this producer was probably fenced by another instance with the "
+                             f"same transactional id: {error}")
+
+    def _broker_answers(self) -> bool:
+        try:
+            self.sink.producer.list_topics(timeout=min(self.timeout_s, 5.0))
+        except KafkaException:
+            return False
+        return True
 
     def _is_fatal(self, error: KafkaError) -> bool:
         """Handle a fatal error: fenced stops the worker; otherwise a new producer redoes the work."""
@@ -148,7 +189,7 @@ class TransactionalCheckpointer(Checkpointer):
         logger.error("the transactional producer hit a fatal error; replacing it: %s", error)
         self.sink.rebuild()
         self.initialise(self.timeout_s)
-        self._state = _State.IDLE
+        self._finished()
         self.rewind()
         return True
 

@@ -292,3 +292,26 @@ def test_a_broker_frozen_for_ten_seconds_loses_nothing_and_needs_no_restart(
     assert worker.alive(), "the worker recovers without a restart"
     assert_complete(tally, outputs, events, guarantee, duplicates_allowed=True)
     assert worker.stop() == 0
+
+
+def test_a_replica_whose_transactional_id_is_taken_over_is_fenced_and_stops(
+        gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
+        topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
+    args, events = workload(gen, redis_db_url, n=12_000, seed=59)
+    topics = kafka_topics(partitions=2, prefix="fence")
+    outputs = outputs_for(kafka_bootstrap, topics, "exactly-once", topic_reader(topics.output, topics.dlq))
+    replicas = Replicas(start_worker, tmp_path, topics, redis_db_url, "exactly-once",
+                        **{"kafka.transaction_timeout_ms": 10_000})
+    zombie = replicas.start(0)
+    zombie.wait_for_log("assigned")
+    producer = produce_at(kafka_bootstrap, topics.input, events, rate=2000)
+    wait_for_arrivals(outputs, 500)
+
+    successor = replicas.start(0)  # the same slot, hence the same transactional id: the first is a zombie now
+
+    assert zombie.wait(60) == 4, "a fenced worker stops with its own exit code"
+    assert "fenced" in zombie.log()
+    producer.join(60)
+    tally = outputs.wait_for(Expected(gen, args, events.good), 0, 120, alive=successor.alive)
+    assert (tally.missing, tally.wrong, tally.duplicates) == ([], [], 0)
+    assert successor.stop() == 0
