@@ -1,0 +1,224 @@
+"""Chaos soak: replicas killed with SIGKILL on a timer while the shared fraud workload streams.
+
+  python -m bench.chaos                                   # both guarantees, the acceptance run
+  python -m bench.chaos --guarantee exactly-once --events 50000 --kill-every 3
+
+Starts a tansu broker and a redis-server of its own, loads the workload's features, produces
+``--events`` events (a ``--poison`` share undecodable) at ``--rate`` per second, runs
+``--replicas`` worker processes, and every ``--kill-every`` seconds kills one of them with
+SIGKILL (in turn) and starts it again, until every event has its prediction (or dead letter) or
+``--timeout``. Then it reads the prediction topic as a read_committed consumer would (from the
+log's transaction markers, so aborted records never count even on tansu, which does not filter
+them) and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
+letters, kills, and how long the run took. Exit 0 only if nothing is missing or wrong, every
+poison event was dead-lettered, and, in exactly-once mode, nothing is duplicated.
+
+As in the fault tests, each replica slot keeps its transactional id across restarts and events are
+partitioned like the worker's outputs; tansu needs both (see tests/integration/test_faults.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.support.committed_reader import LogRecord, read_committed
+from tests.support.infra import LocalRedisServer, TansuBroker, stop_process, wait_redis
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
+CONFIG = ROOT / "bench" / "fraud-contract.yaml"
+
+
+def _gen() -> Any:
+    if str(WORKLOAD) not in sys.path:
+        sys.path.insert(0, str(WORKLOAD))
+    import gen
+
+    return gen
+
+
+class Fleet:
+    """Worker processes in slots; each slot keeps its transactional id across restarts."""
+
+    def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], guarantee: str, workdir: Path) -> None:
+        self.bootstrap, self.redis_url, self.topics, self.guarantee, self.workdir = (
+            bootstrap, redis_url, topics, guarantee, workdir)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.starts = 0
+
+    def start(self, slot: int) -> None:
+        t = self.topics
+        command = [sys.executable, "-m", "worker", "run", "--config", str(CONFIG),
+                   "--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url,
+                   "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
+                   "--group-id", t["group"], "--guarantee", self.guarantee]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}"}
+        self.starts += 1
+        log = open(self.workdir / f"slot{slot}-{self.starts}.log", "wb")  # noqa: SIM115  # the child owns it
+        self.procs[slot] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        log.close()
+
+    def kill(self, slot: int) -> None:
+        proc = self.procs.pop(slot)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> list[int]:
+        return [stop_process(p, 30) for p in self.procs.values()]
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float) -> None:
+    """Produce at ``rate`` per second (0: as fast as possible), partitioned like the worker's outputs."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+    start = time.perf_counter()
+    for n, (key, value) in enumerate(messages, start=1):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        if rate and (ahead := n / rate - (time.perf_counter() - start)) > 0:
+            time.sleep(ahead)
+    if producer.flush(120):
+        raise RuntimeError("events not acknowledged by the broker")
+
+
+def workload(args: argparse.Namespace, redis_url: str) -> tuple[list[tuple[bytes, bytes]], dict[str, float], int]:
+    """The events (key, value), the expected score per well-formed event, and the poison count."""
+    gen = _gen()
+    population = argparse.Namespace(n=args.events, seed=args.seed, cards=100_000, merchants=5_000,
+                                    missing_cards=0.02)
+    gen.cmd_features(argparse.Namespace(**{**vars(population), "redis": redis_url}))
+    rng = np.random.default_rng(args.seed + 3000)
+    messages, good, poison = [], [], 0
+    for key, value, record in gen.event_stream(population):
+        if rng.random() < args.poison:
+            messages.append((key, value[: len(value) // 2]))
+            poison += 1
+        else:
+            messages.append((key, value))
+            good.append(record)
+    scores = gen.expected_scores(good, population).tolist()
+    return messages, dict(zip((r["event_id"] for r in good), scores, strict=True)), poison
+
+
+def verdict(records: list[LogRecord], expected: dict[str, float]) -> dict[str, int]:
+    gen = _gen()
+    import io
+
+    import fastavro
+
+    seen: dict[str, int] = {}
+    wrong = 0
+    for record in records:
+        prediction = fastavro.schemaless_reader(io.BytesIO(record.value or b""), gen.PRED)
+        event = prediction["event_id"]  # type: ignore[index,call-overload]
+        seen[event] = seen.get(event, 0) + 1
+        if seen[event] == 1 and abs(prediction["score"] - expected.get(event, -1.0)) > 1e-5:  # type: ignore[index,call-overload]
+            wrong += 1
+    return {"predictions": len(records), "missing": sum(1 for e in expected if e not in seen), "wrong_score": wrong,
+            "duplicates": sum(n - 1 for n in seen.values())}
+
+
+def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{guarantee}-"))
+    broker, redis_server = TansuBroker(), LocalRedisServer()
+    fleet: Fleet | None = None
+    try:
+        redis_server.start()
+        wait_redis(redis_server.url)
+        messages, expected, poison = workload(args, redis_server.url)
+        uid = uuid.uuid4().hex[:8]
+        topics = {"input": f"chaos-in-{uid}", "output": f"chaos-out-{uid}", "dlq": f"chaos-dlq-{uid}",
+                  "group": f"chaos-{uid}"}
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        for future in admin.create_topics([NewTopic(topics[k], args.partitions, 1)
+                                           for k in ("input", "output", "dlq")]).values():
+            future.result(30)
+        fleet = Fleet(broker.bootstrap, redis_server.url, topics, guarantee, workdir)
+        for slot in range(args.replicas):
+            fleet.start(slot)
+        started = time.monotonic()
+        producer = _background(produce, broker.bootstrap, topics["input"], messages, args.rate)
+        kills, victim, complete, last_check = 0, 0, False, 0.0
+        next_kill = started + args.kill_every
+        while time.monotonic() - started < args.timeout:
+            time.sleep(0.2)
+            if time.monotonic() >= next_kill:
+                fleet.kill(victim)
+                fleet.start(victim)
+                kills, victim, next_kill = kills + 1, (victim + 1) % args.replicas, next_kill + args.kill_every
+            if not producer.is_alive() and time.monotonic() - last_check > 5:
+                last_check = time.monotonic()
+                found = read_committed(broker.bootstrap, [topics["output"], topics["dlq"]], 120)
+                result = verdict(found[topics["output"]], expected)
+                if not result["missing"] and len(found[topics["dlq"]]) >= poison:
+                    complete = True
+                    break
+        elapsed = time.monotonic() - started
+        exit_codes = fleet.stop()
+        found = read_committed(broker.bootstrap, [topics["output"], topics["dlq"]], 120)
+        result = verdict(found[topics["output"]], expected)
+        dead = {(dict(r.headers)["dlq.source.partition"], dict(r.headers)["dlq.source.offset"])
+                for r in found[topics["dlq"]]}
+        ok = (complete and result["missing"] == 0 and result["wrong_score"] == 0 and len(dead) == poison
+              and (guarantee == "at-least-once" or (result["duplicates"] == 0 and len(found[topics["dlq"]]) == poison)))
+        return {"guarantee": guarantee, "events": len(messages), "well_formed": len(expected), "poison": poison,
+                "replicas": args.replicas, "partitions": args.partitions, "rate": args.rate,
+                "kill_every_s": args.kill_every, "kills": kills, **result,
+                "dead_lettered": len(found[topics["dlq"]]), "seconds": round(elapsed, 1),
+                "exit_codes_at_stop": exit_codes, "logs": str(workdir), "ok": ok}
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        broker.close()
+        redis_server.close()
+
+
+def _background(fn: Any, *fn_args: Any) -> Any:
+    import threading
+
+    thread = threading.Thread(target=fn, args=fn_args, daemon=True)
+    thread.start()
+    return thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--guarantee", choices=["at-least-once", "exactly-once", "both"], default="both")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=4000, help="events per second produced (0: all at once)")
+    parser.add_argument("--poison", type=float, default=0.001, help="share of undecodable events")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between SIGKILLs")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    guarantees = ["at-least-once", "exactly-once"] if args.guarantee == "both" else [args.guarantee]
+    results = [run(args, g) for g in guarantees]
+    for result in results:
+        print(json.dumps(result), flush=True)
+    sys.exit(0 if all(r["ok"] for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
