@@ -41,6 +41,8 @@ from tests.support.infra import LocalRedisServer, TansuBroker, stop_process, wai
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
 CONFIG = ROOT / "bench" / "fraud-contract.yaml"
+# A killed replica's partitions wait this long for the group to notice; the soak kills often.
+SESSION_TIMEOUT_MS = int(os.environ.get("CHAOS_SESSION_TIMEOUT_MS", "3000"))
 
 
 def _gen() -> Any:
@@ -67,7 +69,8 @@ class Fleet:
                    "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
                    "--group-id", t["group"], "--guarantee", self.guarantee]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}"}
+               "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}",
+               "WORKER_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
         self.starts += 1
         log = open(self.workdir / f"slot{slot}-{self.starts}.log", "wb")  # noqa: SIM115  # the child owns it
         self.procs[slot] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
