@@ -25,6 +25,7 @@ from worker.compile import Compiled, compile_settings
 from worker.errors import StartupError
 from worker.features import FeatureFetcher, FeatureStore
 from worker.kafka import Checkpointer, Sink, consumer_config, producer_config, wait_for_topics
+from worker.models import app as lifecycle
 from worker.pipeline import ModelSlot, Pipeline
 from worker.progress import ProgressLog
 from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
@@ -103,13 +104,17 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
 def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
     """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
     compiled = compile_settings(settings)
+    lifecycle.check_configured_model(settings, compiled)
     store = make_store(settings)
     wait_until_ready(store, settings.redis.startup_timeout_s)
     k = settings.kafka
     consumer = make_consumer(settings)
-    wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic], k.startup_timeout_s)
+    wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic, *lifecycle.topics(settings)],
+                    k.startup_timeout_s)
     producer = make_producer(settings)
     pipeline = make_pipeline(settings, compiled, store)
+    client = {"bootstrap.servers": k.bootstrap_servers, **kafka_common(settings)}
+    observers = [*lifecycle.start(settings, compiled, pipeline.slot, producer, client), *observers]
     sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
     checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
     loop = LoopSettings(settings.batch.max_events, settings.batch.latency_budget_ms / 1000)

@@ -84,6 +84,7 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     known: dict[str, EntitySpec | None] = {**dict.fromkeys(settings.features), **{e.name: e for e in entities}}
     tensors = _tensors(settings, model, input_schema, known, problems)
     builder = _builder(settings, model, input_schema, output_schema, problems)
+    _lifecycle(settings, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
 
@@ -337,3 +338,16 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
                           f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
         return None
     return Computed(source.special, as_int=source.special == "label" and kind in ("int", "long"))
+
+
+def _lifecycle(settings: WorkerSettings, problems: Problems) -> None:
+    lc, k = settings.lifecycle, settings.kafka
+    if (lc.control_topic or lc.control_file) and settings.model.repository is None:
+        problems.add("lifecycle", "a control channel switches between versions of a model repository: "
+                                  "set model.repository, model.name and model.version instead of model.path")
+    if lc.shadow_topic and lc.shadow_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.shadow_topic", f"'{lc.shadow_topic}' is already used as an input, output or "
+                                               "dead-letter topic; shadow predictions need their own")
+    if lc.control_topic and lc.control_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.control_topic", f"'{lc.control_topic}' is already used as an input, output or "
+                                                "dead-letter topic")

@@ -258,6 +258,49 @@ class BatchSettings(_Section):
     """How often outputs are flushed and input offsets committed (0: after every batch)."""
 
 
+class CanarySettings(_Section):
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """A canary is rolled back automatically on every replica when more than this share of
+    the events it scored failed (its failed events are scored by the active model instead)."""
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    """... or when the 99th percentile of its inference time per batch exceeds this (unset: no bound)."""
+    min_events: int = Field(default=200, ge=1)
+    """A canary is judged only once its window holds this many events."""
+    window_batches: int = Field(default=500, ge=1)
+    """How many of the canary's latest batches it is judged on."""
+
+
+class LifecycleSettings(_Section):
+    control_topic: str | None = None
+    """Compacted topic carrying model commands (``worker models promote|rollback|canary|shadow``)
+    and what each replica applied. Every replica reads all of it (not as a group member) and
+    swaps models at a batch boundary, without restarting. Created if missing. Needs
+    ``model.repository``."""
+    control_file: Path | None = None
+    """Instead of ``control_topic``, for one machine: a JSON file the replicas watch."""
+    replica_id: str | None = None
+    """This replica's name in the control channel (default: host name and process id)."""
+    shadow_topic: str | None = None
+    """Where a shadow model's predictions go (required to run a shadow); never the output topic."""
+    golden_atol: float = Field(default=1e-5, ge=0)
+    """Absolute tolerance when a version reproduces its model card's golden vectors (the card's
+    ``golden_tolerance.atol`` overrides it)."""
+    golden_rtol: float = Field(default=1e-5, ge=0)
+    """Relative tolerance (times the expected value) added to ``golden_atol``."""
+    warmup_batch_sizes: list[int] = []
+    """Batch sizes each version runs at before it serves, besides 1 and ``batch.max_events``."""
+    catch_up_timeout_s: float = Field(default=30.0, gt=0)
+    """How long startup and the CLI wait to read the control channel to its end."""
+    canary: CanarySettings = CanarySettings()
+    """Bounds that roll a canary back automatically."""
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> LifecycleSettings:
+        if self.control_topic and self.control_file:
+            raise ValueError("give control_topic or control_file, not both")
+        return self
+
+
 class WorkerSettings(BaseSettings):
     """The whole configuration file."""
 
@@ -278,6 +321,8 @@ class WorkerSettings(BaseSettings):
     """The prediction record and its key."""
     batch: BatchSettings = BatchSettings()
     """Batch size and timing."""
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    """Model versions at run time: control channel, shadow topic, validation, canary bounds."""
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """``exactly-once`` runs consume-transform-produce in Kafka transactions."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -352,7 +397,8 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
     model = settings.model.model_copy(update={"path": at(settings.model.path),
                                               "repository": at(settings.model.repository)})
     redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
-    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis})
+    lifecycle = settings.lifecycle.model_copy(update={"control_file": at(settings.lifecycle.control_file)})
+    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis, "lifecycle": lifecycle})
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
