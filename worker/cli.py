@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["run"].add_argument("--stats-file", type=Path, help="write run statistics (throughput, latency "
                                 "percentiles, stage times, batch sizes, peak RSS) as JSON here on exit")
     from worker import devtools
+    from worker.models import cli as models
 
     devtools.add_commands(sub, _config_options)
+    models.add_commands(sub, _config_options)
     return parser
 
 
