@@ -171,6 +171,8 @@ def test_unfit_versions_are_refused_while_the_old_one_keeps_serving(
     assert (replica["revision"], replica["active"], replica["refused"]["version"]) == (0, "1", "5")
     assert setup.models("rollback", "--to", "1", "--wait", "30") == 0
     assert worker.alive()
+    assert worker.stop() == 0
+    assert setup.status(capsys)["replicas"] == [], "a replica that stopped still has a status"
 
 
 def test_a_canary_takes_a_tenth_of_the_keys_and_each_key_keeps_its_version(

@@ -251,8 +251,16 @@ def _decode(key: bytes | None, value: bytes | None, where: str) -> tuple[str, An
 
 
 def ensure_topic(admin_config: dict[str, Any], topic: str, timeout_s: float = 30.0) -> bool:
-    """Creates the compacted control topic (one partition) unless it exists; True if created."""
+    """Creates the compacted control topic (one partition) unless it exists; True if created.
+    Existence is checked first, so a principal without the right to create topics can use one
+    made by an administrator."""
     admin = AdminClient({**admin_config, "log_level": 3})  # not the info lines a short-lived client logs
+    try:
+        found = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise ControlError(f"cannot reach the brokers for the control topic {topic}: {exc}") from exc
+    if found is not None and found.error is None:
+        return False
     future = admin.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact"})],
                                  request_timeout=timeout_s)[topic]
     try:
