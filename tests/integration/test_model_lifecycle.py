@@ -61,6 +61,26 @@ class Lifecycle:
     def models(self, *args: str) -> int:
         return main(["models", *args, "-c", str(self.config), "--bootstrap-servers", self.bootstrap])
 
+    def start(self, start_worker: StartWorker, redis_url: str) -> WorkerProcess:
+        worker = start_worker(self.config, self.topics, redis_url)
+        worker.wait_for_log("worker ready", 60)
+        return worker
+
+    def score(self, reader: TopicReader, send: list[dict[str, Any]], everything: list[dict[str, Any]],
+              features: dict[str, float], versions: tuple[str, ...] = ("1", "2"),
+              timeout_s: float = 120) -> list[tuple[Consumed, dict[str, Any]]]:
+        """Produces ``send``; checks that the output topic then holds one prediction of each of
+        ``everything``, each scored by the version it records (one of ``versions``)."""
+        produce(self.bootstrap, self.topics.input, to_send(send))
+        output = self.topics.output
+        assert reader.read_until(lambda r: r.count(output) >= len(everything), timeout_s)
+        reader.settle(1.0)
+        predictions = scored(reader, output)
+        assert_each_event_once(predictions, everything)
+        assert_scored_by_the_recorded_version(predictions, {v: expected_scores(self.repository, v, everything,
+                                                                               features) for v in versions})
+        return predictions
+
     def status(self, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
         capsys.readouterr()
         self.models("status", "--json")
@@ -99,7 +119,7 @@ def test_promote_during_a_running_stream_loses_and_repeats_nothing(
         capsys: pytest.CaptureFixture[str]) -> None:
     topics = kafka_topics(partitions=2)
     setup = Lifecycle(tmp_path, kafka_bootstrap, topics, control_topic())
-    replicas = [start_worker(setup.config, topics, redis_db_url) for _ in range(2)]
+    replicas = [start_worker(setup.config, topics, redis_db_url) for _ in range(2)]  # both join the group
     for replica in replicas:
         replica.wait_for_log(f"assigned {topics.input}[", 60)
     records = payments([f"a{i % 300}" for i in range(6000)])
@@ -144,12 +164,10 @@ def test_unfit_versions_are_refused_while_the_old_one_keeps_serving(
     (versions / "3" / "model.onnx").write_bytes((versions / "3" / "model.onnx").read_bytes()[:100])  # truncated
     add_version(setup.repository, MODEL, "4", logistic([0.004, 1.5, 0.1]), width=3)  # another signature
     add_version(setup.repository, MODEL, "5", logistic([0.004, 1.5], 2.5), golden_from=logistic([0.004, 1.5], 2.0))
-    worker = start_worker(setup.config, topics, redis_db_url)
-    worker.wait_for_log("worker ready", 60)
+    worker = setup.start(start_worker, redis_db_url)
     first, second = payments([f"a{i % 300}" for i in range(300)]), payments([f"a{i}" for i in range(300)], 3, "f")
     reader = topic_reader(topics.output)
-    produce(kafka_bootstrap, topics.input, to_send(first))
-    assert reader.read_until(lambda r: r.count(topics.output) >= 300, 60)
+    setup.score(reader, first, first, features, ("1",))
 
     for version, reason in (("3", "cannot load ONNX model"),
                             ("4", "input 'x' is [N, 3] but the configuration feeds 2 columns"),
@@ -159,14 +177,7 @@ def test_unfit_versions_are_refused_while_the_old_one_keeps_serving(
         out = capsys.readouterr().out
         assert f"REFUSED revision {int(version) - 2} (v{version}: " in out and reason in out, out
 
-    produce(kafka_bootstrap, topics.input, to_send(second))
-    assert reader.read_until(lambda r: r.count(topics.output) >= 600, 60)
-    reader.settle(1.0)
-    predictions = scored(reader, topics.output)
-    assert_each_event_once(predictions, first + second)
-    assert {p["model_version"] for _, p in predictions} == {"1"}
-    assert_scored_by_the_recorded_version(predictions, {"1": expected_scores(setup.repository, "1", first + second,
-                                                                             features)})
+    setup.score(reader, second, first + second, features, ("1",))
     (replica,) = setup.status(capsys)["replicas"]
     assert (replica["revision"], replica["active"], replica["refused"]["version"]) == (0, "1", "5")
     assert setup.models("rollback", "--to", "1", "--wait", "30") == 0
@@ -180,21 +191,13 @@ def test_a_canary_takes_a_tenth_of_the_keys_and_each_key_keeps_its_version(
         features: dict[str, float], start_worker: StartWorker, topic_reader: Callable[..., TopicReader]) -> None:
     topics = kafka_topics(partitions=2)
     setup = Lifecycle(tmp_path, kafka_bootstrap, topics, control_topic())
-    worker = start_worker(setup.config, topics, redis_db_url)
-    worker.wait_for_log("worker ready", 60)
+    setup.start(start_worker, redis_db_url)
     assert setup.models("canary", "2", "--share", "0.1", "--wait", "30") == 0
     keys = [f"k{i}" for i in range(10_000)]
     records = payments(keys + keys, seed=4)
-    reader = topic_reader(topics.output)
 
-    produce(kafka_bootstrap, topics.input, to_send(records))
+    predictions = setup.score(topic_reader(topics.output), records, records, features, timeout_s=180)
 
-    assert reader.read_until(lambda r: r.count(topics.output) >= len(records), 180)
-    reader.settle(1.0)
-    predictions = scored(reader, topics.output)
-    assert_each_event_once(predictions, records)
-    assert_scored_by_the_recorded_version(predictions, {v: expected_scores(setup.repository, v, records, features)
-                                                        for v in ("1", "2")})
     per_key: dict[str, set[str]] = defaultdict(set)
     for _, p in predictions:
         per_key[p["account"]].add(p["model_version"])
@@ -213,8 +216,7 @@ def test_the_shadow_topic_holds_one_candidate_prediction_per_event(
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(shadow_topic, 2, 1)])[shadow_topic].result(timeout=30)
     setup = Lifecycle(tmp_path, kafka_bootstrap, topics, {**control_topic(), "shadow_topic": shadow_topic})
-    worker = start_worker(setup.config, topics, redis_db_url)
-    worker.wait_for_log("worker ready", 60)
+    setup.start(start_worker, redis_db_url)
     assert setup.models("shadow", "2", "--wait", "30") == 0
     records = payments([f"a{i % 300}" for i in range(2000)], seed=5)
     reader = topic_reader(topics.output, shadow_topic)
@@ -238,20 +240,12 @@ def test_a_canary_breaching_its_latency_bound_is_rolled_back_automatically(
     topics = kafka_topics(partitions=1)
     setup = Lifecycle(tmp_path, kafka_bootstrap, topics, {
         "control_file": "control.json", "canary": {"max_latency_ms": 0.000001, "min_events": 100}})
-    worker = start_worker(setup.config, topics, redis_db_url)
-    worker.wait_for_log("worker ready", 60)
+    worker = setup.start(start_worker, redis_db_url)
     assert setup.models("canary", "2", "--share", "0.5", "--wait", "30") == 0
     records = payments([f"a{i % 300}" for i in range(3000)], seed=6)
-    reader = topic_reader(topics.output)
 
-    produce(kafka_bootstrap, topics.input, to_send(records))
+    predictions = setup.score(topic_reader(topics.output), records, records, features)
 
-    assert reader.read_until(lambda r: r.count(topics.output) >= len(records), 120)
-    reader.settle(1.0)
-    predictions = scored(reader, topics.output)
-    assert_each_event_once(predictions, records)
-    assert_scored_by_the_recorded_version(predictions, {v: expected_scores(setup.repository, v, records, features)
-                                                        for v in ("1", "2")})
     status = setup.status(capsys)
     assert status["desired"]["command"] == "canary-rollback" and status["desired"]["canary"] is None
     assert status["desired"]["reason"].startswith("p99 inference time")
