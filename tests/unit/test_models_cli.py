@@ -142,3 +142,18 @@ def test_optimize_only_graph_optimises_a_tree_ensemble(config: Path, capsys: pyt
     report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert report["steps"][0].startswith("no MatMul/Gemm nodes (tree ensembles have none)")
     assert report["after"]["golden_max_diff"] <= 1e-6 and report["servable"]
+
+
+def test_check_config_reports_lifecycle_settings_that_cannot_work(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_lifecycle_config(tmp_path, {"control_topic": "scores", "control_file": "c.json"})
+    assert main(["check-config", "-c", str(config)]) == 2
+    assert "lifecycle: give control_topic or control_file, not both" in capsys.readouterr().err
+
+    text = config.read_text().replace("  control_file: c.json\n", "  shadow_topic: payments\n")
+    config.write_text(text.replace("  repository: models\n", f"  path: {tmp_path}/models/risk/1/model.onnx\n"))
+    assert main(["check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "config error: lifecycle: a control channel switches between versions of a model repository" in err
+    assert "config error: lifecycle.shadow_topic: 'payments' is already used" in err
+    assert "config error: lifecycle.control_topic: 'scores' is already used" in err
