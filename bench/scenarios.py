@@ -91,7 +91,7 @@ def check_scores(infra: Infra, topic: str, good: list[dict[str, Any]]) -> dict[s
                     strict=True))
     got: dict[str, float] = {}
     duplicates = 0
-    for _, value in infra.read_all(topic):
+    for _, value in infra.read_all(topic, len(good)):
         record = fastavro.schemaless_reader(io.BytesIO(value), gen.PRED)
         duplicates += record["event_id"] in got
         got[record["event_id"]] = record["score"]
