@@ -38,6 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports, typed
 
+from worker import reference
 from worker.app import kafka_common, make_registry
 from worker.cli import settings_from
 from worker.codecs import (
@@ -54,7 +55,6 @@ from worker.explain import mismatch
 from worker.features import KeyTemplate, path_getter
 from worker.kafka import consumer_config, producer_config
 from worker.records import InputMessage
-from worker.reference import markdown as config_reference
 from worker.schemas import Schema, SchemaError, field_type, load_schema
 from worker.settings import WorkerSettings
 
@@ -92,6 +92,7 @@ def add_commands(sub: Any, config_options: Callable[..., None]) -> None:
 
     demo.add_command(sub, config_options)
     p = sub.add_parser("config-reference", help="print every configuration key as Markdown")
+    p.add_argument("--update", type=Path, metavar="FILE.md", help="rewrite the reference section of this file instead")
     p.set_defaults(fn=cmd_config_reference)
 
 
@@ -697,5 +698,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    print(config_reference(), end="")
+    if args.update is None:
+        print(reference.markdown(), end="")
+        return 0
+    try:
+        changed = reference.update(args.update)
+    except (OSError, ValueError) as exc:
+        raise ToolError(str(exc)) from exc
+    print(f"{args.update}: {'updated' if changed else 'already up to date'}", file=sys.stderr)
     return 0
