@@ -43,8 +43,8 @@ def markdown() -> str:
         if len(rows) == 1:
             top.append(rows[0])
         else:
-            sections.append(f"### `{name}`\n\n{_text(info.description)}\n\n{_table(rows[1:])}")
-    return "\n".join([INTRO, "### Top level\n", _table(top), *sections])
+            sections.append(f"#### `{name}`\n\n{_text(info.description)}\n\n{_table(rows[1:])}")
+    return "\n".join([INTRO, "#### Top level\n", _table(top), *sections])
 
 
 def _rows(key: str, info: FieldInfo) -> Iterator[Row]:
