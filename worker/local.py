@@ -61,11 +61,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class LocalProcess:
-    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
+    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL; ``start``
+    returns once it listens on ``ready_port``, if one is given."""
 
     def __init__(self, name: str, args: Sequence[str], log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_port: int | None = None) -> None:
         self.name = name
+        self.ready_port = ready_port
         self.args = [str(a) for a in args]
         self.log_path = log_path
         self.env = env
@@ -83,6 +85,8 @@ class LocalProcess:
                                             preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
         except OSError as exc:
             raise StartupError(f"cannot start {self.name} ({self.args[0]}): {exc}") from exc
+        if self.ready_port is not None:
+            self.wait_for_port(self.ready_port)
         return self
 
     @property
@@ -170,16 +174,11 @@ class LocalBroker(LocalProcess):
         self.port = port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         super().__init__("broker", [broker_binary(), "broker", "--listener-url", url,
-                                    "--advertised-listener-url", url], log_path)
+                                    "--advertised-listener-url", url], log_path, ready_port=self.port)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Self:
-        super().start()
-        self.wait_for_port(self.port)
-        return self
 
 
 class LocalRedis(LocalProcess):
@@ -193,13 +192,8 @@ class LocalRedis(LocalProcess):
         self.port = port or free_port()
         workdir = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
         super().__init__("redis", [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(workdir)], log_path)
+                                   "--appendonly", "no", "--dir", str(workdir)], log_path, ready_port=self.port)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> Self:
-        super().start()
-        self.wait_for_port(self.port)
-        return self
