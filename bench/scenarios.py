@@ -15,9 +15,9 @@ from typing import Any
 
 import fastavro
 import numpy as np
-from worker.local import LocalProcess
 
 from bench.infra import Infra
+from worker.local import LocalProcess
 from worker.progress import weighted_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
