@@ -21,12 +21,10 @@ class Infra:
     redis_url: str
     ends: dict[str, dict[int, int]] = field(default_factory=dict)  # topic → partition → next offset
 
-    def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap})
-
     def topic(self, prefix: str, partitions: int = 4) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.admin().create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # must outlive the future
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
         return name
 
     def produce(self, topic: str, items: Iterable[tuple[bytes, bytes]], rate: float = 0.0) -> int:
