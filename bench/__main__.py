@@ -25,11 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker.local import LocalBroker, LocalRedis
-
 from bench import scenarios
 from bench.infra import Infra
 from bench.report import render
+from worker.local import LocalBroker, LocalRedis
 
 
 def machine() -> dict[str, Any]:

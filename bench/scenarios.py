@@ -15,10 +15,13 @@ from typing import Any
 
 import fastavro
 import numpy as np
-from worker.local import LocalProcess
 
 from bench.infra import Infra
+from worker.codecs import PlainAvroEncoder
+from worker.devtools import load_generator
+from worker.local import LocalProcess
 from worker.progress import weighted_percentiles
+from worker.schemas import load_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
@@ -91,7 +94,7 @@ def check_scores(infra: Infra, topic: str, good: list[dict[str, Any]]) -> dict[s
                     strict=True))
     got: dict[str, float] = {}
     duplicates = 0
-    for _, value in infra.read_all(topic):
+    for _, value in infra.read_all(topic, len(good)):
         record = fastavro.schemaless_reader(io.BytesIO(value), gen.PRED)
         duplicates += record["event_id"] in got
         got[record["event_id"]] = record["score"]
@@ -141,15 +144,21 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
             "samples": window, "stage_us_per_event": stats["stage_us_per_event"]}
 
 
+def example_events(n: int) -> Iterator[tuple[bytes, bytes]]:
+    """The project example's synthetic transactions, encoded with its schema, keyed by card."""
+    events = load_generator(f"{EXAMPLE_DATA}:events")
+    encode = PlainAvroEncoder(load_schema(ROOT / "schemas" / "fraud" / "transaction.avsc"))
+    for record in events(n):
+        yield record["card"]["id"].encode(), encode(record, None)  # type: ignore[arg-type]
+
+
 def throughput_example(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
     """Backlog mode on the project's own example (its generator, schemas and model)."""
     topic = infra.topic("example-in")
-    common = ["--config", str(EXAMPLE_CONFIG), "--bootstrap-servers", infra.bootstrap, "--redis-url",
-              infra.redis_url, "--input-topic", topic]
-    for cmd in (["features", "load", "--generator", f"{EXAMPLE_DATA}:features"],
-                ["produce", "--generator", f"{EXAMPLE_DATA}:events", "--n", str(n)]):
-        subprocess.run([sys.executable, "-m", "worker", *cmd, *common], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run([sys.executable, "-m", "worker", "features", "load", "--generator", f"{EXAMPLE_DATA}:features",
+                    "--config", str(EXAMPLE_CONFIG), "--redis-url", infra.redis_url], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    infra.produce(topic, example_events(n))
     return WorkerRun(infra, EXAMPLE_CONFIG, topic, workdir, "worker-example").start().finish()
 
 

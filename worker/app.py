@@ -79,15 +79,21 @@ def make_store(settings: WorkerSettings) -> RedisFeatureStore:
     return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
 
 
+def make_registry(settings: WorkerSettings) -> HttpSchemaRegistry:
+    a = settings.avro
+    if not a.schema_registry_url:
+        raise StartupError("avro.schema_registry_url is not set")
+    password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
+    return HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+
+
 def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
     a = settings.avro
     if a.framing == "plain":
         decoder: Decoder = PlainAvroDecoder(compiled.input_schema, a.max_value_bytes)
         encoder: Encoder = PlainAvroEncoder(compiled.output_schema)
     else:
-        assert a.schema_registry_url
-        password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
-        registry = HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+        registry = make_registry(settings)
         decoder = ConfluentAvroDecoder(registry, compiled.input_schema, a.max_value_bytes)
         subject = a.output_subject or f"{settings.kafka.output_topic}-value"
         encoder = ConfluentAvroEncoder(compiled.output_schema, registry, subject, compiled.output_schema_text)

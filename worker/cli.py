@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
-from worker.errors import ConfigError, StartupError
+from worker.errors import ConfigError, StartupError, WorkerError
 from worker.logs import configure
 from worker.settings import WorkerSettings, load_settings
 
@@ -28,8 +29,9 @@ _OVERRIDES = {  # option → nested settings key
 }
 
 
-def _config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, required=True, help="YAML or TOML config file")
+def _config_options(parser: argparse.ArgumentParser, default_config: Path | None = None) -> None:
+    parser.add_argument("--config", "-c", type=Path, required=default_config is None, default=default_config,
+                        help="YAML or TOML config file" + (f" (default: {default_config})" if default_config else ""))
     parser.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
     parser.add_argument("--redis-url", help="overrides redis.url")
     parser.add_argument("--input-topic", action="append", help="overrides kafka.input_topics (repeatable)")
@@ -117,8 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as exc:
-        logger.error("cannot start: %s", exc)
+        if logging.getLogger().handlers:  # for a log collector; a bare terminal gets the line below only
+            logger.error("cannot start: %s", exc)
         print(f"startup error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, and quiet the final flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
