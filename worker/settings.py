@@ -263,7 +263,8 @@ class CanarySettings(_Section):
     """A canary is rolled back automatically on every replica when more than this share of
     the events it scored failed (its failed events are scored by the active model instead)."""
     max_latency_ms: float | None = Field(default=None, gt=0)
-    """... or when the 99th percentile of its inference time per batch exceeds this (unset: no bound)."""
+    """A canary is also rolled back when the 99th percentile of its inference time per batch
+    exceeds this (unset: no latency bound)."""
     min_events: int = Field(default=200, ge=1)
     """A canary is judged only once its window holds this many events."""
     window_batches: int = Field(default=500, ge=1)
@@ -293,6 +294,13 @@ class LifecycleSettings(_Section):
     """How long startup and the CLI wait to read the control channel to its end."""
     canary: CanarySettings = CanarySettings()
     """Bounds that roll a canary back automatically."""
+
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("batch sizes must be at least 1")
+        return sizes
 
     @model_validator(mode="after")
     def _one_channel(self) -> LifecycleSettings:
