@@ -180,7 +180,11 @@ def test_unfit_versions_are_refused_while_the_old_one_keeps_serving(
     setup.score(reader, second, first + second, features, ("1",))
     (replica,) = setup.status(capsys)["replicas"]
     assert (replica["revision"], replica["active"], replica["refused"]["version"]) == (0, "1", "5")
-    assert setup.models("rollback", "--to", "1", "--wait", "30") == 0
+    capsys.readouterr()
+    assert setup.models("rollback", "--wait", "30") == 0
+    out = capsys.readouterr().out
+    assert "every replica refused revision 3; this applies to what they serve: active v1" in out
+    assert "revision 4 (rollback): active v1" in out
     assert worker.alive()
     assert worker.stop() == 0
     assert setup.status(capsys)["replicas"] == [], "a replica that stopped still has a status"

@@ -3,6 +3,7 @@ automatic canary rollback."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -19,11 +20,14 @@ from worker.models.repository import ModelRepository
 from worker.models.state import (
     CommandError,
     DesiredState,
+    Refusal,
     ReplicaStatus,
+    as_served,
     canary,
     model_key,
     promote,
     replica_key,
+    restore,
     rollback,
     shadow,
 )
@@ -59,6 +63,19 @@ def test_commands_move_the_desired_state_one_revision_at_a_time() -> None:
 def test_commands_that_make_no_sense_are_refused(command: object, message: str) -> None:
     with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
         command()  # type: ignore[operator]
+
+
+def test_commands_build_on_what_the_replicas_serve_when_they_all_refused_the_desired_state() -> None:
+    refused = promote(promote(START, "3", "ann"), "4", "ann")  # neither could be loaded
+    replica = ReplicaStatus("a", "risk", 0, "1", refused=Refusal(2, "4", ["cannot load"]))
+
+    base = as_served(refused, [replica, dataclasses.replace(replica, replica="b")])
+
+    assert (base.revision, base.active, base.history) == (2, "1", ("3",))
+    assert promote(base, "2", "ann").history == ("3", "1")
+    assert restore(base, "ann").active == "1" and restore(base, "ann").revision == 3
+    assert as_served(refused, []) is refused
+    assert as_served(refused, [replica, ReplicaStatus("c", "risk", 2, "4")]) is refused, "one replica serves it"
 
 
 def test_a_malformed_state_is_not_taken_for_a_command() -> None:

@@ -86,6 +86,10 @@ def test_a_refused_version_is_reported_and_the_old_one_keeps_serving(config: Pat
     assert models(config, "status", "--json") == 1
     status = json.loads(capsys.readouterr().out)
     assert status["desired"]["canary"] == "3" and status["replicas"][0]["refused"]["version"] == "3"
+    assert models(config, "rollback", "--wait", "10") == 0
+    out = capsys.readouterr().out
+    assert "every replica refused revision 1; this applies to what they serve: active v1" in out
+    assert "replica-a: serving revision 2: active v1" in out
 
 
 def test_canary_and_shadow_reach_the_replica(config: Path, replica: ModelSlot) -> None:

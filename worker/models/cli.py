@@ -34,9 +34,11 @@ from worker.models.state import (
     DesiredState,
     ReplicaStatus,
     abort_canary,
+    as_served,
     canary,
     model_key,
     promote,
+    restore,
     rollback,
     shadow,
 )
@@ -202,34 +204,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    return _command(args, lambda state, who: promote(state, args.version, who))
+    return _command(args, lambda state, who, _: promote(state, args.version, who))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _command(args, lambda state, who: rollback(state, args.to, who, args.reason))
+    def back(state: DesiredState, who: str, refused: bool) -> DesiredState:
+        if refused and args.to is None:
+            return restore(state, who, args.reason)
+        return rollback(state, args.to, who, args.reason)
+
+    return _command(args, back)
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
     if args.off:
-        return _command(args, lambda state, who: abort_canary(state, who, args.reason or "ended by hand"))
+        return _command(args, lambda state, who, _: abort_canary(state, who, args.reason or "ended by hand"))
     if not args.version:
         raise ConfigError.at("version", "name the version to run as a canary (or --off)")
-    return _command(args, lambda state, who: canary(state, args.version, args.share, who))
+    return _command(args, lambda state, who, _: canary(state, args.version, args.share, who))
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
     if not args.off and not args.version:
         raise ConfigError.at("version", "name the version to run as a shadow (or --off)")
-    return _command(args, lambda state, who: shadow(state, None if args.off else args.version, who))
+    return _command(args, lambda state, who, _: shadow(state, None if args.off else args.version, who))
 
 
-def _command(args: argparse.Namespace, transition: Callable[[DesiredState, str], DesiredState]) -> int:
+Transition = Callable[[DesiredState, str, bool], DesiredState]
+
+
+def _command(args: argparse.Namespace, transition: Transition) -> int:
+    """``transition(state, issued_by, refused)`` gives the next desired state; ``refused`` says
+    that every replica refused the current one, so ``state`` is what they serve instead."""
     ctx = _context(args)
     table = ctx.table()
     try:
         snapshot = table.catch_up(ctx.settings.lifecycle.catch_up_timeout_s)
-        current = _desired(snapshot, ctx)
-        new = transition(current, _issuer())
+        desired = _desired(snapshot, ctx)
+        current = as_served(desired, list(_replicas(snapshot, ctx.name).values()))
+        if current is not desired:
+            print(f"every replica refused revision {desired.revision}; this applies to what they serve: "
+                  f"{current.describe()}")
+        new = transition(current, _issuer(), current is not desired)
         if args.reason and not new.reason:
             new = DesiredState.from_json({**new.to_json(), "reason": args.reason})
         if not args.force:

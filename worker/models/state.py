@@ -132,6 +132,22 @@ def rollback(state: DesiredState, to: str | None, issued_by: str, reason: str = 
                        canary_share=0.0, shadow=None)
 
 
+def as_served(state: DesiredState, replicas: list[ReplicaStatus]) -> DesiredState:
+    """The state commands build on: ``state``, unless every replica refused it, in which case
+    what they serve (so that history and rollback never point at a version nobody served)."""
+    if not replicas or not all(r.refused is not None and r.refused.revision >= state.revision > r.revision
+                               for r in replicas):
+        return state
+    served = replicas[0]
+    return dataclasses.replace(state, active=served.active, canary=served.canary, canary_share=served.canary_share,
+                               shadow=served.shadow, history=tuple(v for v in state.history if v != served.active))
+
+
+def restore(state: DesiredState, issued_by: str, reason: str = "") -> DesiredState:
+    """``state`` again, as a new revision (the desired state returns to what the replicas serve)."""
+    return state._next("rollback", issued_by, reason or "back to what the replicas serve")
+
+
 def canary(state: DesiredState, version: str | None, share: float, issued_by: str) -> DesiredState:
     """``version`` scores ``share`` of the keys; no version (or share 0) ends the canary."""
     if version is None or share == 0:
