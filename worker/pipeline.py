@@ -52,10 +52,11 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
         model = self.slot.model
-        result.model_version = model.version
+        result.model_version, result.model_name = model.version, model.name
         stage = self._stage
         with stage(result, "decode"):
             events, sources = self._decode(messages, result)
+        result.events = events
         if not events:
             return result
         with stage(result, "features"):
@@ -90,7 +91,8 @@ class Pipeline:
         try:
             return dict(zip(names, model.run(feeds, names), strict=True)), {}
         except ModelRunError as exc:
-            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc)
+            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc,
+                           extra={"model": model.name, "model_version": model.version})
         failed: dict[int, EventError] = {}
         parts = _run_isolating(model, feeds, names, np.arange(n), failed)
         merged = {name: _scatter([(rows, values[j]) for rows, values in parts], n) for j, name in enumerate(names)}

@@ -85,6 +85,9 @@ class BatchResult:
     timings: list[StageTiming] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""
+    model_name: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The decoded events, in input order (telemetry reads event times from them)."""
 
 
 class StageTiming(NamedTuple):
