@@ -19,6 +19,7 @@ from typing import Any
 
 from worker.app import make_pipeline, make_store
 from worker.compile import compile_settings
+from worker.pipeline import Pipeline
 from worker.records import InputMessage
 from worker.settings import load_settings
 
@@ -34,11 +35,16 @@ def workload_messages(n: int, seed: int = 1) -> list[InputMessage]:
     return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(gen.event_stream(args))]
 
 
-def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool) -> dict[str, float]:
+def fraud_pipeline(redis_url: str, cpu: bool = False) -> Pipeline:
+    """The worker's pipeline on the fraud contract config, with the real Redis store and model."""
     overrides: dict[str, Any] = {"redis": {"url": redis_url}, "model": {"threads": 1} if cpu else {}}
     settings = load_settings(ROOT / "bench" / "fraud-contract.yaml", overrides)
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
-    pipeline = make_pipeline(settings, compile_settings(settings), make_store(settings), clock)
+    return make_pipeline(settings, compile_settings(settings), make_store(settings), clock)
+
+
+def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool) -> dict[str, float]:
+    pipeline = fraud_pipeline(redis_url, cpu)
     messages = workload_messages(n)
     best: dict[str, float] = defaultdict(lambda: float("inf"))
     for _ in range(repeat):

@@ -94,14 +94,18 @@ def _trace_state(value: bytes | str | None) -> TraceState | None:
 
 
 def upstream_links(batch: Sequence[Message], limit: int) -> tuple[list[Link], int]:
-    """Links to the distinct upstream contexts of the batch's events (at most ``limit``, each with
-    its event's partition and offset), and how many further distinct contexts were left out."""
+    """Links to the distinct upstream contexts of the batch's events, at most ``limit``, each with
+    its event's partition and offset; and how many events with a context came after the limit
+    (they are only counted, not parsed: a batch may hold thousands)."""
     links: list[Link] = []
     seen: set[tuple[int, int]] = set()
     dropped = 0
     for message in batch:
         headers = message.headers()
         if not headers:
+            continue
+        if len(links) >= limit:
+            dropped += any(key == TRACEPARENT for key, _ in _pairs(headers))
             continue
         parent = state = None
         for key, value in _pairs(headers):
@@ -113,9 +117,6 @@ def upstream_links(batch: Sequence[Message], limit: int) -> tuple[list[Link], in
         if upstream is None or (upstream.trace_id, upstream.span_id) in seen:
             continue
         seen.add((upstream.trace_id, upstream.span_id))
-        if len(links) >= limit:
-            dropped += 1
-            continue
         context = SpanContext(upstream.trace_id, upstream.span_id, is_remote=True,
                               trace_flags=TraceFlags(upstream.flags & 0xFF), trace_state=_trace_state(state))
         links.append(Link(context, {"messaging.destination.partition.id": str(message.partition()),
@@ -124,14 +125,16 @@ def upstream_links(batch: Sequence[Message], limit: int) -> tuple[list[Link], in
 
 
 def offset_ranges(batch: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
-    """First and last offset of the batch on each partition it holds."""
-    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    """First and last offset of the batch on each partition it holds (a consumer receives each
+    partition's messages in offset order)."""
+    first: dict[tuple[str | None, int | None], int | None] = {}
+    last: dict[tuple[str | None, int | None], Message] = {}
     for message in batch:
-        tp = (str(message.topic()), int(message.partition() or 0))
-        offset = int(message.offset() or 0)
-        first, last = ranges.get(tp, (offset, offset))
-        ranges[tp] = (min(first, offset), max(last, offset))
-    return ranges
+        tp = (message.topic(), message.partition())
+        if tp not in first:
+            first[tp] = message.offset()
+        last[tp] = message
+    return {(str(t), int(p or 0)): (int(first[(t, p)] or 0), int(m.offset() or 0)) for (t, p), m in last.items()}
 
 
 def describe_ranges(ranges: dict[tuple[str, int], tuple[int, int]]) -> list[str]:

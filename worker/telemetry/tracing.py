@@ -233,13 +233,14 @@ class BatchTracer(Observer):
         return None
 
     def _stage_span(self, traced: _Traced, timing: StageTiming, attributes: Attributes,
-                    dead: Sequence[DeadLetter] = ()) -> ApiSpan:
+                    dead: Sequence[DeadLetter] = (), error: str | None = None) -> None:
         span = self.tracer.start_span(timing.stage, traced.context, _STAGE_KINDS.get(timing.stage, SpanKind.INTERNAL),
                                       attributes, start_time=timing.start_ns + traced.offset_ns)
         if dead:
             self._record_dead_letters(span, dead)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
         span.end(timing.end_ns + traced.offset_ns)
-        return span
 
     def _record_dead_letters(self, span: ApiSpan, dead: Sequence[DeadLetter]) -> None:
         for d in dead[: self.max_events_per_span]:
@@ -259,14 +260,12 @@ class BatchTracer(Observer):
         ticket = traced.ticket
         if ticket is not None:
             acked = ticket.acked_ns or time.perf_counter_ns()
-            span = self._stage_span(traced, StageTiming("deliver", ticket.published_ns, acked), None)
-            if not ticket.acked_ns:
-                span.set_status(Status(StatusCode.ERROR, "not every output was acknowledged"))
+            self._stage_span(traced, StageTiming("deliver", ticket.published_ns, acked), None,
+                             error=None if ticket.acked_ns else "not every output was acknowledged")
         end_ns = time.perf_counter_ns()
         if commit is not None:
-            span = self._stage_span(traced, commit, {"messaging.operation.type": "settle"})
-            if not committed:
-                span.set_status(Status(StatusCode.ERROR, "offsets not committed; the batch will be redone"))
+            self._stage_span(traced, commit, {"messaging.operation.type": "settle"},
+                             error=None if committed else "offsets not committed; the batch will be redone")
             end_ns = commit.end_ns
         traced.span.end(end_ns + traced.offset_ns)
 
