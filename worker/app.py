@@ -193,7 +193,7 @@ def make_span_exporter(settings: WorkerSettings, telemetry: Telemetry, count: Co
     tr = settings.telemetry.tracing
     if tr.exporter == "kafka":
         config = traces_producer_config({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                                         **kafka_common(settings), **telemetry.producer_config})
+                                         **kafka_common(settings)})
         telemetry.topics.append(tr.topic)
         return KafkaSpanExporter(_client(Producer, config), tr.topic, count=count)
     if tr.exporter == "none":

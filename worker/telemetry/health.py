@@ -51,14 +51,14 @@ class Health(Observer):
         self._alive()
 
     def batch_started(self, batch: Sequence[Message], received_ns: int) -> Headers | None:
-        self._beat = self._clock()
+        self._alive()
         return None
 
     def idle(self) -> None:
-        self._beat = self._clock()
+        self._alive()
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
-        self._beat = self._clock()
+        self._alive()
 
     def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
         self._alive()

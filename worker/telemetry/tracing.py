@@ -206,7 +206,8 @@ class BatchTracer(Observer):
         traced, self._open = self._open, None
         if traced is None:
             return
-        traced.span.set_attributes({"worker.model.name": result.model_name,
+        traced.span.set_attributes({"messaging.batch.message_count": len(batch),  # may have grown while held
+                                    "worker.model.name": result.model_name,
                                     "worker.model.version": result.model_version,
                                     "worker.outputs": len(result.outputs),
                                     "worker.dead_letters": len(result.dead_letters)})
