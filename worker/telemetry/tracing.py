@@ -172,11 +172,10 @@ class BatchTracer(Observer):
             return None
         offset = time.time_ns() - time.perf_counter_ns()
         links, dropped = upstream_links(batch, self.max_links)
-        ranges = offset_ranges(batch)
-        topics = {t for t, _ in ranges}
-        span = self.tracer.start_span(f"process {topics.pop()}" if len(topics) == 1 else "process",
-                                      kind=SpanKind.CONSUMER, links=links, start_time=received_ns + offset,
-                                      attributes=self._batch_attributes(batch, ranges, dropped))
+        attributes = self._batch_attributes(batch, offset_ranges(batch), dropped)
+        destination = attributes.get("messaging.destination.name")
+        span = self.tracer.start_span(f"process {destination}" if destination else "process", kind=SpanKind.CONSUMER,
+                                      links=links, start_time=received_ns + offset, attributes=attributes)
         assert isinstance(span, Span)  # the SDK's tracer makes SDK spans
         self._open = _Traced(span, offset, set_span_in_context(span))
         context = span.get_span_context()
@@ -184,7 +183,7 @@ class BatchTracer(Observer):
         return context_headers(context)
 
     def _batch_attributes(self, batch: Sequence[Message], ranges: dict[tuple[str, int], tuple[int, int]],
-                          links_dropped: int) -> Attributes:
+                          links_dropped: int) -> dict[str, str | int | list[str]]:
         attributes: dict[str, str | int | list[str]] = {
             "messaging.system": "kafka", "messaging.operation.type": "process",
             "messaging.operation.name": "process", "messaging.consumer.group.name": self.group,
