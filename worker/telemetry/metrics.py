@@ -206,7 +206,8 @@ class Metrics(Observer):
                                            "over every event (sampled per batch)", AGE_BUCKETS, registry)
         self.feature_defaults = Counter("worker_feature_defaults", "Feature values that fell back to defaults "
                                         "(key or field missing in the store)", ["entity"], registry=registry)
-        self.dependency_errors = Counter("worker_dependency_errors", "Batches held because a dependency failed",
+        self.dependency_errors = Counter("worker_dependency_errors", "Failed attempts at a batch because a dependency "
+                                         "failed (each retry counts; the batch is held, not lost)",
                                          ["dependency"], registry=registry)
         self.kafka_errors = Counter("worker_kafka_errors", "Errors reported by the Kafka clients",
                                     ["client", "error"], registry=registry)
