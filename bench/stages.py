@@ -23,6 +23,7 @@ from worker.app import make_pipeline, make_store
 from worker.compile import compile_settings
 from worker.inference import OnnxModel
 from worker.models.router import Serving
+from worker.pipeline import Pipeline
 from worker.records import InputMessage
 from worker.settings import load_settings
 
@@ -38,17 +39,24 @@ def workload_messages(n: int, seed: int = 1) -> list[InputMessage]:
     return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(gen.event_stream(args))]
 
 
-def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool, canary: float = 0.0,
-        shadow: bool = False) -> dict[str, float]:
+def fraud_pipeline(redis_url: str, cpu: bool = False, canary: float = 0.0, shadow: bool = False) -> Pipeline:
+    """The worker's pipeline on the fraud contract config, with the real Redis store and model
+    (and, for ``canary``/``shadow``, a second session of the same file as the candidate)."""
     overrides: dict[str, Any] = {"redis": {"url": redis_url}, "model": {"threads": 1} if cpu else {}}
     settings = load_settings(ROOT / "bench" / "fraud-contract.yaml", overrides)
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
     compiled = compile_settings(settings)
     pipeline = make_pipeline(settings, compiled, make_store(settings), clock)
-    if canary or shadow:  # a second session of the same file stands in for the candidate version
+    if canary or shadow:
         candidate = OnnxModel(settings.model.onnx_path(), compiled.model.name, "candidate", settings.model.threads)
         pipeline.slot.set(Serving(compiled.model, candidate if canary else None, canary,
                                   candidate if shadow else None))
+    return pipeline
+
+
+def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool, canary: float = 0.0,
+        shadow: bool = False) -> dict[str, float]:
+    pipeline = fraud_pipeline(redis_url, cpu, canary, shadow)
     messages = workload_messages(n)
     best: dict[str, float] = defaultdict(lambda: float("inf"))
     for _ in range(repeat):

@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import REGISTRY
 
+from worker import __version__
 from worker.assembly import Assembler
 from worker.codecs import (
     ConfluentAvroDecoder,
@@ -32,6 +36,19 @@ from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
 from worker.runner import LoopSettings, Observer, Runner
 from worker.settings import WorkerSettings, librdkafka_config
 from worker.stats import RunStats
+from worker.telemetry.health import Health, RedisProbe, TelemetryServer
+from worker.telemetry.kafka_exporter import KafkaSpanExporter, traces_producer_config
+from worker.telemetry.logcontext import BatchLogContext
+from worker.telemetry.metrics import Metrics
+from worker.telemetry.tracing import (
+    BatchSampler,
+    BatchTracer,
+    Count,
+    DiscardingExporter,
+    QueueSpanProcessor,
+    otlp_exporter,
+    tracer_provider,
+)
 
 logger = logging.getLogger(__name__)
 ClientT = TypeVar("ClientT", Consumer, Producer)
@@ -45,12 +62,12 @@ def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
     return {**{key: v for key, v in typed.items() if v is not None}, **librdkafka_config(k.properties)}
 
 
-def make_consumer(settings: WorkerSettings) -> Consumer:
+def make_consumer(settings: WorkerSettings, extra: dict[str, Any] | None = None) -> Consumer:
     k, b = settings.kafka, settings.batch
     own = {"auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
            "queued.min.messages": max(b.max_in_flight_events // 4, b.max_events),
            "queued.max.messages.kbytes": b.max_in_flight_mb * 1024 // 2,
-           **librdkafka_config(k.consumer)}
+           **librdkafka_config(k.consumer), **(extra or {})}
     return _client(Consumer, consumer_config(k.bootstrap_servers, k.group_id, kafka_common(settings), own))
 
 
@@ -107,28 +124,125 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
                     ModelSlot(compiled.model), compiled.builder, encoder, clock)
 
 
-def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
+@dataclass
+class Telemetry:
+    """What telemetry adds to a worker: observers, Kafka client callbacks, and the background parts
+    to close at the end."""
+
+    observers: list[Observer] = field(default_factory=list)
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+    health: Health | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:  # closing one part must not keep the others open
+                logger.exception("error while closing telemetry")
+
+
+def required_topics(settings: WorkerSettings) -> list[str]:
+    """Every topic the configuration uses: input, output, dead letters, shadow, traces."""
+    k, tracing = settings.kafka, settings.telemetry.tracing
+    traces = [tracing.topic] if tracing.enabled and tracing.exporter == "kafka" else []
+    return list(dict.fromkeys([*k.input_topics, k.output_topic, k.dlq_topic, *lifecycle.topics(settings), *traces]))
+
+
+def make_telemetry(settings: WorkerSettings) -> Telemetry:
+    """Starts the metrics and health server (if a port is set) and tracing (if enabled)."""
+    telemetry = Telemetry(observers=[BatchLogContext()])
+    try:
+        metrics = _start_metrics(settings, telemetry) if settings.telemetry.port else None
+        if settings.telemetry.tracing.enabled:
+            _start_tracing(settings, telemetry, metrics.count_spans if metrics else None)
+    except BaseException:
+        telemetry.close()
+        raise
+    return telemetry
+
+
+def _start_metrics(settings: WorkerSettings, telemetry: Telemetry) -> Metrics:
+    t = settings.telemetry
+    metrics = Metrics(REGISTRY, __version__, t.event_time_field, t.event_time_unit)
+    health = Health(t.liveness_timeout_s)
+    server = TelemetryServer(t.host, t.port, health, REGISTRY)
+    store = make_store(settings)
+    probe = RedisProbe(store, t.redis_check_interval_s, f"Redis at {store.address.redacted()}")
+    health.checks["redis"] = probe.up
+    server.start()
+    telemetry.closers.append(server.close)
+    probe.start()
+    telemetry.closers.append(probe.stop)
+    telemetry.observers += [metrics, health]
+    telemetry.health = health
+    telemetry.consumer_config["error_cb"] = metrics.kafka_errors_of("consumer")
+    if t.kafka_stats_interval_ms:
+        telemetry.consumer_config.update({"statistics.interval.ms": t.kafka_stats_interval_ms,
+                                          "stats_cb": metrics.kafka_statistics})
+    telemetry.producer_config["error_cb"] = metrics.kafka_errors_of("producer")
+    logger.info("metrics and health probes on http://%s:%d (/metrics, /livez, /readyz)", t.host, server.port,
+                extra={"port": server.port})
+    return metrics
+
+
+def _start_tracing(settings: WorkerSettings, telemetry: Telemetry, count: Count | None) -> None:
+    tr, k = settings.telemetry.tracing, settings.kafka
+    processor = QueueSpanProcessor(make_span_exporter(settings, telemetry, count), tr.queue_size,
+                                   tr.export_interval_ms / 1000, count=count)
+    provider = tracer_provider(processor, settings.telemetry.service_name, __version__, tr.max_links)
+    telemetry.closers.append(provider.shutdown)
+    tracer = BatchTracer(provider.get_tracer("worker", __version__), BatchSampler(tr.sample_ratio, tr.follow_upstream),
+                         k.group_id, k.output_topic, tr.max_links)
+    telemetry.observers.append(tracer)
+    where = f"Kafka topic {tr.topic}" if tr.exporter == "kafka" else tr.endpoint or tr.exporter
+    logger.info("tracing %g of batches%s; spans to %s", tr.sample_ratio,
+                " and every batch with a sampled upstream event" if tr.follow_upstream else "", where,
+                extra={"exporter": tr.exporter})
+
+
+def make_span_exporter(settings: WorkerSettings, telemetry: Telemetry, count: Count | None) -> SpanExporter:
+    tr = settings.telemetry.tracing
+    if tr.exporter == "kafka":
+        config = traces_producer_config({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                                         **kafka_common(settings)})
+        return KafkaSpanExporter(_client(Producer, config), tr.topic, count=count)
+    if tr.exporter == "none":
+        return DiscardingExporter()
+    return otlp_exporter(tr.exporter, tr.endpoint)
+
+
+def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
+                 telemetry: Telemetry | None = None) -> Runner:
     """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
+    t = telemetry or Telemetry()
     compiled = compile_settings(settings)
     lifecycle.check_configured_model(settings, compiled)
     store = make_store(settings)
     wait_until_ready(store, settings.redis.startup_timeout_s)
     k = settings.kafka
-    consumer = make_consumer(settings)
-    wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic, *lifecycle.topics(settings)],
-                    k.startup_timeout_s)
-    producer = make_producer(settings)
+    consumer = make_consumer(settings, t.consumer_config)
+    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s)
+    producer = make_producer(settings, t.producer_config)
     pipeline = make_pipeline(settings, compiled, store)
     client = {"bootstrap.servers": k.bootstrap_servers, **kafka_common(settings)}
     observers = [*lifecycle.start(settings, compiled, pipeline.slot, producer, client), *observers]
     sink = Sink(producer, k.output_topic, k.dlq_topic, k.group_id)
     checkpointer = Checkpointer(consumer, sink, settings.batch.commit_interval_ms / 1000)
     loop = LoopSettings(settings.batch.max_events, settings.batch.latency_budget_ms / 1000)
-    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop, [ProgressLog(), *observers])
+    if t.health is not None:
+        t.health.checks["model"] = lambda: pipeline.slot.model is not None
+    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop,
+                  [ProgressLog(), *t.observers, *observers])
 
 
 def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:
-    observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
-    runner = build_runner(settings, observers)
-    runner.install_signal_handlers()
-    runner.run(ready=lambda: logger.info("worker ready"))
+    telemetry = make_telemetry(settings)
+    try:
+        observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
+        runner = build_runner(settings, observers, telemetry)
+        runner.install_signal_handlers()
+        runner.run(ready=lambda: logger.info("worker ready"))
+    finally:
+        telemetry.close()

@@ -84,7 +84,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     entities = ", ".join(f"{e.name} ({e.template.template}, {len(e.fields)} fields)" for e in compiled.entities)
     print(f"  features {entities or 'none'}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
+    print(f"  telemetry {describe_telemetry(settings)}")
     return 0
+
+
+def describe_telemetry(settings: WorkerSettings) -> str:
+    t, tr = settings.telemetry, settings.telemetry.tracing
+    served = f"/metrics /livez /readyz on {t.host}:{t.port}" if t.port else "metrics and health off (telemetry.port 0)"
+    if not tr.enabled:
+        return f"{served}; tracing off"
+    where = {"kafka": f"Kafka topic {tr.topic}", "none": "nowhere (exporter none)"}.get(tr.exporter, tr.exporter)
+    upstream = " and batches with a sampled upstream event" if tr.follow_upstream else ""
+    return f"{served}; tracing {tr.sample_ratio:g} of batches{upstream} to {where}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,7 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     tensors = _tensors(settings, model, input_schema, known, problems)
     builder = _builder(settings, model, input_schema, output_schema, problems)
     _lifecycle(settings, problems)
+    _event_time(settings, input_schema, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
 
@@ -143,6 +144,14 @@ def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix:
     except SchemaError as exc:
         problems.add(key, f"{prefix}{exc}")
         return None
+
+
+def _event_time(settings: WorkerSettings, schema: Schema, problems: Problems) -> None:
+    path, key = settings.telemetry.event_time_field, "telemetry.event_time_field"
+    found = _check_path(schema, path, key, problems) if path else None
+    if found is not None and found.kind not in ("int", "long", "float", "double"):
+        problems.add(key, f"'{path}' is a {found.describe()}; the event time must be a number "
+                          f"(epoch {settings.telemetry.event_time_unit}, e.g. a timestamp-millis long)")
 
 
 def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec | None],

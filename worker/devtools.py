@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports, typed
 
 from worker import reference
-from worker.app import kafka_common, make_registry
+from worker.app import kafka_common, make_registry, required_topics
 from worker.cli import settings_from
 from worker.codecs import (
     ConfluentAvroDecoder,
@@ -54,7 +54,6 @@ from worker.errors import EventError, StartupError, WorkerError
 from worker.explain import mismatch
 from worker.features import KeyTemplate, path_getter
 from worker.kafka import consumer_config, producer_config
-from worker.models.app import topics as lifecycle_topics
 from worker.records import InputMessage
 from worker.schemas import Schema, SchemaError, field_type, load_schema
 from worker.settings import WorkerSettings
@@ -242,7 +241,7 @@ def create_topics(settings: WorkerSettings, partitions: int = 3, replication_fac
     k = settings.kafka
     admin = AdminClient(kafka_client_config(settings))
     existing = existing_topics(admin, k.bootstrap_servers)
-    wanted = list(dict.fromkeys([*k.input_topics, k.output_topic, k.dlq_topic, *lifecycle_topics(settings)]))
+    wanted = required_topics(settings)
     new = [NewTopic(t, partitions, replication_factor) for t in wanted if t not in existing]
     futures = admin.create_topics(new, operation_timeout=30) if new else {}
     lines, failed = [], []

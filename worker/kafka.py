@@ -201,6 +201,8 @@ class Sink:
                 self.producer.poll(0.05)
 
     def dead_letter_headers(self, dead: DeadLetter, extra: Headers | None) -> Headers:
+        """The original headers first, then ``dlq.*`` ones; a batch header (``traceparent``) whose name
+        the original already uses is written as ``dlq.<name>``, so the producer's stays the only one."""
         m = dead.message
         own = [
             ("source.topic", str(m.topic())), ("source.partition", str(m.partition())),
@@ -208,7 +210,10 @@ class Sink:
             ("error.stage", dead.stage), ("error.type", dead.error_type),
             ("error.reason", dead.reason[:_REASON_LIMIT]), ("worker.group", self.group_id),
         ]
-        return [*(m.headers() or []), *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in own), *(extra or [])]
+        original: Headers = m.headers() or []
+        taken = {k for k, _ in original}
+        added = [(DLQ_HEADER_PREFIX + k if k in taken else k, v) for k, v in extra or []]
+        return [*original, *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in own), *added]
 
 
 @dataclass

@@ -67,10 +67,11 @@ class Pipeline:
     def process(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult()
         serving = self.slot.serving  # one snapshot: every event of this batch is scored by these models
-        result.model_version = serving.active.version
+        result.model_version, result.model_name = serving.active.version, serving.active.name
         stage = self._stage
         with stage(result, "decode"):
             events, sources = self._decode(messages, result)
+        result.events = events
         if not events:
             return result
         with stage(result, "features"):
@@ -149,7 +150,8 @@ class Pipeline:
         try:
             return dict(zip(names, model.run(feeds, names), strict=True)), {}
         except ModelRunError as exc:
-            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc)
+            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc,
+                           extra={"model": model.name, "model_version": model.version})
         failed: dict[int, EventError] = {}
         parts = _run_isolating(model, feeds, names, np.arange(n), failed)
         merged = {name: _scatter([(rows, values[j]) for rows, values in parts], n) for j, name in enumerate(names)}

@@ -115,6 +115,9 @@ class BatchResult:
     runs: list[ModelRun] = field(default_factory=list)
     shadow_outputs: list[Output] = field(default_factory=list)
     shadow: ShadowComparison | None = None
+    model_name: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The decoded events, in input order (telemetry reads event times from them)."""
 
 
 class StageTiming(NamedTuple):

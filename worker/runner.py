@@ -23,7 +23,7 @@ from worker.codecs import RegistryUnavailable
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka import TP, BatchConsumer, BatchTicket, Checkpointer, DeliveryThread, Sink
 from worker.pipeline import Pipeline
-from worker.records import BatchResult, Message, StageTiming
+from worker.records import BatchResult, Headers, Message, StageTiming
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ class Observer:
 
     def started(self) -> None:
         """The worker subscribed and is about to consume."""
+
+    def batch_started(self, batch: Sequence[Message], received_ns: int) -> Headers | None:
+        """A batch was consumed and is about to be processed; headers returned here are added to
+        every output and dead letter it produces (a trace context, for instance)."""
+        return None
+
+    def idle(self) -> None:
+        """A poll found no events: the loop is alive and has caught up with what was fetched."""
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
         """A batch was processed and its outputs handed to the producer (``result.timings`` has every stage)."""
@@ -101,6 +109,9 @@ class Runner:
         batch, received_ns = self.batches.next_batch()
         if batch:
             self._handle(batch, received_ns)
+        else:
+            for observer in self.observers:
+                observer.idle()
         if self.checkpointer.due():
             self._checkpoint()
 
@@ -127,17 +138,26 @@ class Runner:
 
     def _handle(self, batch: list[Message], received_ns: int) -> None:
         start = time.perf_counter_ns()
+        headers = self._batch_started(batch, received_ns)
         result = self._process(batch)
         if result is None:
             return
         self.checkpointer.begin()
         produce_start = time.perf_counter_ns()
-        ticket = self.sink.publish(result, received_ns)
+        ticket = self.sink.publish(result, received_ns, headers)
         result.timings.append(StageTiming("produce", produce_start, ticket.published_ns))
         self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
         self.checkpointer.ledger.track(batch)
         for observer in self.observers:
             observer.batch_done(batch, result, ticket)
+
+    def _batch_started(self, batch: list[Message], received_ns: int) -> Headers | None:
+        headers: Headers | None = None
+        for observer in self.observers:
+            extra = observer.batch_started(batch, received_ns)
+            if extra:
+                headers = [*(headers or []), *extra]
+        return headers
 
     def _process(self, batch: list[Message]) -> BatchResult | None:
         """Process, retrying while a dependency is down; None if the batch's partitions went away."""

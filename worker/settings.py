@@ -309,6 +309,55 @@ class LifecycleSettings(_Section):
         return self
 
 
+class TracingSettings(_Section):
+    enabled: bool = False
+    """Trace batches: one span per batch linked to each event's upstream ``traceparent``, child spans
+    per stage, and the batch span's ``traceparent`` on every prediction and dead letter it produced."""
+    sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Share of batches traced on the worker's own initiative (0.01: one in a hundred)."""
+    follow_upstream: bool = True
+    """Also trace every batch holding an event whose ``traceparent`` is sampled, so a trace the
+    producer chose to record continues through the worker (parent-based sampling across the hop)."""
+    exporter: Literal["kafka", "otlp_grpc", "otlp_http", "none"] = "kafka"
+    """Where spans go: ``kafka`` publishes OTLP protobuf to ``topic`` (the OpenTelemetry Collector's
+    Kafka receiver reads it with ``encoding: otlp_proto``); ``otlp_grpc``/``otlp_http`` send to
+    ``endpoint`` (install the ``otlp`` extra); ``none`` makes spans and drops them."""
+    topic: str = "otlp_spans"
+    """Traces topic for the ``kafka`` exporter (the Collector's Kafka receiver default)."""
+    endpoint: str | None = None
+    """Collector endpoint for the OTLP exporters (default: ``OTEL_EXPORTER_OTLP_*`` variables, else
+    localhost); headers such as auth tokens come from ``OTEL_EXPORTER_OTLP_HEADERS``."""
+    queue_size: int = Field(default=2048, ge=16)
+    """Finished spans waiting for export; when full, new spans are dropped and counted, never waited for."""
+    export_interval_ms: float = Field(default=500.0, gt=0)
+    """How often queued spans are exported."""
+    max_links: int = Field(default=128, ge=0)
+    """Upstream contexts linked from one batch span; the rest are counted in ``worker.links_dropped``."""
+
+
+class TelemetrySettings(_Section):
+    port: int = Field(default=0, ge=0, le=65535)
+    """HTTP port serving ``/metrics`` (Prometheus), ``/livez`` and ``/readyz``; 0 turns metrics and
+    health off (the default, so that several workers can share a host)."""
+    host: str = "0.0.0.0"
+    """Address the metrics and health server listens on."""
+    service_name: str = "inference-worker"
+    """``service.name`` of the spans."""
+    event_time_field: str | None = None
+    """Input field holding the event time, for the event-age metric (dots for nested fields);
+    unset uses the Kafka message timestamp."""
+    event_time_unit: Literal["s", "ms", "us"] = "ms"
+    """Unit of ``event_time_field`` (``ms`` for Avro ``timestamp-millis``)."""
+    liveness_timeout_s: float = Field(default=60.0, gt=0)
+    """``/livez`` fails when the loop has not come round for this long."""
+    redis_check_interval_s: float = Field(default=2.0, gt=0)
+    """How often the health check PINGs Redis (on its own connection, never on the hot path)."""
+    kafka_stats_interval_ms: int = Field(default=5000, ge=0)
+    """librdkafka statistics interval, the source of high watermarks for lag in messages; 0 turns it off."""
+    tracing: TracingSettings = TracingSettings()
+    """Distributed tracing through Kafka."""
+
+
 class WorkerSettings(BaseSettings):
     """The whole configuration file."""
 
@@ -337,6 +386,8 @@ class WorkerSettings(BaseSettings):
     """Log level of the ``worker`` loggers."""
     log_format: Literal["text", "json"] = "text"
     """``json`` writes one JSON object per line."""
+    telemetry: TelemetrySettings = TelemetrySettings()
+    """Metrics, health probes and tracing."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
