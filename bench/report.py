@@ -46,10 +46,13 @@ def _latency(ax: Any, latency: dict[str, Any] | None) -> None:
     if not latency or not latency.get("samples"):
         ax.text(0.5, 0.5, "not measured", ha="center")
         return
-    samples = sorted(latency["samples"])
-    ms = np.array([s[0] for s in samples])
-    weights = np.cumsum([s[1] for s in samples], dtype=float)
-    ax.plot(ms, weights / weights[-1], color="#2a6f97")
+    for key, label, style in (("samples", "receive → acknowledged", "-"),
+                              ("ack_samples", "of which waiting for the broker's ack", ":")):
+        samples = sorted(latency.get(key) or [])
+        if samples:
+            weights = np.cumsum([s[1] for s in samples], dtype=float)
+            ax.plot([s[0] for s in samples], weights / weights[-1], style, color="#2a6f97", label=label)
+    ax.legend(fontsize=8, loc="lower right")
     for pct, key in ((0.5, "p50_ms"), (0.99, "p99_ms")):
         ax.axvline(latency[key], ls="--", color="#888888", lw=0.8)
         ax.text(latency[key], pct, f" p{int(pct * 100)} {latency[key]:.2f} ms", fontsize=8, va="center")

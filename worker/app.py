@@ -234,7 +234,7 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     if t.health is not None:
         t.health.checks["model"] = lambda: pipeline.slot.model is not None
     return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop,
-                  [ProgressLog(), *t.observers, *observers])
+                  [*t.observers, ProgressLog(), *observers])
 
 
 def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:

@@ -36,7 +36,8 @@ class RunStats(Observer):
         self.stage_s: dict[str, float] = defaultdict(float)
         self.sizes: Counter[int] = Counter()
         self.latencies: list[tuple[float, int]] = []
-        self.samples: list[tuple[float, float, int]] = []  # (received, epoch s; ms; events)
+        # per acked batch: received (epoch s), worker-added ms, events, ms of it waiting for the broker's ack
+        self.samples: list[tuple[float, float, int, float]] = []
         self.first_received_ns: int | None = None
         self.last_acked_ns = 0
         self.first_cpu_s = self.last_cpu_s = 0.0  # process CPU (every thread) at the first batch, last ack
@@ -62,7 +63,8 @@ class RunStats(Observer):
         received = time.time() - (time.perf_counter_ns() - ticket.consumed_ns) / 1e9
         with self._lock:
             self.latencies.append((latency_ms, ticket.size))
-            self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size))
+            self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size,
+                                 round((ticket.acked_ns - ticket.published_ns) / 1e6, 3)))
             self.last_acked_ns = max(self.last_acked_ns, ticket.acked_ns)
             self.last_cpu_s = time.process_time()
 
