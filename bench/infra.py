@@ -1,32 +1,42 @@
-"""Kafka and Redis plumbing for the benchmark: topics, offsets, producing, reading back."""
+"""Kafka and Redis plumbing for the benchmark: topics, offsets, producing, reading back.
+
+End offsets come from the producer's own delivery reports, not from the broker's
+watermarks: tansu reports wrong high watermarks, and the benchmark must work on it.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-@dataclass(frozen=True)
+@dataclass
 class Infra:
     bootstrap: str
     redis_url: str
-
-    def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap})
+    ends: dict[str, dict[int, int]] = field(default_factory=dict)  # topic → partition → next offset
 
     def topic(self, prefix: str, partitions: int = 4) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.admin().create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # must outlive the future
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
         return name
 
     def produce(self, topic: str, items: Iterable[tuple[bytes, bytes]], rate: float = 0.0) -> int:
         """Produce ``(key, value)`` pairs, paced at ``rate`` per second if given; returns the count."""
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5,
+        ends = self.ends.setdefault(topic, {})
+
+        def delivered(err: object, msg: object) -> None:
+            if err is None:
+                partition, offset = msg.partition(), msg.offset()  # type: ignore[attr-defined]
+                ends[partition] = max(ends.get(partition, 0), offset + 1)
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "on_delivery": delivered,
                              "queue.buffering.max.messages": 1_000_000})
         start = time.perf_counter()
         n = 0
@@ -43,17 +53,9 @@ class Infra:
         producer.flush(120)
         return n
 
-    def end_offsets(self, topic: str) -> dict[int, int]:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-probe"})
-        try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        finally:
-            consumer.close()
-
     def caught_up(self, group: str, topic: str) -> bool:
-        """Has ``group`` committed every partition of ``topic`` up to its end?"""
-        ends = self.end_offsets(topic)
+        """Has ``group`` committed, on every partition of ``topic``, all that was produced to it?"""
+        ends = self.ends.get(topic, {})
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
         try:
             committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=10)
@@ -69,21 +71,19 @@ class Infra:
             time.sleep(0.5)
         return False
 
-    def read_all(self, topic: str) -> list[tuple[bytes | None, bytes]]:
-        """Every message of ``topic`` as ``(key, value)``, read by assignment (no group join)."""
-        ends = self.end_offsets(topic)
+    def read_all(self, topic: str, expected: int, idle_s: float = 3.0) -> list[tuple[bytes | None, bytes]]:
+        """``topic`` from the start as ``(key, value)``, by assignment (no group join): until
+        ``expected`` messages and then ``idle_s`` without more (so duplicates show), or idle."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-reader",
                              "enable.auto.commit": False})
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         out: list[tuple[bytes | None, bytes]] = []
-        left = {p: e for p, e in ends.items() if e > 0}
-        deadline = time.monotonic() + 120
-        while left and time.monotonic() < deadline:
-            for m in consumer.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                out.append((m.key(), m.value()))
-                if m.offset() + 1 >= left.get(m.partition(), 0):
-                    left.pop(m.partition(), None)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < (idle_s if len(out) >= expected else 30.0):
+            batch = [m for m in consumer.consume(10_000, 0.5) if not m.error()]
+            if batch:
+                quiet_since = time.monotonic()
+                out += [(m.key(), m.value()) for m in batch]
         consumer.close()
         return out

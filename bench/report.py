@@ -46,10 +46,13 @@ def _latency(ax: Any, latency: dict[str, Any] | None) -> None:
     if not latency or not latency.get("samples"):
         ax.text(0.5, 0.5, "not measured", ha="center")
         return
-    samples = sorted(latency["samples"])
-    ms = np.array([s[0] for s in samples])
-    weights = np.cumsum([s[1] for s in samples], dtype=float)
-    ax.plot(ms, weights / weights[-1], color="#2a6f97")
+    for key, label, style in (("samples", "receive → acknowledged", "-"),
+                              ("ack_samples", "of which waiting for the broker's ack", ":")):
+        samples = sorted(latency.get(key) or [])
+        if samples:
+            weights = np.cumsum([s[1] for s in samples], dtype=float)
+            ax.plot([s[0] for s in samples], weights / weights[-1], style, color="#2a6f97", label=label)
+    ax.legend(fontsize=8, loc="lower right")
     for pct, key in ((0.5, "p50_ms"), (0.99, "p99_ms")):
         ax.axvline(latency[key], ls="--", color="#888888", lw=0.8)
         ax.text(latency[key], pct, f" p{int(pct * 100)} {latency[key]:.2f} ms", fontsize=8, va="center")
@@ -70,17 +73,19 @@ def _stages(ax: Any, results: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
+_EDGES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
+
+
 def _batches(ax: Any, results: dict[str, Any]) -> None:
+    labels = [f"<={e}" for e in _EDGES]
     for name, r in results["throughput"].items():
         if "batch_sizes" in r:
-            sizes = r["batch_sizes"]
-            ax.plot(list(sizes), list(sizes.values()), marker="o", label=f"{name} (backlog)")
+            ax.plot(labels, [r["batch_sizes"].get(label, 0) for label in labels], marker="o", label=f"{name} (backlog)")
     latency = results.get("latency")
     if latency and latency.get("samples"):
-        edges = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-        counts = np.histogram([s[1] for s in latency["samples"]], bins=[0, *edges])[0]
-        ax.plot([f"<={e}" for e in edges], counts, marker="s", label=f"at {latency['rate']:,.0f}/s")
-    ax.set_yscale("log")
+        counts = np.histogram([s[1] for s in latency["samples"]], bins=[0, *_EDGES])[0]
+        ax.plot(labels, counts, marker="s", label=f"at {latency['rate']:,.0f}/s offered")
+    ax.set_yscale("symlog")
     ax.set_title("Batch sizes")
     ax.set_ylabel("batches")
     ax.tick_params(axis="x", labelsize=7, rotation=45)

@@ -2,9 +2,11 @@
 
 Runs ``Pipeline.process`` over in-memory messages with the real Redis feature store and the
 real ONNX model, and prints microseconds per event for decode, features, assemble,
-inference and encode. Used to profile the hot path in isolation from broker noise:
+inference and encode (and shadow). Used to profile the hot path in isolation from broker noise:
 
     python -m bench.stages --redis redis://127.0.0.1:6379/0 --n 100000 --batch 2000
+    python -m bench.stages --redis ... --canary 0.1     # cost of a canary on 10% of keys
+    python -m bench.stages --redis ... --shadow         # cost of a shadow scoring every event
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 
 from worker.app import make_pipeline, make_store
 from worker.compile import compile_settings
+from worker.inference import OnnxModel
+from worker.models.router import Serving
+from worker.pipeline import Pipeline
 from worker.records import InputMessage
 from worker.settings import load_settings
 
@@ -34,11 +39,24 @@ def workload_messages(n: int, seed: int = 1) -> list[InputMessage]:
     return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(gen.event_stream(args))]
 
 
-def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool) -> dict[str, float]:
+def fraud_pipeline(redis_url: str, cpu: bool = False, canary: float = 0.0, shadow: bool = False) -> Pipeline:
+    """The worker's pipeline on the fraud contract config, with the real Redis store and model
+    (and, for ``canary``/``shadow``, a second session of the same file as the candidate)."""
     overrides: dict[str, Any] = {"redis": {"url": redis_url}, "model": {"threads": 1} if cpu else {}}
     settings = load_settings(ROOT / "bench" / "fraud-contract.yaml", overrides)
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
-    pipeline = make_pipeline(settings, compile_settings(settings), make_store(settings), clock)
+    compiled = compile_settings(settings)
+    pipeline = make_pipeline(settings, compiled, make_store(settings), clock)
+    if canary or shadow:
+        candidate = OnnxModel(settings.model.onnx_path(), compiled.model.name, "candidate", settings.model.threads)
+        pipeline.slot.set(Serving(compiled.model, candidate if canary else None, canary,
+                                  candidate if shadow else None))
+    return pipeline
+
+
+def run(redis_url: str, n: int, batch: int, repeat: int, cpu: bool, canary: float = 0.0,
+        shadow: bool = False) -> dict[str, float]:
+    pipeline = fraud_pipeline(redis_url, cpu, canary, shadow)
     messages = workload_messages(n)
     best: dict[str, float] = defaultdict(lambda: float("inf"))
     for _ in range(repeat):
@@ -62,8 +80,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cpu", action="store_true", help="time stages in this thread's CPU time (one ONNX thread): "
                     "steadier than wall time on a busy machine")
+    ap.add_argument("--canary", type=float, default=0.0, help="share of keys scored by a canary (0: none)")
+    ap.add_argument("--shadow", action="store_true", help="with a shadow model scoring every event")
     args = ap.parse_args()
-    result = run(args.redis, args.n, args.batch, args.repeat, args.cpu)
+    result = run(args.redis, args.n, args.batch, args.repeat, args.cpu, args.canary, args.shadow)
     print(json.dumps({"us_per_event": {k: round(v, 3) for k, v in result.items()},
                       "events_per_s": round(1e6 / result["total"])}))
 

@@ -9,11 +9,15 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import REGISTRY
 
+from worker import __version__
 from worker.assembly import Assembler
 from worker.codecs import (
     ConfluentAvroDecoder,
@@ -28,12 +32,26 @@ from worker.compile import Compiled, compile_settings
 from worker.errors import StartupError
 from worker.features import FeatureFetcher, FeatureStore
 from worker.kafka import Checkpointer, Sink, consumer_config, producer_config, wait_for_topics
+from worker.models import app as lifecycle
 from worker.pipeline import ModelSlot, Pipeline
 from worker.progress import ProgressLog
 from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
 from worker.runner import LoopSettings, Observer, Runner
 from worker.settings import WorkerSettings, librdkafka_config
 from worker.stats import RunStats
+from worker.telemetry.health import Health, RedisProbe, TelemetryServer
+from worker.telemetry.kafka_exporter import KafkaSpanExporter, traces_producer_config
+from worker.telemetry.logcontext import BatchLogContext
+from worker.telemetry.metrics import Metrics
+from worker.telemetry.tracing import (
+    BatchSampler,
+    BatchTracer,
+    Count,
+    DiscardingExporter,
+    QueueSpanProcessor,
+    otlp_exporter,
+    tracer_provider,
+)
 from worker.transactions import TransactionalCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -52,13 +70,13 @@ def exactly_once(settings: WorkerSettings) -> bool:
     return settings.processing_guarantee == "exactly-once"
 
 
-def make_consumer(settings: WorkerSettings) -> Consumer:
+def make_consumer(settings: WorkerSettings, extra: dict[str, Any] | None = None) -> Consumer:
     k, b = settings.kafka, settings.batch
     own: dict[str, Any] = {
         "auto.offset.reset": k.auto_offset_reset, "session.timeout.ms": k.session_timeout_ms,
         "queued.min.messages": max(b.max_in_flight_events // 4, b.max_events),
         "queued.max.messages.kbytes": b.max_in_flight_mb * 1024 // 2,
-        **librdkafka_config(k.consumer)}
+        **librdkafka_config(k.consumer), **(extra or {})}
     if k.group_instance_id:
         own["group.instance.id"] = k.group_instance_id
     if exactly_once(settings):
@@ -90,12 +108,12 @@ def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None,
     return _client(Producer, producer_config(k.bootstrap_servers, kafka_common(settings), own))
 
 
-def make_sink(settings: WorkerSettings) -> Sink:
+def make_sink(settings: WorkerSettings, producer_extra: dict[str, Any] | None = None) -> Sink:
     """The sink; in exactly-once mode its producers (a replacement too) share one transactional id."""
     k, b = settings.kafka, settings.batch
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(producer_extra or {})
     if exactly_once(settings):
-        extra = {"transactional.id": transactional_id(settings), "transaction.timeout.ms": k.transaction_timeout_ms}
+        extra |= {"transactional.id": transactional_id(settings), "transaction.timeout.ms": k.transaction_timeout_ms}
         logger.info("exactly-once: transactional id %s", extra["transactional.id"])
     return Sink(lambda error_cb: make_producer(settings, extra, error_cb), k.output_topic, k.dlq_topic, k.group_id,
                 b.max_in_flight_events, b.max_in_flight_mb * (1 << 20) // 2)
@@ -134,15 +152,21 @@ def make_store(settings: WorkerSettings) -> RedisFeatureStore:
     return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
 
 
+def make_registry(settings: WorkerSettings) -> HttpSchemaRegistry:
+    a = settings.avro
+    if not a.schema_registry_url:
+        raise StartupError("avro.schema_registry_url is not set")
+    password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
+    return HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+
+
 def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
     a = settings.avro
     if a.framing == "plain":
         decoder: Decoder = PlainAvroDecoder(compiled.input_schema, a.max_value_bytes)
         encoder: Encoder = PlainAvroEncoder(compiled.output_schema)
     else:
-        assert a.schema_registry_url
-        password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
-        registry = HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+        registry = make_registry(settings)
         decoder = ConfluentAvroDecoder(registry, compiled.input_schema, a.max_value_bytes)
         subject = a.output_subject or f"{settings.kafka.output_topic}-value"
         encoder = ConfluentAvroEncoder(compiled.output_schema, registry, subject, compiled.output_schema_text)
@@ -156,23 +180,125 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
                     ModelSlot(compiled.model), compiled.builder, encoder, clock)
 
 
-def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
+@dataclass
+class Telemetry:
+    """What telemetry adds to a worker: observers, Kafka client callbacks, and the background parts
+    to close at the end."""
+
+    observers: list[Observer] = field(default_factory=list)
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+    health: Health | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:  # closing one part must not keep the others open
+                logger.exception("error while closing telemetry")
+
+
+def required_topics(settings: WorkerSettings) -> list[str]:
+    """Every topic the configuration uses: input, output, dead letters, shadow, traces."""
+    k, tracing = settings.kafka, settings.telemetry.tracing
+    traces = [tracing.topic] if tracing.enabled and tracing.exporter == "kafka" else []
+    return list(dict.fromkeys([*k.input_topics, k.output_topic, k.dlq_topic, *lifecycle.topics(settings), *traces]))
+
+
+def make_telemetry(settings: WorkerSettings) -> Telemetry:
+    """Starts the metrics and health server (if a port is set) and tracing (if enabled)."""
+    telemetry = Telemetry(observers=[BatchLogContext()])
+    try:
+        metrics = _start_metrics(settings, telemetry) if settings.telemetry.port else None
+        if settings.telemetry.tracing.enabled:
+            _start_tracing(settings, telemetry, metrics.count_spans if metrics else None)
+    except BaseException:
+        telemetry.close()
+        raise
+    return telemetry
+
+
+def _start_metrics(settings: WorkerSettings, telemetry: Telemetry) -> Metrics:
+    t = settings.telemetry
+    metrics = Metrics(REGISTRY, __version__, t.event_time_field, t.event_time_unit)
+    health = Health(t.liveness_timeout_s)
+    server = TelemetryServer(t.host, t.port, health, REGISTRY)
+    store = make_store(settings)
+    probe = RedisProbe(store, t.redis_check_interval_s, f"Redis at {store.address.redacted()}")
+    health.checks["redis"] = probe.up
+    server.start()
+    telemetry.closers.append(server.close)
+    probe.start()
+    telemetry.closers.append(probe.stop)
+    telemetry.observers += [metrics, health]
+    telemetry.health = health
+    telemetry.consumer_config["error_cb"] = metrics.kafka_errors_of("consumer")
+    if t.kafka_stats_interval_ms:
+        telemetry.consumer_config.update({"statistics.interval.ms": t.kafka_stats_interval_ms,
+                                          "stats_cb": metrics.kafka_statistics})
+    telemetry.producer_config["error_cb"] = metrics.kafka_errors_of("producer")
+    logger.info("metrics and health probes on http://%s:%d (/metrics, /livez, /readyz)", t.host, server.port,
+                extra={"port": server.port})
+    return metrics
+
+
+def _start_tracing(settings: WorkerSettings, telemetry: Telemetry, count: Count | None) -> None:
+    tr, k = settings.telemetry.tracing, settings.kafka
+    processor = QueueSpanProcessor(make_span_exporter(settings, telemetry, count), tr.queue_size,
+                                   tr.export_interval_ms / 1000, count=count)
+    provider = tracer_provider(processor, settings.telemetry.service_name, __version__, tr.max_links)
+    telemetry.closers.append(provider.shutdown)
+    tracer = BatchTracer(provider.get_tracer("worker", __version__), BatchSampler(tr.sample_ratio, tr.follow_upstream),
+                         k.group_id, k.output_topic, tr.max_links)
+    telemetry.observers.append(tracer)
+    where = f"Kafka topic {tr.topic}" if tr.exporter == "kafka" else tr.endpoint or tr.exporter
+    logger.info("tracing %g of batches%s; spans to %s", tr.sample_ratio,
+                " and every batch with a sampled upstream event" if tr.follow_upstream else "", where,
+                extra={"exporter": tr.exporter})
+
+
+def make_span_exporter(settings: WorkerSettings, telemetry: Telemetry, count: Count | None) -> SpanExporter:
+    tr = settings.telemetry.tracing
+    if tr.exporter == "kafka":
+        config = traces_producer_config({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                                         **kafka_common(settings)})
+        return KafkaSpanExporter(_client(Producer, config), tr.topic, count=count)
+    if tr.exporter == "none":
+        return DiscardingExporter()
+    return otlp_exporter(tr.exporter, tr.endpoint)
+
+
+def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
+                 telemetry: Telemetry | None = None) -> Runner:
     """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
+    t = telemetry or Telemetry()
     compiled = compile_settings(settings)
+    lifecycle.check_configured_model(settings, compiled)
     store = make_store(settings)
     wait_until_ready(store, settings.redis.startup_timeout_s)
     k = settings.kafka
-    consumer = make_consumer(settings)
-    wait_for_topics(consumer, [*k.input_topics, k.output_topic, k.dlq_topic], k.startup_timeout_s)
+    consumer = make_consumer(settings, t.consumer_config)
+    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s)
     pipeline = make_pipeline(settings, compiled, store)
-    sink = make_sink(settings)
+    sink = make_sink(settings, t.producer_config)
     checkpointer = make_checkpointer(settings, consumer, sink)
+    client = {"bootstrap.servers": k.bootstrap_servers, **kafka_common(settings)}
+    # The shadow publisher produces with the sink's producer (inside the transaction, in exactly-once
+    # mode); should the sink replace a broken producer, shadow deliveries on the old one fail and are counted.
+    observers = [*lifecycle.start(settings, compiled, pipeline.slot, sink.producer, client), *observers]
+    if t.health is not None:
+        t.health.checks["model"] = lambda: pipeline.slot.model is not None
     return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop_settings(settings),
-                  [ProgressLog(), *observers], probe=store.ping)
+                  [*t.observers, ProgressLog(), *observers], probe=store.ping)
 
 
 def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:
-    observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
-    runner = build_runner(settings, observers)
-    runner.install_signal_handlers()
-    runner.run(ready=lambda: logger.info("worker ready"))
+    telemetry = make_telemetry(settings)
+    try:
+        observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
+        runner = build_runner(settings, observers, telemetry)
+        runner.install_signal_handlers()
+        runner.run(ready=lambda: logger.info("worker ready"))
+    finally:
+        telemetry.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +30,9 @@ _OVERRIDES = {  # option → nested settings key
 }
 
 
-def _config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, required=True, help="YAML or TOML config file")
+def _config_options(parser: argparse.ArgumentParser, default_config: Path | None = None) -> None:
+    parser.add_argument("--config", "-c", type=Path, required=default_config is None, default=default_config,
+                        help="YAML or TOML config file" + (f" (default: {default_config})" if default_config else ""))
     parser.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
     parser.add_argument("--redis-url", help="overrides redis.url")
     parser.add_argument("--input-topic", action="append", help="overrides kafka.input_topics (repeatable)")
@@ -83,7 +85,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     entities = ", ".join(f"{e.name} ({e.template.template}, {len(e.fields)} fields)" for e in compiled.entities)
     print(f"  features {entities or 'none'}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
+    print(f"  telemetry {describe_telemetry(settings)}")
     return 0
+
+
+def describe_telemetry(settings: WorkerSettings) -> str:
+    t, tr = settings.telemetry, settings.telemetry.tracing
+    served = f"/metrics /livez /readyz on {t.host}:{t.port}" if t.port else "metrics and health off (telemetry.port 0)"
+    if not tr.enabled:
+        return f"{served}; tracing off"
+    where = {"kafka": f"Kafka topic {tr.topic}", "none": "nowhere (exporter none)"}.get(tr.exporter, tr.exporter)
+    upstream = " and batches with a sampled upstream event" if tr.follow_upstream else ""
+    return f"{served}; tracing {tr.sample_ratio:g} of batches{upstream} to {where}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["run"].add_argument("--stats-file", type=Path, help="write run statistics (throughput, latency "
                                 "percentiles, stage times, batch sizes, peak RSS) as JSON here on exit")
     from worker import devtools
+    from worker.models import cli as models
 
     devtools.add_commands(sub, _config_options)
+    models.add_commands(sub, _config_options)
     return parser
 
 
@@ -116,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as exc:
-        logger.error("cannot start: %s", exc)
+        if logging.getLogger().handlers:  # for a log collector; a bare terminal gets the line below only
+            logger.error("cannot start: %s", exc)
         print(f"startup error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except WorkerError as exc:  # e.g. fenced by a newer instance: stop, let the orchestrator decide
@@ -125,3 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, and quiet the final flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -84,6 +84,8 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     known: dict[str, EntitySpec | None] = {**dict.fromkeys(settings.features), **{e.name: e for e in entities}}
     tensors = _tensors(settings, model, input_schema, known, problems)
     builder = _builder(settings, model, input_schema, output_schema, problems)
+    _lifecycle(settings, problems)
+    _event_time(settings, input_schema, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
 
@@ -142,6 +144,14 @@ def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix:
     except SchemaError as exc:
         problems.add(key, f"{prefix}{exc}")
         return None
+
+
+def _event_time(settings: WorkerSettings, schema: Schema, problems: Problems) -> None:
+    path, key = settings.telemetry.event_time_field, "telemetry.event_time_field"
+    found = _check_path(schema, path, key, problems) if path else None
+    if found is not None and found.kind not in ("int", "long", "float", "double"):
+        problems.add(key, f"'{path}' is a {found.describe()}; the event time must be a number "
+                          f"(epoch {settings.telemetry.event_time_unit}, e.g. a timestamp-millis long)")
 
 
 def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec | None],
@@ -338,3 +348,16 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
                           f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
         return None
     return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))
+
+
+def _lifecycle(settings: WorkerSettings, problems: Problems) -> None:
+    lc, k = settings.lifecycle, settings.kafka
+    if (lc.control_topic or lc.control_file) and settings.model.repository is None:
+        problems.add("lifecycle", "a control channel switches between versions of a model repository: "
+                                  "set model.repository, model.name and model.version instead of model.path")
+    if lc.shadow_topic and lc.shadow_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.shadow_topic", f"'{lc.shadow_topic}' is already used as an input, output or "
+                                               "dead-letter topic; shadow predictions need their own")
+    if lc.control_topic and lc.control_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.control_topic", f"'{lc.control_topic}' is already used as an input, output or "
+                                                "dead-letter topic")

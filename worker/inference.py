@@ -46,12 +46,8 @@ class TensorInfo:
 class Model(Protocol):
     name: str
     version: str
-
-    @property
-    def inputs(self) -> list[TensorInfo]: ...
-
-    @property
-    def outputs(self) -> list[TensorInfo]: ...
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[Any]:
         """Run one batch; raise ``ModelRunError`` if the runtime rejects it."""
@@ -99,18 +95,10 @@ class OnnxModel:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
             raise StartupError(f"cannot load ONNX model {path}: {exc}") from exc
-        self._inputs = [_tensor_info(i) for i in self._session.get_inputs()]
-        self._outputs = [_tensor_info(o) for o in self._session.get_outputs()]
+        self.inputs = [_tensor_info(i) for i in self._session.get_inputs()]
+        self.outputs = [_tensor_info(o) for o in self._session.get_outputs()]
         logger.info("model loaded", extra={"model": name, "version": version, "path": str(path),
                                            "intra_op_threads": options.intra_op_num_threads})
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[Any]:
         try:
@@ -130,16 +118,9 @@ class FunctionModel:
     def __init__(self, fn: Callable[[dict[str, np.ndarray]], dict[str, Any]], inputs: list[TensorInfo],
                  outputs: list[TensorInfo], name: str = "function", version: str = "1") -> None:
         self.name, self.version = name, version
-        self._fn, self._inputs, self._outputs = fn, inputs, outputs
+        self.inputs, self.outputs = inputs, outputs
+        self._fn = fn
         self.calls = 0
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[Any]:
         self.calls += 1

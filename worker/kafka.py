@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker.batching import BatchPolicy
-from worker.errors import StartupError
+from worker.errors import StartupError, WorkerError
 from worker.records import BatchResult, DeadLetter, Headers, Message
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class DeliveryTracker:
         self.failed: list[str] = []
         self.on_batch_acked: Callable[[BatchTicket], None] | None = None
 
-    def ticket(self, size: int, nbytes: int, consumed_ns: int) -> BatchTicket:
+    def ticket(self, size: int, consumed_ns: int, nbytes: int = 0) -> BatchTicket:
         with self.lock:
             self.pending += size
             self.pending_bytes += nbytes
@@ -201,14 +201,15 @@ class Sink:
 
     ``has_room`` tells the loop when the outputs awaiting acknowledgement reach the in-flight cap,
     so that it can wait (pausing its partitions and polling the consumer) before producing more,
-    rather than blocking inside ``produce`` where the consumer is not polled. A producer that
-    reports a fatal error is replaced by ``rebuild`` (the caller redoes the work since the last
-    commit)."""
+    rather than blocking inside ``produce`` where the consumer is not polled. Given a factory
+    (called with an error callback) rather than a producer, a producer that reports a fatal error
+    is replaced by ``rebuild`` (the caller redoes the work since the last commit)."""
 
-    def __init__(self, new_producer: ProducerFactory, output_topic: str, dlq_topic: str, group_id: str,
+    def __init__(self, producer: Producer | ProducerFactory, output_topic: str, dlq_topic: str, group_id: str,
                  max_pending: int = 50_000, max_pending_bytes: int = 32 << 20) -> None:
-        self._new_producer = new_producer
-        self.producer = new_producer(self._on_error)
+        factory = callable(producer) and not isinstance(producer, Producer)
+        self._new_producer: ProducerFactory | None = producer if factory else None  # type: ignore[assignment]
+        self.producer: Producer = producer(self._on_error) if factory else producer  # type: ignore[operator,assignment]
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
         self.group_id = group_id
@@ -232,6 +233,8 @@ class Sink:
 
     def rebuild(self) -> None:
         """Replace the producer (after a fatal error); what the old one held is dropped."""
+        if self._new_producer is None:
+            raise WorkerError(f"the producer hit a fatal error and cannot be replaced: {self.fatal}")
         old = self.producer
         old.purge(in_queue=True, in_flight=True)
         old.flush(0)
@@ -241,8 +244,8 @@ class Sink:
         logger.warning("producer replaced; redoing the work since the last commit")
 
     def publish(self, result: BatchResult, consumed_ns: int, headers: Headers | None = None) -> BatchTicket:
-        callback = self.tracker.ticket(len(result.outputs) + len(result.dead_letters), output_bytes(result),
-                                       consumed_ns)
+        callback = self.tracker.ticket(len(result.outputs) + len(result.dead_letters), consumed_ns,
+                                       output_bytes(result))
         try:
             self._produce(result, callback, headers)
         except KafkaException as exc:
@@ -278,6 +281,8 @@ class Sink:
                 self.producer.poll(0.05)
 
     def dead_letter_headers(self, dead: DeadLetter, extra: Headers | None) -> Headers:
+        """The original headers first, then ``dlq.*`` ones; a batch header (``traceparent``) whose name
+        the original already uses is written as ``dlq.<name>``, so the producer's stays the only one."""
         m = dead.message
         own = [
             ("source.topic", str(m.topic())), ("source.partition", str(m.partition())),
@@ -285,7 +290,10 @@ class Sink:
             ("error.stage", dead.stage), ("error.type", dead.error_type),
             ("error.reason", dead.reason[:_REASON_LIMIT]), ("worker.group", self.group_id),
         ]
-        return [*(m.headers() or []), *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in own), *(extra or [])]
+        original: Headers = m.headers() or []
+        taken = {k for k, _ in original}
+        added = [(DLQ_HEADER_PREFIX + k if k in taken else k, v) for k, v in extra or []]
+        return [*original, *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in own), *added]
 
 
 def output_bytes(result: BatchResult) -> int:

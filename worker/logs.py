@@ -1,7 +1,9 @@
 """Log formatting for the CLI (the only place that configures logging).
 
 Text lines are ``time level logger: message key=value ...``; JSON lines carry the same
-fields. Values passed with ``extra=`` become fields; secrets never reach a log call.
+fields. Values passed with ``extra=`` become fields; secrets never reach a log call. While a
+batch is processed, lines also carry its context (partitions, offsets, trace id) from the
+current ``LogScope``, computed only when a line is actually written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,37 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+from typing import Protocol
+
+
+class LogScope(Protocol):
+    def fields(self) -> dict[str, object]:
+        """Fields for a line logged inside this scope."""
+
+
+_scope: ContextVar[LogScope | None] = ContextVar("worker_log_scope", default=None)
+
+
+def set_scope(scope: LogScope | None) -> None:
+    """Lines logged from now on (in this thread or task) carry ``scope``'s fields; None ends it."""
+    _scope.set(scope)
+
+
+def current_scope() -> LogScope | None:
+    return _scope.get()
+
+
+class ScopeFilter(logging.Filter):
+    """Adds the current scope's fields to a record, never overriding fields it already has."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        scope = _scope.get()
+        if scope is not None:
+            for key, value in scope.fields().items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -40,6 +73,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ScopeFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

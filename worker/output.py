@@ -64,12 +64,14 @@ class KeySpec:
 
 @dataclass
 class ScoredBatch:
-    """Model results for a batch, as the output builder needs them."""
+    """Model results for a batch, as the output builder needs them. ``row_versions`` is set
+    when rows were scored by different versions (a canary): the version of each row."""
 
     outputs: dict[str, Any]
     model_name: str
     model_version: str
     scored_at_ms: int
+    row_versions: list[str] | None = None
     degraded: bool = False  # scored with default features because the feature store was down
 
 
@@ -121,6 +123,8 @@ class OutputBuilder:
         if source.what == "label":
             labels = scores >= self.score.threshold
             return (labels.astype(np.int64) if source.as_int else labels).tolist()  # type: ignore[no-any-return]
+        if source.what == "model_version" and scored.row_versions is not None:
+            return scored.row_versions
         single = {"model_version": scored.model_version, "model_name": scored.model_name,
                   "scored_at": scored.scored_at_ms,
                   "degraded": int(scored.degraded) if source.as_int else scored.degraded}[source.what]

@@ -1,5 +1,9 @@
 """The batch pipeline: decode → features → assemble → infer → encode, for one batch.
 
+The inference step routes: the active model scores the batch, or, with a canary, the canary
+scores the events whose key falls in its share and the active model the rest; a shadow model
+also scores every event, for the shadow topic only (see ``worker.models.router``).
+
 It knows nothing of Kafka: it takes ``Message``-shaped objects and returns encoded outputs
 and dead letters. A bad event never fails its batch; an unreachable feature store does
 (``FeatureStoreUnavailable``), so that the runner can retry the batch without losing it.
@@ -20,20 +24,31 @@ from worker.codecs import Decoder, Encoder
 from worker.errors import EventError, InferenceError, ModelRunError
 from worker.features import FeatureFetcher, Record
 from worker.inference import Model
-from worker.output import OutputBuilder, ScoredBatch
-from worker.records import BatchResult, DeadLetter, Message, Output, StageTiming
+from worker.models.router import Serving, canary_mask
+from worker.output import OutputBuilder, ScoredBatch, select
+from worker.records import BatchResult, DeadLetter, Message, ModelRun, Output, ShadowComparison, StageTiming
 
 logger = logging.getLogger(__name__)
 
 
 class ModelSlot:
-    """The model serving now. Read once per batch, so a swap lands on a batch boundary."""
+    """The models serving now (a ``Serving``: active, optional canary and shadow). The pipeline
+    reads ``serving`` once per batch, so a swap lands on a batch boundary."""
 
-    def __init__(self, model: Model) -> None:
-        self.model = model
+    def __init__(self, serving: Model | Serving) -> None:
+        self.serving = serving if isinstance(serving, Serving) else Serving(serving)
+
+    @property
+    def model(self) -> Model:
+        return self.serving.active
 
     def swap(self, model: Model) -> Model:
-        previous, self.model = self.model, model
+        """Serve ``model`` alone; returns the model that was active."""
+        return self.set(Serving(model)).active
+
+    def set(self, serving: Serving) -> Serving:
+        """Serve ``serving`` from the next batch on; returns what was serving."""
+        previous, self.serving = self.serving, serving
         return previous
 
 
@@ -52,24 +67,29 @@ class Pipeline:
     def process(self, messages: Sequence[Message], degraded: bool = False) -> BatchResult:
         """``degraded``: the feature store is down; score with every feature at its default."""
         result = BatchResult()
-        model = self.slot.model
-        result.model_version = model.version
+        serving = self.slot.serving  # one snapshot: every event of this batch is scored by these models
+        result.model_version, result.model_name = serving.active.version, serving.active.name
         stage = self._stage
         with stage(result, "decode"):
             events, sources = self._decode(messages, result)
+        result.events = events
         if not events:
             return result
         with stage(result, "features"):
             lookups = self.fetcher.absent(events) if degraded else self.fetcher.fetch(events)
         with stage(result, "assemble"):
             assembled = self.assembler.assemble(events, lookups)
+            keys = self.builder.keys(events, sources)
         result.stats["feature_defaults"] = assembled.defaulted
         with stage(result, "inference"):
-            outputs, failed = self._infer(model, assembled.feeds, len(events))
+            scored, failed = self._score(serving, assembled.feeds, keys, result)
         bad = {**assembled.bad, **failed}
-        scored = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000), degraded)
+        scored.degraded = degraded
         with stage(result, "encode"):
-            self._encode(events, sources, scored, bad, result)
+            self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters)
+        if serving.shadow is not None:
+            with stage(result, "shadow"):
+                self._shadow(serving.shadow, assembled.feeds, (events, keys, sources), scored, bad, result)
         return result
 
     def _decode(self, messages: Sequence[Message], result: BatchResult) -> tuple[list[Record], list[Message]]:
@@ -85,31 +105,96 @@ class Pipeline:
                 sources.append(message)
         return events, sources
 
+    def _score(self, serving: Serving, feeds: dict[str, np.ndarray], keys: list[bytes | None],
+               result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
+        active, n = serving.active, len(keys)
+        if serving.canary is None:
+            outputs, failed = self._run("active", active, feeds, n, result)
+            return ScoredBatch(outputs, active.name, active.version, int(time.time() * 1000)), failed
+        return self._score_split(active, serving.canary, feeds, canary_mask(keys, serving.canary_share), result)
+
+    def _score_split(self, active: Model, canary: Model, feeds: dict[str, np.ndarray], to_canary: np.ndarray,
+                     result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
+        """The canary scores its rows, the active model the rest, and also the rows the canary
+        fails on (counted as canary errors, never dead-lettered for the candidate's sake)."""
+        n = len(to_canary)
+        versions = np.where(to_canary, canary.version, active.version).astype(object)
+        groups: list[tuple[np.ndarray, dict[str, Any]]] = []
+        failed: dict[int, EventError] = {}
+        for role, model, rows in (("active", active, np.flatnonzero(~to_canary)),
+                                  ("canary", canary, np.flatnonzero(to_canary))):
+            if not len(rows):
+                continue
+            outputs, errors = self._run(role, model, _take(feeds, rows), len(rows), result)
+            groups.append((rows, outputs))
+            if role == "active":
+                failed.update({int(rows[i]): e for i, e in errors.items()})
+            elif errors:
+                retry = rows[sorted(errors)]
+                versions[retry] = active.version
+                outputs, errors = self._run("active", active, _take(feeds, retry), len(retry), result)
+                groups.append((retry, outputs))
+                failed.update({int(retry[i]): e for i, e in errors.items()})
+        merged = {name: _scatter([(rows, outputs[name]) for rows, outputs in groups], n)
+                  for name in self._model_outputs}
+        return ScoredBatch(merged, active.name, active.version, int(time.time() * 1000), versions.tolist()), failed
+
+    def _run(self, role: str, model: Model, feeds: dict[str, np.ndarray], n: int,
+             result: BatchResult) -> tuple[dict[str, Any], dict[int, EventError]]:
+        start = self._clock()
+        outputs, failed = self._infer(model, feeds, n)
+        result.runs.append(ModelRun(role, model.name, model.version, n, len(failed), (self._clock() - start) / 1e9))
+        return outputs, failed
+
     def _infer(self, model: Model, feeds: dict[str, np.ndarray],
                n: int) -> tuple[dict[str, Any], dict[int, EventError]]:
         names = self._model_outputs
         try:
             return dict(zip(names, model.run(feeds, names), strict=True)), {}
         except ModelRunError as exc:
-            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc)
+            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc,
+                           extra={"model": model.name, "model_version": model.version})
         failed: dict[int, EventError] = {}
         parts = _run_isolating(model, feeds, names, np.arange(n), failed)
         merged = {name: _scatter([(rows, values[j]) for rows, values in parts], n) for j, name in enumerate(names)}
         return merged, failed
 
-    def _encode(self, events: list[Record], sources: list[Message], scored: ScoredBatch, bad: dict[int, EventError],
-                result: BatchResult) -> None:
-        encode, outputs = self.encoder, result.outputs
+    def _shadow(self, model: Model, feeds: dict[str, np.ndarray],
+                batch: tuple[list[Record], list[bytes | None], list[Message]], scored: ScoredBatch,
+                bad: dict[int, EventError], result: BatchResult) -> None:
+        """The shadow scores every event; its predictions (for the events that were published)
+        go to ``result.shadow_outputs`` and its scores are compared with the published ones."""
+        events, keys, sources = batch
+        outputs, failed = self._run("shadow", model, feeds, len(events), result)
+        shadow = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000))
+        skipped = {**bad, **failed}
+        self._encode(events, keys, sources, shadow, skipped, result.shadow_outputs, None)
+        keep = np.ones(len(events), dtype=bool)
+        keep[list(skipped)] = False
+        score = self.builder.score
+        published = select(scored.outputs[score.output], score.column)[keep].astype(np.float64)
+        candidate = select(outputs[score.output], score.column)[keep].astype(np.float64)
+        diff = np.abs(candidate - published)
+        agree = int(np.count_nonzero((published >= score.threshold) == (candidate >= score.threshold)))
+        result.shadow = ShadowComparison(model.name, model.version, len(diff), agree, float(diff.sum()),
+                                         float(diff.max()) if len(diff) else 0.0)
+
+    def _encode(self, events: list[Record], keys: list[bytes | None], sources: list[Message], scored: ScoredBatch,
+                skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None) -> None:
+        """Encodes every row not in ``skip``; skipped rows and rows that fail to encode become dead
+        letters when ``dead_letters`` is given (the shadow's are dropped: its events were published)."""
+        encode = self.encoder
         records = self.builder.records(events, scored)
-        keys = self.builder.keys(events, sources)
         for row, (record, key, source) in enumerate(zip(records, keys, sources, strict=True)):
-            if row in bad:
-                result.dead_letters.append(_dead(source, bad[row]))
+            if row in skip:
+                if dead_letters is not None:
+                    dead_letters.append(_dead(source, skip[row]))
                 continue
             try:
                 outputs.append(Output(key, encode(record, source), source))
             except EventError as exc:
-                result.dead_letters.append(_dead(source, exc))
+                if dead_letters is not None:
+                    dead_letters.append(_dead(source, exc))
 
     @contextmanager
     def _stage(self, result: BatchResult, name: str) -> Iterator[None]:
@@ -118,6 +203,10 @@ class Pipeline:
             yield
         finally:
             result.timings.append(StageTiming(name, start, self._clock()))
+
+
+def _take(feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[rows] for name, values in feeds.items()}
 
 
 def _dead(message: Message, exc: EventError) -> DeadLetter:

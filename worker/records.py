@@ -75,16 +75,49 @@ class Output(NamedTuple):
     source: Message
 
 
+class ModelRun(NamedTuple):
+    """One model call in a batch: which model in which role scored how many events, how many it
+    failed on, and how long it took. ``role`` is ``active``, ``canary`` or ``shadow``."""
+
+    role: str
+    model: str
+    version: str
+    events: int
+    errors: int
+    seconds: float
+
+
+class ShadowComparison(NamedTuple):
+    """The shadow model's scores against the published ones, over the events both scored."""
+
+    model: str
+    version: str
+    compared: int
+    label_agreements: int
+    abs_diff_sum: float
+    abs_diff_max: float
+
+
 @dataclass
 class BatchResult:
     """What the pipeline made of one batch: predictions and dead letters (input order kept),
-    the time each stage took, and counters for telemetry."""
+    the time each stage took, and counters for telemetry.
+
+    ``runs`` lists every model call (per version and role); ``shadow_outputs`` holds the
+    shadow model's predictions, for the shadow topic only; ``shadow`` compares its scores
+    with the published ones."""
 
     outputs: list[Output] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     timings: list[StageTiming] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""
+    runs: list[ModelRun] = field(default_factory=list)
+    shadow_outputs: list[Output] = field(default_factory=list)
+    shadow: ShadowComparison | None = None
+    model_name: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The decoded events, in input order (telemetry reads event times from them)."""
 
 
 class StageTiming(NamedTuple):

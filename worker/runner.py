@@ -48,6 +48,14 @@ class Observer:
     def started(self) -> None:
         """The worker subscribed and is about to consume."""
 
+    def batch_started(self, batch: Sequence[Message], received_ns: int) -> Headers | None:
+        """A batch was consumed and is about to be processed; headers returned here are added to
+        every output and dead letter it produces (a trace context, for instance)."""
+        return None
+
+    def idle(self) -> None:
+        """A poll found no events: the loop is alive and has caught up with what was fetched."""
+
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
         """A batch was processed and its outputs handed to the producer (``result.timings`` has every stage)."""
 
@@ -126,6 +134,9 @@ class Runner:
         batch, received_ns = self._next_batch()
         if batch:
             self._handle(batch, received_ns)
+        else:
+            for observer in self.observers:
+                observer.idle()
         if self.checkpointer.due():
             self._checkpoint()
         if self._fatal is not None:
@@ -168,6 +179,7 @@ class Runner:
 
     def _handle(self, batch: list[Message], received_ns: int) -> None:
         start = time.perf_counter_ns()
+        headers = self._batch_started(batch, received_ns)
         processed = self._process(batch)
         if processed is None:
             return
@@ -179,12 +191,22 @@ class Runner:
             owned_only(result, self._is_owned)
         self.checkpointer.begin()
         produce_start = time.perf_counter_ns()
-        ticket = self.sink.publish(result, received_ns, DEGRADED_HEADER if result.stats.get("degraded") else None)
+        if result.stats.get("degraded"):
+            headers = [*(headers or []), *DEGRADED_HEADER]
+        ticket = self.sink.publish(result, received_ns, headers)
         result.timings.append(StageTiming("produce", produce_start, ticket.published_ns))
         self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
         self.checkpointer.ledger.track(batch)
         for observer in self.observers:
             observer.batch_done(batch, result, ticket)
+
+    def _batch_started(self, batch: list[Message], received_ns: int) -> Headers | None:
+        headers: Headers | None = None
+        for observer in self.observers:
+            extra = observer.batch_started(batch, received_ns)
+            if extra:
+                headers = [*(headers or []), *extra]
+        return headers
 
     # --- a dependency (Redis, Schema Registry) down ---------------------------------------------
 

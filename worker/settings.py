@@ -301,6 +301,106 @@ class FaultSettings(_Section):
         return self
 
 
+class CanarySettings(_Section):
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """A canary is rolled back automatically on every replica when more than this share of
+    the events it scored failed (its failed events are scored by the active model instead)."""
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    """A canary is also rolled back when the 99th percentile of its inference time per batch
+    exceeds this (unset: no latency bound)."""
+    min_events: int = Field(default=200, ge=1)
+    """A canary is judged only once its window holds this many events."""
+    window_batches: int = Field(default=500, ge=1)
+    """How many of the canary's latest batches it is judged on."""
+
+
+class LifecycleSettings(_Section):
+    control_topic: str | None = None
+    """Compacted topic carrying model commands (``worker models promote|rollback|canary|shadow``)
+    and what each replica applied. Every replica reads all of it (not as a group member) and
+    swaps models at a batch boundary, without restarting. Created if missing. Needs
+    ``model.repository``."""
+    control_file: Path | None = None
+    """Instead of ``control_topic``, for one machine: a JSON file the replicas watch."""
+    replica_id: str | None = None
+    """This replica's name in the control channel (default: host name and process id)."""
+    shadow_topic: str | None = None
+    """Where a shadow model's predictions go (required to run a shadow); never the output topic."""
+    golden_atol: float = Field(default=1e-5, ge=0)
+    """Absolute tolerance when a version reproduces its model card's golden vectors (the card's
+    ``golden_tolerance.atol`` overrides it)."""
+    golden_rtol: float = Field(default=1e-5, ge=0)
+    """Relative tolerance (times the expected value) added to ``golden_atol``."""
+    warmup_batch_sizes: list[int] = []
+    """Batch sizes each version runs at before it serves, besides 1 and ``batch.max_events``."""
+    catch_up_timeout_s: float = Field(default=30.0, gt=0)
+    """How long startup and the CLI wait to read the control channel to its end."""
+    canary: CanarySettings = CanarySettings()
+    """Bounds that roll a canary back automatically."""
+
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("batch sizes must be at least 1")
+        return sizes
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> LifecycleSettings:
+        if self.control_topic and self.control_file:
+            raise ValueError("give control_topic or control_file, not both")
+        return self
+
+
+class TracingSettings(_Section):
+    enabled: bool = False
+    """Trace batches: one span per batch linked to each event's upstream ``traceparent``, child spans
+    per stage, and the batch span's ``traceparent`` on every prediction and dead letter it produced."""
+    sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Share of batches traced on the worker's own initiative (0.01: one in a hundred)."""
+    follow_upstream: bool = True
+    """Also trace every batch holding an event whose ``traceparent`` is sampled, so a trace the
+    producer chose to record continues through the worker (parent-based sampling across the hop)."""
+    exporter: Literal["kafka", "otlp_grpc", "otlp_http", "none"] = "kafka"
+    """Where spans go: ``kafka`` publishes OTLP protobuf to ``topic`` (the OpenTelemetry Collector's
+    Kafka receiver reads it with ``encoding: otlp_proto``); ``otlp_grpc``/``otlp_http`` send to
+    ``endpoint`` (install the ``otlp`` extra); ``none`` makes spans and drops them."""
+    topic: str = "otlp_spans"
+    """Traces topic for the ``kafka`` exporter (the Collector's Kafka receiver default)."""
+    endpoint: str | None = None
+    """Collector endpoint for the OTLP exporters (default: ``OTEL_EXPORTER_OTLP_*`` variables, else
+    localhost); headers such as auth tokens come from ``OTEL_EXPORTER_OTLP_HEADERS``."""
+    queue_size: int = Field(default=2048, ge=16)
+    """Finished spans waiting for export; when full, new spans are dropped and counted, never waited for."""
+    export_interval_ms: float = Field(default=500.0, gt=0)
+    """How often queued spans are exported."""
+    max_links: int = Field(default=128, ge=0)
+    """Upstream contexts linked from one batch span; the rest are counted in ``worker.links_dropped``."""
+
+
+class TelemetrySettings(_Section):
+    port: int = Field(default=0, ge=0, le=65535)
+    """HTTP port serving ``/metrics`` (Prometheus), ``/livez`` and ``/readyz``; 0 turns metrics and
+    health off (the default, so that several workers can share a host)."""
+    host: str = "0.0.0.0"
+    """Address the metrics and health server listens on."""
+    service_name: str = "inference-worker"
+    """``service.name`` of the spans."""
+    event_time_field: str | None = None
+    """Input field holding the event time, for the event-age metric (dots for nested fields);
+    unset uses the Kafka message timestamp."""
+    event_time_unit: Literal["s", "ms", "us"] = "ms"
+    """Unit of ``event_time_field`` (``ms`` for Avro ``timestamp-millis``)."""
+    liveness_timeout_s: float = Field(default=60.0, gt=0)
+    """``/livez`` fails when the loop has not come round for this long."""
+    redis_check_interval_s: float = Field(default=2.0, gt=0)
+    """How often the health check PINGs Redis (on its own connection, never on the hot path)."""
+    kafka_stats_interval_ms: int = Field(default=5000, ge=0)
+    """librdkafka statistics interval, the source of high watermarks for lag in messages; 0 turns it off."""
+    tracing: TracingSettings = TracingSettings()
+    """Distributed tracing through Kafka."""
+
+
 class WorkerSettings(BaseSettings):
     """The whole configuration file."""
 
@@ -323,6 +423,8 @@ class WorkerSettings(BaseSettings):
     """Batch size and timing."""
     faults: FaultSettings = FaultSettings()
     """Retries, backoff and the policy while Redis is down."""
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    """Model versions at run time: control channel, shadow topic, validation, canary bounds."""
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """``at-least-once``: offsets are committed only after every prediction and dead letter before
     them was acknowledged (idempotent producer), so a crash can only repeat in-flight work.
@@ -332,6 +434,8 @@ class WorkerSettings(BaseSettings):
     """Log level of the ``worker`` loggers."""
     log_format: Literal["text", "json"] = "text"
     """``json`` writes one JSON object per line."""
+    telemetry: TelemetrySettings = TelemetrySettings()
+    """Metrics, health probes and tracing."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -400,7 +504,8 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
     model = settings.model.model_copy(update={"path": at(settings.model.path),
                                               "repository": at(settings.model.repository)})
     redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
-    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis})
+    lifecycle = settings.lifecycle.model_copy(update={"control_file": at(settings.lifecycle.control_file)})
+    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis, "lifecycle": lifecycle})
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

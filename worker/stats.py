@@ -2,7 +2,8 @@
 
 Keeps every batch's size, stage times and worker-added latency (from the moment its first
 event was received to the broker's acknowledgement of its last output), and writes a JSON
-summary when the worker stops: throughput, latency percentiles per event, time per stage,
+summary when the worker stops: throughput, process CPU per event while busy (every thread:
+steadier than throughput on a shared machine), latency percentiles per event, time per stage,
 the batch-size distribution, peak RSS and time to ready; and per batch its receive time,
 latency and size, so that a benchmark can look at a window of the run.
 """
@@ -35,9 +36,11 @@ class RunStats(Observer):
         self.stage_s: dict[str, float] = defaultdict(float)
         self.sizes: Counter[int] = Counter()
         self.latencies: list[tuple[float, int]] = []
-        self.samples: list[tuple[float, float, int]] = []  # (received, epoch s; ms; events)
+        # per acked batch: received (epoch s), worker-added ms, events, ms of it waiting for the broker's ack
+        self.samples: list[tuple[float, float, int, float]] = []
         self.first_received_ns: int | None = None
         self.last_acked_ns = 0
+        self.first_cpu_s = self.last_cpu_s = 0.0  # process CPU (every thread) at the first batch, last ack
         self._lock = threading.Lock()
 
     def partitions_changed(self, assigned: list[tuple[str, int]], revoked: list[tuple[str, int]]) -> None:
@@ -53,14 +56,17 @@ class RunStats(Observer):
             self.stage_s[timing.stage] += timing.seconds
         if self.first_received_ns is None:
             self.first_received_ns = ticket.consumed_ns
+            self.first_cpu_s = time.process_time()
 
     def batch_acked(self, ticket: BatchTicket) -> None:
         latency_ms = (ticket.acked_ns - ticket.consumed_ns) / 1e6
         received = time.time() - (time.perf_counter_ns() - ticket.consumed_ns) / 1e9
         with self._lock:
             self.latencies.append((latency_ms, ticket.size))
-            self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size))
+            self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size,
+                                 round((ticket.acked_ns - ticket.published_ns) / 1e6, 3)))
             self.last_acked_ns = max(self.last_acked_ns, ticket.acked_ns)
+            self.last_cpu_s = time.process_time()
 
     def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
         self.stage_s["commit"] += timing.seconds
@@ -80,6 +86,8 @@ class RunStats(Observer):
             "events": self.events, "outputs": self.outputs, "dead_letters": self.dead_letters,
             "throughput_eps": round(self.events / span_s) if span_s > 0 else None,
             "busy_s": round(span_s, 3),
+            "cpu_us_per_event": round((self.last_cpu_s - self.first_cpu_s) / self.events * 1e6, 2)
+            if self.events and self.last_cpu_s else None,
             "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p99.9": p999, "max": worst},
             "stage_us_per_event": {k: round(v / max(self.events, 1) * 1e6, 3) for k, v in self.stage_s.items()},
             "batch_sizes": {f"<={b}": self.sizes[b] for b in _SIZE_BUCKETS if self.sizes[b]},

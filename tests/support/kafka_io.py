@@ -42,6 +42,12 @@ def create_topics(bootstrap: str, partitions: int = 1, prefix: str = "t") -> Top
     return topics
 
 
+def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+    return name
+
+
 @dataclass(frozen=True)
 class Sent:
     """A produced message and where it landed."""

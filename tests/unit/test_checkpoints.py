@@ -258,7 +258,7 @@ def test_at_least_once_rewinds_after_a_failed_delivery_and_replaces_a_broken_pro
 def test_the_sink_has_room_until_the_unacknowledged_backlog_reaches_its_cap() -> None:
     sink = Sink(lambda cb: FakeProducer(), "out", "dlq", "group", max_pending=10, max_pending_bytes=100)  # type: ignore[arg-type,return-value]
     assert sink.has_room(50, 10_000), "an empty backlog takes any batch"
-    ticket = sink.tracker.ticket(8, 40, 0)
+    ticket = sink.tracker.ticket(8, 0, 40)
 
     assert sink.has_room(2, 60)
     assert not sink.has_room(3, 10)

@@ -1,0 +1,48 @@
+"""The deploy files agree with the worker: the dashboard and alerts query metrics it exports, and
+the collector reads the traces topic in the format it writes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from tests.support.infra import repo_root
+from worker.settings import TracingSettings
+from worker.telemetry.metrics import Metrics
+
+DEPLOY = repo_root() / "deploy"
+SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
+
+
+def exported_names() -> set[str]:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name + suffix for family in registry.collect() for suffix in SUFFIXES}
+
+
+def queried(text: str) -> set[str]:
+    return set(re.findall(r"\b(worker_[a-z_]+|process_[a-z_]+)\b", text))
+
+
+def test_the_dashboard_queries_only_exported_metrics() -> None:
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = queried("\n".join(expressions))
+    assert names and names <= exported_names(), names - exported_names()
+
+
+def test_the_alerts_query_only_exported_metrics() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yml").read_text())
+    expressions = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    names = queried("\n".join(expressions))
+    assert names and names <= exported_names(), names - exported_names()
+
+
+def test_the_collector_reads_the_default_traces_topic_as_otlp_protobuf() -> None:
+    config = yaml.safe_load((DEPLOY / "otel-collector.yaml").read_text())
+    traces = config["receivers"]["kafka"]["traces"]
+    assert traces == {"topic": TracingSettings().topic, "encoding": "otlp_proto"}
+    assert config["service"]["pipelines"]["traces"]["receivers"] == ["kafka"]

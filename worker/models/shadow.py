@@ -1,0 +1,43 @@
+"""Shadow predictions to the shadow topic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from worker.kafka import BatchTicket
+from worker.records import BatchResult, Message
+from worker.runner import Observer
+
+logger = logging.getLogger(__name__)
+
+
+class ShadowPublisher(Observer):
+    """Produces each batch's shadow predictions to the shadow topic, keyed like the published
+    ones, with the worker's own producer: checkpoints flush them together with the outputs (and,
+    with transactions, they commit together). A failed shadow delivery is counted and logged but
+    never holds back the outputs."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.failed = 0
+
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+        produce, topic, delivered = self.producer.produce, self.topic, self._delivered
+        for output in result.shadow_outputs:
+            while True:
+                try:
+                    produce(topic, output.value, output.key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            if self.failed <= 10 or self.failed % 1000 == 0:
+                logger.warning("shadow prediction not delivered to %s (%d so far): %s", self.topic, self.failed, err)

@@ -1,0 +1,326 @@
+"""Prometheus metrics, fed by the runner's hooks once per batch (never once per event).
+
+Metrics live on a registry passed in, the default one in the worker, so that other modules'
+metrics (per-model-version ``worker_model_*``, process CPU and memory from prometheus_client's
+own collectors) appear on the same ``/metrics`` page.
+
+Consumer lag, per assigned partition, is computed when scraped:
+
+- in messages: the high watermark minus the next offset to process. The high watermark comes
+  from librdkafka's statistics (``statistics.interval.ms``), i.e. from fetch responses, so it
+  is as fresh as the last statistics and absent where none came yet (a broker whose
+  ListOffsets answers are wrong, like the tansu test broker, does not affect it);
+- in seconds: 0 when the partition is caught up, else now minus the timestamp of the last
+  processed message. "Caught up" means a poll came back empty since that message was processed,
+  or statistics taken since then show nothing beyond it. A worker stuck on a batch (Redis down)
+  shows its lag growing; an idle partition shows 0 (with statistics off, an idle partition next to
+  a busy one cannot be told from a stuck one, and shows its last message's age).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.features import path_getter
+from worker.kafka import TP, BatchTicket
+from worker.records import BatchResult, Headers, Message, StageTiming
+from worker.runner import Observer
+from worker.telemetry import dependency_name
+
+logger = logging.getLogger(__name__)
+
+STAGE_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
+AGE_SAMPLES = 16  # events per batch whose age is measured, each standing for its share of the batch
+UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+class WeightedHistogram(Collector):
+    """A histogram fed with samples that each stand for ``weight`` observations, so a few events
+    per batch give the distribution over every event (``_count`` is the number of events)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = [*sorted(buckets), float("inf")]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float, weight: int = 1) -> None:
+        i = bisect_left(self._bounds, value)
+        with self._lock:
+            self._counts[i] += weight
+            self._sum += value * weight
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip(self._bounds, counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+class _Partition:
+    __slots__ = ("caught_up", "committed", "high", "next_offset", "processed_at", "stats_at", "timestamp_s")
+
+    def __init__(self) -> None:
+        self.next_offset = self.high = self.committed = -1
+        self.timestamp_s = self.processed_at = self.stats_at = 0.0
+        self.caught_up = False
+
+
+class ConsumerLag(Collector):
+    """Per-partition lag in messages and seconds (see the module note)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._parts: dict[TP, _Partition] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+        if registry is not None:
+            registry.register(self)
+
+    def assigned(self, partitions: Sequence[TP]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._parts.setdefault(tp, _Partition())
+
+    def revoked(self, partitions: Sequence[TP]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._parts.pop(tp, None)
+
+    def processed(self, batch: Sequence[Message]) -> None:
+        """Remembers the last message of each partition in ``batch`` (scanning from the end)."""
+        now, parts = self._clock(), self._parts
+        seen: set[TP] = set()
+        with self._lock:
+            wanted = len(parts) or len(batch)
+            for message in reversed(batch):
+                tp: TP = (message.topic(), message.partition())  # type: ignore[assignment]
+                if tp in seen:
+                    continue
+                seen.add(tp)
+                state = parts.setdefault(tp, _Partition())
+                state.next_offset = int(message.offset() or 0) + 1
+                kind, ms = message.timestamp()
+                state.timestamp_s = ms / 1000 if kind else 0.0
+                state.processed_at = now
+                if len(seen) >= wanted:
+                    break
+
+    def idle(self) -> None:
+        """A poll found nothing: every partition has been processed up to what was fetched."""
+        self._mark(True)
+
+    def busy(self) -> None:
+        """A batch arrived: caught up no longer holds until an idle poll or statistics say so."""
+        self._mark(False)
+
+    def _mark(self, caught_up: bool) -> None:
+        with self._lock:
+            for state in self._parts.values():
+                state.caught_up = caught_up
+
+    def statistics(self, stats: dict[str, Any]) -> None:
+        """High watermarks and committed offsets from librdkafka's statistics."""
+        now = self._clock()
+        with self._lock:
+            for topic, entry in stats.get("topics", {}).items():
+                for pid, p in entry.get("partitions", {}).items():
+                    state = self._parts.get((topic, int(pid)))
+                    if state is None or int(pid) < 0:
+                        continue
+                    state.high = int(p.get("hi_offset", -1))
+                    state.committed = int(p.get("committed_offset", -1))
+                    state.stats_at = now
+
+    def values(self) -> list[tuple[TP, int | None, float | None]]:
+        """(partition, lag in messages or None if unknown, lag in seconds or None if unknown)."""
+        now = self._clock()
+        out = []
+        with self._lock:
+            for tp, s in sorted(self._parts.items()):
+                position = s.next_offset if s.next_offset >= 0 else s.committed
+                messages = max(s.high - position, 0) if s.high >= 0 and position >= 0 else None
+                caught_up = s.caught_up or (messages == 0 and s.stats_at > s.processed_at)
+                seconds = 0.0 if caught_up else max(now - s.timestamp_s, 0.0) if s.timestamp_s else None
+                out.append((tp, messages, seconds))
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        messages = GaugeMetricFamily("worker_consumer_lag_messages", "Messages behind the high watermark, "
+                                     "per partition (from librdkafka statistics)", labels=["topic", "partition"])
+        seconds = GaugeMetricFamily("worker_consumer_lag_seconds", "Age of the last processed message while "
+                                    "more are waiting, 0 when caught up", labels=["topic", "partition"])
+        for (topic, partition), n, s in self.values():
+            if n is not None:
+                messages.add_metric([topic, str(partition)], n)
+            if s is not None:
+                seconds.add_metric([topic, str(partition)], s)
+        yield messages
+        yield seconds
+
+
+def _message_time_s(message: Message) -> float | None:
+    kind, ms = message.timestamp()
+    return ms / 1000 if kind else None
+
+
+class Metrics(Observer):
+    """The worker's Prometheus metrics (names start with ``worker_``)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, worker_version: str = "",
+                 event_time_field: str | None = None, event_time_unit: str = "ms") -> None:
+        if registry is not REGISTRY:  # the default registry has them already
+            ProcessCollector(registry=registry)
+        self.worker_version = worker_version
+        self._event_time = _event_time_reader(event_time_field, UNIT_SECONDS[event_time_unit])
+        self.consumed = Counter("worker_events_consumed", "Events taken from the input topics and processed",
+                                registry=registry)
+        self.predicted = Counter("worker_predictions", "Predictions produced", registry=registry)
+        self.dead_letters = Counter("worker_dead_letters", "Events sent to the dead-letter topic",
+                                    ["stage", "error_type"], registry=registry)
+        self.batch_size = Histogram("worker_batch_size", "Events per batch", buckets=SIZE_BUCKETS, registry=registry)
+        self.stage_seconds = Histogram("worker_stage_duration_seconds", "Time per batch in each stage (deliver: "
+                                       "until the last output is acknowledged; commit: per checkpoint)",
+                                       ["stage"], buckets=STAGE_BUCKETS, registry=registry)
+        self.latency = Histogram("worker_added_latency_seconds", "Per batch, from receiving its first event to "
+                                 "the broker acknowledging its last output", buckets=STAGE_BUCKETS, registry=registry)
+        self.event_age = WeightedHistogram("worker_event_age_seconds", "Event age when scored (now - event time), "
+                                           "over every event (sampled per batch)", AGE_BUCKETS, registry)
+        self.feature_defaults = Counter("worker_feature_defaults", "Feature values that fell back to defaults "
+                                        "(key or field missing in the store)", ["entity"], registry=registry)
+        self.dependency_errors = Counter("worker_dependency_errors", "Failed attempts at a batch because a dependency "
+                                         "failed (each retry counts; the batch is held, not lost)",
+                                         ["dependency"], registry=registry)
+        self.kafka_errors = Counter("worker_kafka_errors", "Errors reported by the Kafka clients",
+                                    ["client", "error"], registry=registry)
+        self.commit_failures = Counter("worker_commit_failures", "Checkpoints that could not commit offsets",
+                                       registry=registry)
+        self.rebalances = Counter("worker_rebalances", "Partition assignment changes", ["change"], registry=registry)
+        self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned to this worker", registry=registry)
+        self.info = Gauge("worker_info", "The worker and the model it serves", ["worker_version", "model_name",
+                          "model_version"], registry=registry)
+        self.spans = Counter("worker_trace_spans", "Spans by export outcome (dropped: the export queue was full)",
+                             ["outcome"], registry=registry)
+        self.lag = ConsumerLag(registry)
+        self._stages: dict[str, Histogram] = {}
+        self._model: tuple[str, str] | None = None
+
+    def _stage(self, name: str) -> Histogram:
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = self.stage_seconds.labels(name)
+        return child
+
+    def batch_started(self, batch: Sequence[Message], received_ns: int) -> Headers | None:
+        self.lag.busy()
+        return None
+
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+        self.consumed.inc(len(batch))
+        self.predicted.inc(len(result.outputs))
+        for dead in result.dead_letters:
+            self.dead_letters.labels(dead.stage, dead.error_type).inc()
+        self.batch_size.observe(len(batch))
+        for timing in result.timings:
+            self._stage(timing.stage).observe(timing.seconds)
+        for entity, count in result.stats.get("feature_defaults", {}).items():
+            if count:
+                self.feature_defaults.labels(entity).inc(count)
+        if self._model != (result.model_name, result.model_version):
+            self._serving(result.model_name, result.model_version)
+        self._observe_ages(batch, result)
+        self.lag.processed(batch)
+
+    def _serving(self, name: str, version: str) -> None:
+        if self._model is not None:
+            self.info.remove(self.worker_version, *self._model)
+        self._model = (name, version)
+        self.info.labels(self.worker_version, name, version).set(1)
+
+    def _observe_ages(self, batch: Sequence[Message], result: BatchResult) -> None:
+        source: Sequence[Any] = result.events if self._event_time else batch
+        read = self._event_time or _message_time_s
+        n = len(source)
+        step = max(1, n // AGE_SAMPLES)
+        now = time.time()
+        for i in range(0, n, step):
+            at = read(source[i])
+            if at is not None:
+                self.event_age.observe(now - at, min(step, n - i))
+
+    def batch_acked(self, ticket: BatchTicket) -> None:
+        self.latency.observe((ticket.acked_ns - ticket.consumed_ns) / 1e9)
+        self._stage("deliver").observe((ticket.acked_ns - ticket.published_ns) / 1e9)
+
+    def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
+        self._stage("commit").observe(timing.seconds)
+        if not committed:
+            self.commit_failures.inc()
+
+    def dependency_down(self, what: str, error: Exception) -> None:
+        self.dependency_errors.labels(dependency_name(error)).inc()
+
+    def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
+        if assigned:
+            self.rebalances.labels("assigned").inc()
+            self.lag.assigned(assigned)
+        if revoked:
+            self.rebalances.labels("revoked").inc()
+            self.lag.revoked(revoked)
+        self.assigned.inc(len(assigned) - len(revoked))
+
+    def idle(self) -> None:
+        self.lag.idle()
+
+    def count_spans(self, outcome: str, n: int) -> None:
+        self.spans.labels(outcome).inc(n)
+
+    def kafka_statistics(self, text: str) -> None:
+        """librdkafka's ``stats_cb``."""
+        try:
+            self.lag.statistics(json.loads(text))
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.debug("unreadable librdkafka statistics: %s", exc)
+
+    def kafka_errors_of(self, client: str) -> Callable[[KafkaError], None]:
+        """An ``error_cb`` for a client: counts each error and logs it (at most once a minute per kind)."""
+        last_logged: dict[str, float] = {}
+
+        def on_error(error: KafkaError) -> None:
+            name = error.name()
+            self.kafka_errors.labels(client, name).inc()
+            now = time.monotonic()
+            if now - last_logged.get(name, -60.0) >= 60.0:
+                last_logged[name] = now
+                log = logger.error if error.fatal() else logger.warning
+                log("Kafka %s error: %s", client, error.str(), extra={"kafka_error": name})
+        return on_error
+
+
+def _event_time_reader(field: str | None, scale: float) -> Callable[[Any], float | None] | None:
+    if field is None:
+        return None
+    get = path_getter(field)
+
+    def read(event: Any) -> float | None:
+        value = get(event)
+        return None if value is None else float(value) * scale
+    return read
