@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.infra import Infra
 from tests.support.committed_reader import LogRecord, read_committed
 from tests.support.infra import LocalRedisServer, TansuBroker, stop_process, wait_redis
 
@@ -83,25 +83,6 @@ class Fleet:
 
     def stop(self) -> list[int]:
         return [stop_process(p, 30) for p in self.procs.values()]
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float) -> None:
-    """Produce at ``rate`` per second (0: as fast as possible), partitioned like the worker's outputs."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
-                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
-    start = time.perf_counter()
-    for n, (key, value) in enumerate(messages, start=1):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-        if rate and (ahead := n / rate - (time.perf_counter() - start)) > 0:
-            time.sleep(ahead)
-    if producer.flush(120):
-        raise RuntimeError("events not acknowledged by the broker")
 
 
 def workload(args: argparse.Namespace, redis_url: str) -> tuple[list[tuple[bytes, bytes]], dict[str, float], int]:
@@ -160,7 +141,9 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
         for slot in range(args.replicas):
             fleet.start(slot)
         started = time.monotonic()
-        producer = _background(produce, broker.bootstrap, topics["input"], messages, args.rate)
+        # Partitioned like the worker's outputs (same key, same partitioner): see the module docstring.
+        producer = _background(Infra(broker.bootstrap, redis_server.url).produce, topics["input"], messages,
+                               args.rate, partitioner="murmur2_random", **{"enable.idempotence": True})
         kills, victim, complete, last_check = 0, 0, False, 0.0
         next_kill = started + args.kill_every
         while time.monotonic() - started < args.timeout:
@@ -196,10 +179,10 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
         redis_server.close()
 
 
-def _background(fn: Any, *fn_args: Any) -> Any:
+def _background(fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
     import threading
 
-    thread = threading.Thread(target=fn, args=fn_args, daemon=True)
+    thread = threading.Thread(target=fn, args=fn_args, kwargs=fn_kwargs, daemon=True)
     thread.start()
     return thread
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -27,8 +28,9 @@ class Infra:
         admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
         return name
 
-    def produce(self, topic: str, items: Iterable[tuple[bytes, bytes]], rate: float = 0.0) -> int:
-        """Produce ``(key, value)`` pairs, paced at ``rate`` per second if given; returns the count."""
+    def produce(self, topic: str, items: Iterable[tuple[bytes, bytes]], rate: float = 0.0, **config: Any) -> int:
+        """Produce ``(key, value)`` pairs, paced at ``rate`` per second if given; returns the count.
+        ``config`` adds producer properties (``partitioner``, say)."""
         ends = self.ends.setdefault(topic, {})
 
         def delivered(err: object, msg: object) -> None:
@@ -37,7 +39,7 @@ class Infra:
                 ends[partition] = max(ends.get(partition, 0), offset + 1)
 
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "on_delivery": delivered,
-                             "queue.buffering.max.messages": 1_000_000})
+                             "queue.buffering.max.messages": 1_000_000, **config})
         start = time.perf_counter()
         n = 0
         for n, (key, value) in enumerate(items, start=1):

@@ -111,7 +111,6 @@ def test_replicas_killed_with_sigkill_mid_stream_and_restarted_lose_nothing(
         tmp_path: Path) -> None:
     args, events = workload(gen, redis_db_url, n=14_000, seed=41, poison_every=600)
     topics = kafka_topics(partitions=4, prefix="kill")
-    fault_config(tmp_path)
     outputs = outputs_for(kafka_bootstrap, topics, guarantee, topic_reader(topics.output, topics.dlq))
 
     replicas = Replicas(start_worker, tmp_path, topics, redis_db_url, guarantee)
