@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
-from worker.errors import ConfigError, StartupError, WorkerError
+from worker.errors import ConfigError, ProducerFenced, StartupError, WorkerError
 from worker.logs import configure
 from worker.settings import WorkerSettings, load_settings
 
@@ -20,7 +20,7 @@ logger = logging.getLogger("worker.cli")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
-EXIT_FATAL = 4
+EXIT_FENCED = 4
 
 _OVERRIDES = {  # option → nested settings key
     "bootstrap_servers": ("kafka", "bootstrap_servers"), "group_id": ("kafka", "group_id"),
@@ -135,10 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("cannot start: %s", exc)
         print(f"startup error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    except WorkerError as exc:  # e.g. fenced by a newer instance: stop, let the orchestrator decide
-        logger.error("stopped by a fatal error: %s", exc)
-        print(f"fatal error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    except ProducerFenced as exc:  # another instance took over: stop, and let the orchestrator decide
+        logger.error("stopped: %s", exc)
+        print(f"fenced: {exc}", file=sys.stderr)
+        return EXIT_FENCED
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, and quiet the final flush too
