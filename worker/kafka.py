@@ -302,8 +302,10 @@ def output_bytes(result: BatchResult) -> int:
 
 
 def owned_only(result: BatchResult, owned: Callable[[Message], bool]) -> None:
-    """Drop the outputs and dead letters of events whose partitions this worker no longer owns."""
+    """Drop the outputs (shadow ones too) and dead letters of events whose partitions this worker
+    no longer owns."""
     result.outputs = [o for o in result.outputs if owned(o.source)]
+    result.shadow_outputs = [o for o in result.shadow_outputs if owned(o.source)]
     result.dead_letters = [d for d in result.dead_letters if owned(d.message)]
 
 
