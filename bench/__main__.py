@@ -57,6 +57,8 @@ def run(args: argparse.Namespace, infra: Infra, workdir: Path) -> dict[str, Any]
     # First, while the broker is fresh: tansu's acknowledgements slow down as it fills up.
     results["latency"] = step("latency", lambda: scenarios.latency_fraud(
         infra, args.rate, 10 if args.quick else args.seconds, workdir))
+    results["broker_floor"] = step("broker floor", lambda: scenarios.broker_floor(
+        infra, args.rate, 10 if args.quick else args.seconds))
     worker = step("worker throughput", lambda: scenarios.throughput_fraud(infra, n, workdir))
     results["throughput"]["worker (fraud contract)"] = worker
     topic = worker.pop("input_topic")
@@ -80,7 +82,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             "per_message_eps": t["per-message loop"]["throughput_eps"],
             "example_eps": t["worker (project example)"]["throughput_eps"], "correctness": w["correctness"],
             "latency_p50_ms": results["latency"]["p50_ms"], "latency_p99_ms": results["latency"]["p99_ms"],
+            "worker_part_p99_ms": results["latency"]["before_produce_p99_ms"],
             "broker_ack_p99_ms": results["latency"]["broker_ack_p99_ms"],
+            "broker_alone_ack_p99_ms": results["broker_floor"]["ack_p99_ms"],
             "latency_rate": results["latency"]["rate"], "peak_rss_mb": results.get("memory", {}).get("peak_rss_mb"),
             "backlog": results.get("memory", {}).get("backlog"), "ready_s": results["ready_s"]}
 

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ from typing import Any
 
 import fastavro
 import numpy as np
+from confluent_kafka import Consumer, Producer
 
 from bench.infra import Infra
 from worker.codecs import PlainAvroEncoder
 from worker.devtools import load_generator
+from worker.kafka import consumer_config, producer_config
 from worker.local import LocalProcess
 from worker.progress import weighted_percentiles
 from worker.schemas import load_schema
@@ -175,3 +178,42 @@ def memory(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
     infra.produce(topic, fraud_events(n, 5, 0.0, []))
     stats = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-memory").start().finish(timeout_s=1200)
     return {"backlog": n, "peak_rss_mb": stats["peak_rss_mb"], "throughput_eps": stats["throughput_eps"]}
+
+
+def broker_floor(infra: Infra, rate: float, seconds: float) -> dict[str, Any]:
+    """The broker's own produce → acknowledgement latency at the offered rate, with a consumer
+    reading the topic as the worker does: part of the worker's latency it cannot go below."""
+    topic = infra.topic("floor")
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_until, args=(infra.bootstrap, topic, stop), daemon=True)
+    reader.start()
+    time.sleep(5)  # the reader joins its group and fetches
+    producer = Producer(producer_config(infra.bootstrap, {}, {}))
+    samples: list[tuple[float, int]] = []
+    poller = threading.Thread(target=_serve_reports, args=(producer, stop), daemon=True)
+    poller.start()
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        sent = time.perf_counter()
+        producer.produce(topic, b"x" * 80, b"%d" % (i % 1000), on_delivery=lambda err, msg, sent=sent: samples.append(
+            ((time.perf_counter() - sent) * 1e3, 1)))
+        if (ahead := (i + 1) / rate - (time.perf_counter() - start)) > 0:
+            time.sleep(ahead)
+    producer.flush(30)
+    stop.set()
+    measured = samples[len(samples) // 10:]  # past the producer's first requests
+    p50, p99 = weighted_percentiles(measured, (50, 99))
+    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99}
+
+
+def _read_until(bootstrap: str, topic: str, stop: threading.Event) -> None:
+    consumer = Consumer(consumer_config(bootstrap, f"floor-{uuid.uuid4().hex[:6]}", {}, {"session.timeout.ms": 6000}))
+    consumer.subscribe([topic])
+    while not stop.is_set():
+        consumer.consume(2000, 0.1)
+    consumer.close()
+
+
+def _serve_reports(producer: Producer, stop: threading.Event) -> None:
+    while not stop.is_set():
+        producer.poll(0.01)

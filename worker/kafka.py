@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +109,8 @@ class BatchTicket:
 
     Callbacks run on the delivery thread and, during a flush, on the loop's thread, hence the lock."""
 
-    __slots__ = ("acked_ns", "consumed_ns", "generation", "left", "nbytes", "published_ns", "size", "tracker")
+    __slots__ = ("acked_ns", "consumed_ns", "failed", "generation", "left", "nbytes", "published_ns", "size",
+                 "tracker")
 
     def __init__(self, tracker: DeliveryTracker, size: int, nbytes: int, consumed_ns: int) -> None:
         self.tracker = tracker
@@ -117,6 +119,12 @@ class BatchTicket:
         self.nbytes = nbytes
         self.consumed_ns = consumed_ns
         self.published_ns = self.acked_ns = 0
+        self.failed = False
+
+    @property
+    def acknowledged(self) -> bool:
+        """Every output and dead letter of the batch is acknowledged by the broker."""
+        return self.left == 0 and not self.failed
 
     def __call__(self, err: KafkaError | None, msg: Any) -> None:
         tracker = self.tracker
@@ -124,6 +132,8 @@ class BatchTicket:
             self.left -= 1
             done = self.left == 0
             current = self.generation == tracker.generation
+            if err is not None:
+                self.failed = True
             if current:
                 tracker.pending -= 1
                 if done:
@@ -311,35 +321,64 @@ def owned_only(result: BatchResult, owned: Callable[[Message], bool]) -> None:
 
 @dataclass
 class OffsetLedger:
-    """Per partition: the offset to commit next (``done``) and the last committed one."""
+    """Per partition: ``done``, the offset after the work whose outputs are all acknowledged;
+    ``committed``, the last commit; and ``waiting``, produced batches (the offset after each, and
+    its ticket) still awaiting acknowledgement, in order."""
 
     done: dict[TP, int] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
+    waiting: dict[TP, deque[tuple[int, BatchTicket | None]]] = field(default_factory=dict)
 
-    def track(self, messages: Sequence[Message]) -> None:
-        done, committed = self.done, self.committed
+    def track(self, messages: Sequence[Message], ticket: BatchTicket | None = None) -> None:
+        """A batch was produced; without a ticket its work counts as done at once."""
+        ends: dict[TP, int] = {}
+        committed = self.committed
         for m in messages:
             tp: TP = (m.topic(), m.partition())  # type: ignore[assignment]  # set on consumed messages
             offset: int = m.offset()  # type: ignore[assignment]
             if tp not in committed:
                 committed[tp] = offset  # nothing committed by us yet: rewinding starts here
-            done[tp] = offset + 1
+            ends[tp] = offset + 1
+        for tp, end in ends.items():
+            self.waiting.setdefault(tp, deque()).append((end, ticket))
+        self.settle()
+
+    def settle(self, everything: bool = False) -> None:
+        """Move each partition's leading acknowledged batches to ``done`` (all of them when a
+        transaction makes them visible together with the offsets)."""
+        for tp, queue in self.waiting.items():
+            while queue and (everything or _settled(queue[0][1])):
+                self.done[tp] = queue.popleft()[0]
 
     def uncommitted(self) -> dict[TP, int]:
         return {tp: o for tp, o in self.done.items() if self.committed.get(tp) != o}
+
+    def rewound(self) -> None:
+        """Everything after the last commit is redone."""
+        self.done = dict(self.committed)
+        self.waiting.clear()
 
     def forget(self, partitions: Iterable[TP]) -> None:
         for tp in partitions:
             self.done.pop(tp, None)
             self.committed.pop(tp, None)
+            self.waiting.pop(tp, None)
+
+
+def _settled(ticket: BatchTicket | None) -> bool:
+    return ticket is None or ticket.acknowledged
 
 
 class Checkpointer:
-    """At-least-once checkpoints: flush, verify every delivery, then commit offsets.
+    """At-least-once checkpoints: commit offsets only past work whose every output the broker
+    has acknowledged.
 
-    A delivery that failed (or a producer that hit a fatal error) rewinds the consumer to the
-    last commit instead: ``on_rewind`` then tells the loop to drop the work it holds, which is
-    redone from there."""
+    A complete checkpoint (on revocation and shutdown) flushes the producer first, so that all
+    work done is committed. The periodic one does not wait: it commits up to the acknowledged
+    batches (tracked by their tickets) and leaves the rest for the next, so the loop never stalls
+    on the broker's acknowledgements. A delivery that failed (or a producer that hit a fatal
+    error) rewinds the consumer to the last commit instead: ``on_rewind`` then tells the loop to
+    drop the work it holds, which is redone from there."""
 
     def __init__(self, consumer: Consumer, sink: Sink, interval_s: float, timeout_s: float = 10.0) -> None:
         self.consumer = consumer
@@ -360,11 +399,11 @@ class Checkpointer:
     def begin(self) -> None:
         """Called before a batch is produced (transactions start here; nothing to do otherwise)."""
 
-    def checkpoint(self, partitions: Iterable[TP] | None = None) -> bool:
-        """Commit what is acknowledged; returns False if nothing could be committed safely."""
+    def checkpoint(self, partitions: Iterable[TP] | None = None, complete: bool = True) -> bool:
+        """Commit what is acknowledged (after flushing, if ``complete``); returns False if nothing
+        could be committed safely."""
         self._last = time.monotonic()
-        remaining = self.sink.producer.flush(self.timeout_s)
-        if remaining:
+        if complete and (remaining := self.sink.producer.flush(self.timeout_s)):
             logger.warning("%d outputs still unacknowledged after %.0fs; offsets not committed (will retry)",
                            remaining, self.timeout_s)
             return False
@@ -372,6 +411,7 @@ class Checkpointer:
         if failures or self.sink.fatal is not None:
             self._redo(failures)
             return False
+        self.ledger.settle()
         return self._commit(partitions)
 
     def _redo(self, failures: list[str]) -> None:
@@ -403,7 +443,7 @@ class Checkpointer:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:
                 logger.warning("cannot rewind %s[%d]: %s", topic, partition, exc)
-        self.ledger.done = dict(self.ledger.committed)
+        self.ledger.rewound()
         self.on_rewind()
 
     def drop(self, partitions: Iterable[TP]) -> None:

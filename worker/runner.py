@@ -138,7 +138,7 @@ class Runner:
             for observer in self.observers:
                 observer.idle()
         if self.checkpointer.due():
-            self._checkpoint()
+            self._checkpoint(complete=False)
         if self._fatal is not None:
             raise self._fatal
 
@@ -156,9 +156,9 @@ class Runner:
             return [], 0
         return (self._owned(batch) if self._revoked else batch), received_ns
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, complete: bool = True) -> bool:
         start = time.perf_counter_ns()
-        committed = self.checkpointer.checkpoint()
+        committed = self.checkpointer.checkpoint(complete=complete)
         timing = StageTiming("commit", start, time.perf_counter_ns())
         for observer in self.observers:
             observer.checkpoint_done(timing, committed)
@@ -196,7 +196,7 @@ class Runner:
         ticket = self.sink.publish(result, received_ns, headers)
         result.timings.append(StageTiming("produce", produce_start, ticket.published_ns))
         self.policy.processed(len(batch), (ticket.published_ns - start) / 1e9)
-        self.checkpointer.ledger.track(batch)
+        self.checkpointer.ledger.track(batch, ticket)
         for observer in self.observers:
             observer.batch_done(batch, result, ticket)
 
@@ -296,7 +296,7 @@ class Runner:
             while not (self.stopping or self._stale):
                 self._poll_paused(0.1)
                 if not self.checkpointer.ready() or self.checkpointer.due():
-                    self._checkpoint()
+                    self._checkpoint(complete=False)
                 if self.checkpointer.ready() and self.sink.has_room(count, nbytes):
                     return not self._stale
             return False

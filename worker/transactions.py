@@ -79,9 +79,10 @@ class TransactionalCheckpointer(Checkpointer):
             self._state = _State.OPEN
             self._offsets_sent = False
 
-    def checkpoint(self, partitions: Iterable[TP] | None = None) -> bool:
+    def checkpoint(self, partitions: Iterable[TP] | None = None, complete: bool = True) -> bool:
         """Commit the open transaction (or finish the commit or abort left pending); ``partitions``
-        is ignored: a transaction commits every partition's progress at once."""
+        and ``complete`` are ignored: a transaction always commits every partition's progress at
+        once, its outputs with it."""
         self._last = time.monotonic()
         if self._fenced is not None:
             return False
@@ -95,6 +96,7 @@ class TransactionalCheckpointer(Checkpointer):
 
     def _commit_transaction(self) -> bool:
         self._state = _State.COMMITTING
+        self.ledger.settle(everything=True)
         todo = self.ledger.uncommitted()
         try:
             if not self._offsets_sent and todo:

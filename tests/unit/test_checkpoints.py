@@ -267,3 +267,54 @@ def test_the_sink_has_room_until_the_unacknowledged_backlog_reaches_its_cap() ->
     sink.tracker.reset()  # the producer was replaced: its reports no longer count
     ticket(None, _Delivered("out"))
     assert sink.tracker.pending == 0
+
+
+class _Ticket:
+    """A batch's delivery state, set by hand."""
+
+    def __init__(self, acknowledged: bool) -> None:
+        self.acknowledged = acknowledged
+
+
+def track(checkpointer: Checkpointer, offsets: range, ticket: _Ticket, partition: int = 0) -> None:
+    checkpointer.ledger.track([InputMessage(b"v", b"k", "in", partition, o) for o in offsets],
+                              ticket)  # type: ignore[arg-type]
+
+
+def test_a_periodic_checkpoint_commits_only_past_acknowledged_batches_without_flushing() -> None:
+    checkpointer, producer, consumer, _ = make(Checkpointer)
+    producer.unacknowledged = 7  # a flush would report outputs still in flight
+    first, second, third = _Ticket(True), _Ticket(False), _Ticket(True)
+    track(checkpointer, range(0, 10), first)
+    track(checkpointer, range(10, 20), second)
+    track(checkpointer, range(20, 30), third)
+    track(checkpointer, range(0, 5), _Ticket(True), partition=1)
+
+    assert checkpointer.checkpoint(complete=False)
+    assert consumer.commits == [[("in", 0, 10), ("in", 1, 5)]], "the unacknowledged batch holds back the next"
+
+    second.acknowledged = True
+    assert checkpointer.checkpoint(complete=False)
+    assert consumer.commits[-1] == [("in", 0, 30)]
+
+
+def test_a_batch_whose_delivery_failed_is_never_committed_past() -> None:
+    checkpointer, _, consumer, rewinds = make(Checkpointer)
+    messages = [InputMessage(b"v", b"k", "in", 0, o) for o in range(3)]
+    ticket = checkpointer.sink.publish(BatchResult(outputs=[Output(b"k", b"p", m) for m in messages]), 0)
+    ticket(KafkaError(KafkaError._MSG_TIMED_OUT), _Delivered("out"))  # one output of three refused
+    checkpointer.ledger.track(messages, ticket)
+
+    assert not ticket.acknowledged
+    assert not checkpointer.checkpoint(complete=False)
+    assert consumer.commits == []
+    assert rewinds == ["rewound"]
+
+
+def test_a_complete_checkpoint_waits_for_every_acknowledgement() -> None:
+    checkpointer, producer, consumer, _ = make(Checkpointer)
+    producer.unacknowledged = 3
+    track(checkpointer, range(0, 3), _Ticket(False))
+
+    assert not checkpointer.checkpoint(complete=True)
+    assert consumer.commits == []
