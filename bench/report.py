@@ -19,7 +19,7 @@ def render(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     fig.suptitle(f"inference worker benchmark — {results['machine']['summary']}", fontsize=11)
     _throughput(axes[0][0], results)
-    _latency(axes[0][1], results.get("latency"))
+    _latency(axes[0][1], results.get("latency"), results.get("broker_floor"))
     _stages(axes[1][0], results)
     _batches(axes[1][1], results)
     fig.tight_layout()
@@ -41,7 +41,7 @@ def _throughput(ax: Any, results: dict[str, Any]) -> None:
     ax.tick_params(axis="x", labelsize=8)
 
 
-def _latency(ax: Any, latency: dict[str, Any] | None) -> None:
+def _latency(ax: Any, latency: dict[str, Any] | None, floor: dict[str, Any] | None) -> None:
     ax.set_title("Worker-added latency (receive → output acknowledged)")
     if not latency or not latency.get("samples"):
         ax.text(0.5, 0.5, "not measured", ha="center")
@@ -56,6 +56,10 @@ def _latency(ax: Any, latency: dict[str, Any] | None) -> None:
     for pct, key in ((0.5, "p50_ms"), (0.99, "p99_ms")):
         ax.axvline(latency[key], ls="--", color="#888888", lw=0.8)
         ax.text(latency[key], pct, f" p{int(pct * 100)} {latency[key]:.2f} ms", fontsize=8, va="center")
+    if floor:
+        ax.text(0.02, 0.95, f"the broker alone (a producer and a consumer, no worker):\n"
+                f"ack p50 {floor['ack_p50_ms']:.1f} ms, p99 {floor['ack_p99_ms']:.1f} ms",
+                transform=ax.transAxes, fontsize=8, va="top")
     ax.set_xscale("log")
     ax.set_xlabel(f"ms, at {latency['rate']:,.0f} events/s offered")
     ax.set_ylabel("share of events")
