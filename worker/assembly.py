@@ -102,17 +102,32 @@ class Assembler:
         ctx = _BatchContext(records, lookups, self._numeric_features)
         n = len(records)
         for spec, columns in self._plans:
-            ctx.result.feeds[spec.name] = _stack(spec, [fn(ctx) for fn in columns], n)
+            built = [fn(ctx) for fn in columns]
+            tensor = ctx.result.feeds[spec.name] = _stack(spec, built, n)
+            if spec.dtype in ("float32", "float16") and not np.isfinite(tensor).all():
+                _mark_overflows(ctx, spec, built, tensor)
         return ctx.result
 
 
 def _stack(spec: TensorSpec, columns: list[np.ndarray], n: int) -> np.ndarray:
     if spec.rank == 1:
-        return columns[0].astype(spec.numpy_dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflows are found and dead-lettered by the caller
+            return columns[0].astype(spec.numpy_dtype, copy=False)
     out = np.empty((n, len(columns)), dtype=spec.numpy_dtype)
-    for j, col in enumerate(columns):
-        out[:, j] = col
+    with np.errstate(over="ignore"):
+        for j, col in enumerate(columns):
+            out[:, j] = col
     return out
+
+
+def _mark_overflows(ctx: _BatchContext, spec: TensorSpec, columns: list[np.ndarray], tensor: np.ndarray) -> None:
+    """A finite double too large for the tensor's type would reach the model as infinity: the
+    event is dead-lettered instead (a real infinity or NaN in the data is passed on as it is)."""
+    narrowed = tensor.reshape(len(ctx.records), -1)
+    for j, col in enumerate(columns):
+        for row in np.flatnonzero(np.isinf(narrowed[:, j]) & np.isfinite(col)):
+            ctx.mark_bad(int(row), AssemblyError(f"input {spec.name} column {j}: {float(col[row])!r} does not fit "
+                                                 f"in {spec.dtype}"))
 
 
 def _intermediate(dtype: str) -> Any:

@@ -231,3 +231,15 @@ def test_an_empty_batch_assembles_empty_tensors() -> None:
     feeds = Assembler([spec]).assemble([], FeatureFetcher(InMemoryFeatureStore(), [CARD]).fetch([])).feeds
 
     assert feeds["x"].shape == (0, 2)
+
+
+def test_a_double_too_large_for_float32_dead_letters_its_event_only() -> None:
+    wide = TensorSpec("x", "float32", (EventColumn("amount"), ConstColumn(1)))
+    flat = TensorSpec("y", "float32", (EventColumn("amount"),), rank=1)
+
+    result = assemble([wide, flat], [event(amount=1e39), event(amount=5.0), event(amount=float("inf"))])
+
+    assert sorted(result.bad) == [0], "an infinity in the data itself is passed on"
+    assert isinstance(result.bad[0], AssemblyError)
+    assert "1e+39" in result.bad[0].reason and "float32" in result.bad[0].reason
+    assert result.feeds["x"][1].tolist() == [5.0, 1.0]
