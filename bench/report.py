@@ -3,6 +3,7 @@ and batch sizes — one PNG beside the JSON."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ def render(results: dict[str, Any], path: Path) -> None:
 def _throughput(ax: Any, results: dict[str, Any]) -> None:
     bars = {name: r["throughput_eps"] for name, r in results["throughput"].items() if r.get("throughput_eps")}
     names = list(bars)
-    ax.bar(names, [bars[n] for n in names], color=["#2a6f97" if n.startswith("worker") else "#aaaaaa" for n in names])
+    ax.bar([textwrap.fill(n, 16) for n in names], [bars[n] for n in names],
+           color=["#2a6f97" if n.startswith("worker") else "#aaaaaa" for n in names])
     reference = bars.get("worker (fraud contract)")
     for i, name in enumerate(names):
         label = f"{bars[name]:,.0f}/s" + (f"\n×{reference / bars[name]:.1f} slower" if reference and
