@@ -272,7 +272,10 @@ class BatchSettings(_Section):
     max_in_flight_mb: int = Field(default=64, ge=4)
     """Cap in MB on the same, split evenly between prefetched input and unacknowledged output."""
     commit_interval_ms: float = Field(default=1000.0, ge=0)
-    """How often outputs are flushed and input offsets committed (0: after every batch)."""
+    """How often input offsets are committed (0: after every batch): up to the work whose outputs
+    the broker has acknowledged, without waiting for the rest (revocation and shutdown flush first
+    and commit everything). In exactly-once mode, how often the transaction commits, which is also
+    how late read_committed consumers see predictions."""
 
 
 class FaultSettings(_Section):
