@@ -150,6 +150,7 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
     return {"rate": rate, "events": sent, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": worst,
             "broker_ack_p50_ms": ack50, "broker_ack_p99_ms": ack99, "before_produce_p50_ms": own50,
             "before_produce_p99_ms": own99, "mean_batch": round(sum(s for _, s in window) / max(len(window), 1), 1),
+            "windows": _windows(batches, measured_from),
             "samples": window, "ack_samples": [(ack, size) for _, _, size, ack in batches],
             "stage_us_per_event": stats["stage_us_per_event"]}
 
@@ -160,6 +161,22 @@ def example_events(n: int) -> Iterator[tuple[bytes, bytes]]:
     encode = PlainAvroEncoder(load_schema(ROOT / "schemas" / "fraud" / "transaction.avsc"))
     for record in events(n):
         yield record["card"]["id"].encode(), encode(record, None)  # type: ignore[arg-type]
+
+
+def _windows(batches: list[list[Any]], start: float, seconds: float = 5.0) -> list[dict[str, Any]]:
+    """p50/p99 per window of the run: the worker's latency, its own part, the broker's acknowledgement."""
+    by_window: dict[int, list[list[Any]]] = {}
+    for batch in batches:
+        by_window.setdefault(int((batch[0] - start) // seconds), []).append(batch)
+    out = []
+    for index, rows in sorted(by_window.items()):
+        total = weighted_percentiles([(ms, n) for _, ms, n, _ in rows], (50, 99))
+        own = weighted_percentiles([(ms - ack, n) for _, ms, n, ack in rows], (50, 99))
+        ack = weighted_percentiles([(a, n) for _, _, n, a in rows], (50, 99))
+        out.append({"from_s": index * seconds, "events": sum(r[2] for r in rows), "p50_ms": total[0],
+                    "p99_ms": total[1], "worker_part_p50_ms": own[0], "worker_part_p99_ms": own[1],
+                    "broker_ack_p50_ms": ack[0], "broker_ack_p99_ms": ack[1]})
+    return out
 
 
 def throughput_example(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
