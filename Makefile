@@ -1,14 +1,14 @@
 # The two commands of README.md: `make demo` runs the example end to end, `make test` runs
-# the checks and the test suite (CI runs exactly `make test`, through .ci/run). Both set up
-# .venv first: a virtualenv with the project installed in editable mode, redone when
-# pyproject.toml changes.
+# the checks and the test suite (CI runs exactly `make test`, through .ci/run); `make bench`
+# runs the benchmark. Each sets up .venv first: a virtualenv with the project installed in
+# editable mode, redone when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test bench setup clean
 
 demo: $(INSTALLED)
 	$(BIN)/worker demo $(DEMO_ARGS)
@@ -20,11 +20,14 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
+bench: $(INSTALLED)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,dev,bench]'
 	touch $@
 
 clean:
