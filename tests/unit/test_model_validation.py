@@ -43,6 +43,17 @@ def test_a_sound_version_passes_every_check(repo: ModelRepository) -> None:
     assert validated.notes[2].startswith("warmed at batch sizes 1 (") and "500 (" in validated.notes[2]
 
 
+def test_a_card_threshold_other_than_the_configured_one_is_served_and_named(repo: ModelRepository) -> None:
+    add_version(repo.root, "risk", "2", logistic([0.5, -0.25]), card={"threshold": 0.7})
+    configured = Signature(SIGNATURE.inputs, SIGNATURE.outputs, "probabilities", 1, threshold=0.5)
+
+    same = load_version(repo, "risk", "1", configured, POLICY)
+    other = load_version(repo, "risk", "2", configured, POLICY)
+
+    assert len(same.notes) == 3
+    assert other.notes[3] == "threshold: the card says 0.7; labels use model.threshold 0.5"
+
+
 def test_a_corrupt_file_is_refused(repo: ModelRepository) -> None:
     (repo.root / "risk" / "2").mkdir()
     (repo.root / "risk" / "2" / "model.onnx").write_bytes(b"\x08\x07not a protobuf" * 10)

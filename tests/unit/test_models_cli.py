@@ -47,6 +47,7 @@ def test_list_and_validate(config: Path, capsys: pytest.CaptureFixture[str]) -> 
     listing = capsys.readouterr().out
     assert "risk in " in listing and "(the configuration names v1)" in listing
     assert [line.split()[0] for line in listing.splitlines()[2:]] == ["1", "2"]
+    assert "threshold 0.5, holdout_auc 0.9" in listing.splitlines()[2]
 
     assert models(config, "validate", "2") == 0
     assert "golden vectors: 8 reproduced" in capsys.readouterr().out

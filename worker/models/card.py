@@ -97,8 +97,8 @@ class ModelCard:
     def summary(self) -> str:
         metrics = {k: v for k, v in self.training.items() if isinstance(v, int | float) and
                    any(m in k for m in ("auc", "precision", "recall", "accuracy", "f1", "rmse"))}
-        parts = [f"{k} {v:g}" for k, v in list(metrics.items())[:3]]
-        return ", ".join(parts) if parts else "no training metrics"
+        parts = [f"{k} {v:g}" for k, v in list(metrics.items())[:3]] or ["no training metrics"]
+        return ", ".join(([f"threshold {self.threshold:g}"] if self.threshold is not None else []) + parts)
 
 
 def _text(value: Any) -> str | None:

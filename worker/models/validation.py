@@ -41,13 +41,15 @@ class Signature:
     output_kinds: tuple[tuple[str, str], ...] = ()
     """(output, kind) the serving model returns: a tensor or a ZipMap sequence of maps, which
     every version must keep (a batch may merge two versions' outputs)."""
+    threshold: float | None = None
+    """The configuration's label threshold, which labels use whatever version scores."""
 
     @classmethod
     def of(cls, tensors: Sequence[TensorSpec], builder: OutputBuilder, model: Model | None = None) -> Signature:
         needed = builder.model_outputs()
         kinds = tuple((o.name, _kind(o.dtype)) for o in model.outputs if o.name in needed) if model else ()
         return cls(tuple(FedInput(t.name, t.dtype, t.rank, len(t.columns)) for t in tensors),
-                   tuple(needed), builder.score.output, builder.score.column, kinds)
+                   tuple(needed), builder.score.output, builder.score.column, kinds, builder.score.threshold)
 
     def problems(self, model: Model) -> list[str]:
         declared = {t.name: t for t in model.inputs}
@@ -122,6 +124,13 @@ def validate(model: Model, card: ModelCard, signature: Signature, policy: Policy
                                                                  for f in signature.inputs) + ")"]
     notes.append(_golden_note(model, card, signature, policy))
     notes.append(_warm(model, card, signature, policy))
+    if signature.threshold is not None and card.threshold is not None and card.threshold != signature.threshold:
+        # Not a refusal: the operating point is the configuration's, but a card trained for
+        # another one usually means the configuration should change with the version.
+        logger.warning("model %s v%s: its card's threshold %g differs from model.threshold %g, which labels "
+                       "use", model.name, model.version, card.threshold, signature.threshold)
+        notes.append(f"threshold: the card says {card.threshold:g}; labels use model.threshold "
+                     f"{signature.threshold:g}")
     return notes
 
 
