@@ -124,14 +124,17 @@ def validate(model: Model, card: ModelCard, signature: Signature, policy: Policy
                                                                  for f in signature.inputs) + ")"]
     notes.append(_golden_note(model, card, signature, policy))
     notes.append(_warm(model, card, signature, policy))
-    if signature.threshold is not None and card.threshold is not None and card.threshold != signature.threshold:
-        # Not a refusal: the operating point is the configuration's, but a card trained for
-        # another one usually means the configuration should change with the version.
-        logger.warning("model %s v%s: its card's threshold %g differs from model.threshold %g, which labels "
-                       "use", model.name, model.version, card.threshold, signature.threshold)
-        notes.append(f"threshold: the card says {card.threshold:g}; labels use model.threshold "
-                     f"{signature.threshold:g}")
-    return notes
+    return notes + _threshold_notes(model, card, signature)
+
+
+def _threshold_notes(model: Model, card: ModelCard, signature: Signature) -> list[str]:
+    """Not a refusal: the operating point is the configuration's, but a card trained for another
+    one usually means the configuration should change with the version."""
+    if signature.threshold is None or card.threshold is None or card.threshold == signature.threshold:
+        return []
+    logger.warning("model %s v%s: its card's threshold %g differs from model.threshold %g, which labels use",
+                   model.name, model.version, card.threshold, signature.threshold)
+    return [f"threshold: the card says {card.threshold:g}; labels use model.threshold {signature.threshold:g}"]
 
 
 def _card_problems(model: Model, card: ModelCard) -> list[str]:
