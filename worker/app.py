@@ -66,6 +66,11 @@ def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
     return {**{key: v for key, v in typed.items() if v is not None}, **librdkafka_config(k.properties)}
 
 
+def kafka_client(settings: WorkerSettings) -> dict[str, Any]:
+    """The configuration of a plain Kafka client (admin, control table, traces producer)."""
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **kafka_common(settings)}
+
+
 def exactly_once(settings: WorkerSettings) -> bool:
     return settings.processing_guarantee == "exactly-once"
 
@@ -261,8 +266,7 @@ def _start_tracing(settings: WorkerSettings, telemetry: Telemetry, count: Count 
 def make_span_exporter(settings: WorkerSettings, telemetry: Telemetry, count: Count | None) -> SpanExporter:
     tr = settings.telemetry.tracing
     if tr.exporter == "kafka":
-        config = traces_producer_config({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                                         **kafka_common(settings)})
+        config = traces_producer_config(kafka_client(settings))
         return KafkaSpanExporter(_client(Producer, config), tr.topic, count=count)
     if tr.exporter == "none":
         return DiscardingExporter()
@@ -283,7 +287,7 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     pipeline = make_pipeline(settings, compiled, store)
     sink = make_sink(settings, t.producer_config)
     checkpointer = make_checkpointer(settings, consumer, sink)
-    client = {"bootstrap.servers": k.bootstrap_servers, **kafka_common(settings)}
+    client = kafka_client(settings)
     # The shadow publisher produces with the sink's producer (inside the transaction, in exactly-once
     # mode); should the sink replace a broken producer, shadow deliveries on the old one fail and are counted.
     observers = [*lifecycle.start(settings, compiled, pipeline.slot, sink.producer, client), *observers]

@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # what confluent_kafka.admin re-exports, typed
 
 from worker import reference
-from worker.app import kafka_common, make_registry, required_topics
+from worker.app import kafka_client, kafka_common, make_registry, required_topics
 from worker.cli import settings_from
 from worker.codecs import (
     ConfluentAvroDecoder,
@@ -213,7 +213,7 @@ def items_from(args: argparse.Namespace, n: int | None = None) -> Iterator[Item]
 # ---------------------------------------------------------------- Kafka helpers
 
 def kafka_client_config(settings: WorkerSettings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **kafka_common(settings), **_QUIET}
+    return {**kafka_client(settings), **_QUIET}
 
 
 def topic_partitions(client: Any, topic: str, bootstrap_servers: str) -> int:

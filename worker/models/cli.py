@@ -138,11 +138,9 @@ class _Context:
         return ModelRepository(root)
 
     def table(self) -> ControlTable:
-        from worker.app import kafka_common
+        from worker.app import kafka_client
 
-        k = self.settings.kafka
-        table = lifecycle.open_table(self.settings, {"bootstrap.servers": k.bootstrap_servers,
-                                                     **kafka_common(self.settings)})
+        table = lifecycle.open_table(self.settings, kafka_client(self.settings))
         if table is None:
             raise ConfigError.at("lifecycle", "no control channel: set lifecycle.control_topic (or control_file)")
         return table
