@@ -25,6 +25,11 @@ from worker.features import EntityLookup, Record, path_getter
 NUMERIC_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
+def numpy_dtype(dtype: str) -> np.dtype[Any]:
+    """The numpy dtype of a model input's configured dtype (strings are object arrays)."""
+    return np.dtype(object) if dtype == "string" else np.dtype(dtype)
+
+
 @dataclass(frozen=True)
 class EventColumn:
     path: str
@@ -56,7 +61,7 @@ class TensorSpec:
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
-        return np.dtype(object) if self.dtype == "string" else np.dtype(self.dtype)
+        return numpy_dtype(self.dtype)
 
 
 @dataclass

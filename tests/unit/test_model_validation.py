@@ -10,8 +10,9 @@ import pytest
 
 from tests.support.model_repo import add_version, golden_inputs, logistic, probabilities
 from tests.support.onnx_models import sum_of_inputs
+from worker.assembly import NUMERIC_DTYPES, numpy_dtype
 from worker.models.card import ModelCard, read_card
-from worker.models.golden import FedInput, make_golden
+from worker.models.golden import FedInput, golden_feeds, make_golden, sample_inputs
 from worker.models.repository import ModelRepository
 from worker.models.validation import ModelRefused, Policy, Signature, load_file, load_version
 
@@ -190,3 +191,15 @@ def test_a_version_must_keep_the_kind_of_output_the_serving_one_returns(repo: Mo
 
     assert refusal(repo, "1", wanted) == ["output 'probabilities' is a tensor, but the serving model's is a "
                                           "sequence of maps (ZipMap)"]
+
+
+@pytest.mark.parametrize("dtype", [*NUMERIC_DTYPES, "string"])
+def test_sample_and_golden_inputs_take_every_dtype_the_configuration_accepts(dtype: str) -> None:
+    fed = FedInput("x", dtype, 2, 3)
+
+    sampled = sample_inputs([fed], 4)["x"]
+    card = ModelCard.parse({"golden": [{"input": row, "out": [0.0]} for row in sampled.tolist()]})
+    fed_back = golden_feeds(card.golden, [fed])["x"]
+
+    assert sampled.shape == (4, 3) and sampled.dtype == numpy_dtype(dtype)
+    assert fed_back.dtype == sampled.dtype and fed_back.tolist() == sampled.tolist()

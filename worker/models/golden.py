@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from worker.assembly import numpy_dtype
 from worker.inference import Model
 from worker.models.card import GoldenVector, ModelCard
 
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32,
-                "bool": np.bool_, "string": object}
 _REPORTED = 3  # mismatches spelled out; the rest are counted
 
 
@@ -45,7 +44,7 @@ def golden_feeds(vectors: Sequence[GoldenVector], inputs: Sequence[FedInput]) ->
     for fed in inputs:
         rows = [_input_of(i, v, fed, len(inputs)) for i, v in enumerate(vectors)]
         try:
-            array: np.ndarray = np.asarray(rows, dtype=NUMPY_DTYPES[fed.dtype])
+            array: np.ndarray = np.asarray(rows, dtype=numpy_dtype(fed.dtype))
         except (TypeError, ValueError) as exc:
             raise GoldenProblem(f"golden input '{fed.name}' does not convert to {fed.dtype}: {exc}") from exc
         want = (len(vectors), fed.width) if fed.rank == 2 else (len(vectors),)
@@ -141,11 +140,11 @@ def sample_inputs(inputs: Sequence[FedInput], n: int, card: ModelCard | None = N
             values = np.column_stack([_draw(rng, s, n) for s in stats[fed.name]])
         else:
             values = rng.normal(0, 1, (n, width))
-            if fed.dtype in ("int64", "int32"):
+            if np.issubdtype(numpy_dtype(fed.dtype), np.integer):
                 values = np.abs(values * 3).round()
             elif fed.dtype == "bool":
                 values = values > 0
-        array: np.ndarray = np.asarray(values).astype(NUMPY_DTYPES[fed.dtype])
+        array: np.ndarray = np.asarray(values).astype(numpy_dtype(fed.dtype))
         feeds[fed.name] = array if fed.rank == 2 else array[:, 0]
     return feeds
 
