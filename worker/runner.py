@@ -66,7 +66,8 @@ class Observer:
         """A checkpoint finished; ``committed`` is False if offsets could not be committed safely."""
 
     def dependency_down(self, what: str, error: Exception) -> None:
-        """A batch is held because a dependency (Redis, Schema Registry) failed."""
+        """A batch is held because a dependency failed: ``what`` is ``redis``, ``schema_registry``
+        or ``kafka`` (outputs unacknowledged)."""
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         """Partitions were assigned to, or taken from, this worker."""
@@ -253,7 +254,7 @@ class Runner:
     def _notify_down(self, exc: Exception) -> None:
         logger.warning("cannot process the batch, will retry: %s", exc)
         for observer in self.observers:
-            observer.dependency_down(type(exc).__name__, exc)
+            observer.dependency_down("redis" if isinstance(exc, FeatureStoreUnavailable) else "schema_registry", exc)
 
     def _wait_and_keep_owned(self, batch: list[Message], delay: float, probe: bool) -> list[Message]:
         """Poll while waiting (keeps the membership alive), ending early when a feature store probe
@@ -290,7 +291,7 @@ class Runner:
                        "" if self.checkpointer.ready() else " and a transaction awaits its commit")
         down = BrokerUnavailable(f"{self.sink.tracker.pending} outputs unacknowledged")
         for observer in self.observers:
-            observer.dependency_down("Kafka", down)
+            observer.dependency_down("kafka", down)
         self._pause()
         try:
             while not (self.stopping or self._stale):

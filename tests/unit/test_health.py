@@ -36,7 +36,7 @@ def test_alive_while_starting_then_only_while_the_loop_comes_round() -> None:
     clock.now += 29
     health.batch_started([InputMessage(b"v")], 0)
     clock.now += 29
-    health.dependency_down("FeatureStoreUnavailable", FeatureStoreUnavailable("down"))
+    health.dependency_down("redis", FeatureStoreUnavailable("down"))
     clock.now += 29
     health.checkpoint_done(StageTiming("commit", 0, 1), True)
     clock.now += 31

@@ -207,7 +207,7 @@ def test_lag_metrics_by_topic_and_partition() -> None:
 def test_dependency_and_kafka_errors_are_counted_and_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.dependency_down("FeatureStoreUnavailable", FeatureStoreUnavailable("x"))
+    metrics.dependency_down("redis", FeatureStoreUnavailable("x"))
     on_error = metrics.kafka_errors_of("consumer")
     for _ in range(3):
         on_error(KafkaError(KafkaError._TRANSPORT, "broker down"))

@@ -155,7 +155,7 @@ def test_a_dependency_outage_is_an_exception_event_on_the_batch_span() -> None:
     t = Traced()
     batch = batch_of(2)
     t.tracer.batch_started(batch, time.perf_counter_ns())
-    t.tracer.dependency_down("FeatureStoreUnavailable", FeatureStoreUnavailable("Redis at x: refused"))
+    t.tracer.dependency_down("redis", FeatureStoreUnavailable("Redis at x: refused"))
     t.tracer.stopped()  # the batch was never done: its span ends as abandoned
     (span,) = t.spans()
     assert span.attributes is not None and span.attributes["worker.batch.abandoned"] is True

@@ -5,10 +5,3 @@ Everything here listens through the runner's ``Observer`` hooks; nothing is call
 pipeline. Submodules are imported on demand so that the CLI does not pay for OpenTelemetry or
 prometheus_client when telemetry is off.
 """
-
-from worker.errors import FeatureStoreUnavailable
-
-
-def dependency_name(error: Exception) -> str:
-    """The dependency a transient batch failure is about (the runner retries on these two only)."""
-    return "redis" if isinstance(error, FeatureStoreUnavailable) else "schema_registry"

@@ -36,7 +36,6 @@ from worker.features import path_getter
 from worker.kafka import TP, BatchTicket
 from worker.records import BatchResult, Headers, Message, StageTiming
 from worker.runner import Observer
-from worker.telemetry import dependency_name
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +275,7 @@ class Metrics(Observer):
             self.commit_failures.inc()
 
     def dependency_down(self, what: str, error: Exception) -> None:
-        self.dependency_errors.labels(dependency_name(error)).inc()
+        self.dependency_errors.labels(what).inc()
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         if assigned:

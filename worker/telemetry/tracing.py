@@ -43,7 +43,6 @@ from worker.errors import StartupError
 from worker.kafka import BatchTicket
 from worker.records import BatchResult, DeadLetter, Headers, Message, StageTiming
 from worker.runner import Observer
-from worker.telemetry import dependency_name
 from worker.telemetry.context import any_sampled, context_headers, describe_ranges, offset_ranges, upstream_links
 from worker.telemetry.logcontext import annotate_trace
 
@@ -199,7 +198,7 @@ class BatchTracer(Observer):
 
     def dependency_down(self, what: str, error: Exception) -> None:
         if self._open is not None:
-            self._open.span.record_exception(error, {"worker.dependency": dependency_name(error)})
+            self._open.span.record_exception(error, {"worker.dependency": what})
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
         traced, self._open = self._open, None
