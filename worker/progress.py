@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ class ProgressLog(Observer):
         self._dead_suppressed: Counter[str] = Counter()
         self._latencies: list[tuple[float, int]] = []  # (worker-added ms, events) per acked batch
         self._acks: list[tuple[float, int]] = []  # (ms from produce to acknowledgement, events)
+        self._samples_lock = threading.Lock()  # acknowledgements arrive on the delivery thread
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
         self.batches += 1
@@ -52,13 +54,13 @@ class ProgressLog(Observer):
     def _report(self, now: float) -> None:
         rate = self._window_scored / (now - self._last)
         mean_batch = self._window_events / max(self._window_batches, 1)
-        p50, p99 = weighted_percentiles(self._latencies, (50, 99))
-        ack50, ack99 = weighted_percentiles(self._acks, (50, 99))
+        with self._samples_lock:
+            (latencies, self._latencies), (acks, self._acks) = (self._latencies, []), (self._acks, [])
+        p50, p99 = weighted_percentiles(latencies, (50, 99))
+        ack50, ack99 = weighted_percentiles(acks, (50, 99))
         logger.info("progress: %d scored (%.0f/s), %d dead-lettered, %d batches (mean %.0f events), "
                     "worker latency p50 %.1f ms p99 %.1f ms (broker ack p50 %.1f ms p99 %.1f ms)", self.scored, rate,
                     self.dead, self.batches, mean_batch, p50, p99, ack50, ack99)
-        self._latencies.clear()
-        self._acks.clear()
         if self._dead_suppressed:
             logger.warning("dead letters not logged individually in the last interval: %s",
                            dict(self._dead_suppressed))
@@ -67,8 +69,9 @@ class ProgressLog(Observer):
         self._dead_suppressed.clear()
 
     def batch_acked(self, ticket: BatchTicket) -> None:
-        self._latencies.append(((ticket.acked_ns - ticket.consumed_ns) / 1e6, ticket.size))
-        self._acks.append(((ticket.acked_ns - ticket.published_ns) / 1e6, ticket.size))
+        with self._samples_lock:
+            self._latencies.append(((ticket.acked_ns - ticket.consumed_ns) / 1e6, ticket.size))
+            self._acks.append(((ticket.acked_ns - ticket.published_ns) / 1e6, ticket.size))
 
 
 def weighted_percentiles(samples: list[tuple[float, int]], percents: Sequence[float]) -> list[float]:
