@@ -53,11 +53,11 @@ class BatchPolicy:
     def cost(self, count: int) -> float:
         return self.fixed_s.value + self.per_event_s.value * count + self.ack_s.value
 
-    def wait_s(self, size: int, age_s: float) -> float:
-        """How long a batch of ``size`` whose oldest event is ``age_s`` old may wait for more."""
+    def wait_s(self, size: int) -> float:
+        """How long a batch of ``size`` whose oldest event was just received may wait for more."""
         if size >= self.max_events or self.budget_s <= 0:
             return 0.0
-        spare = self.budget_s - age_s - self.cost(size + 1)
+        spare = self.budget_s - self.cost(size + 1)
         if spare <= 0 or self.rate.value * spare < 1.0:
             return 0.0
         # Wait no longer than it takes for the batch to fill at the current rate.

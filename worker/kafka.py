@@ -86,7 +86,7 @@ class BatchConsumer:
             messages = [first, *consumer.consume(policy.max_events - 1, 0)]
         received_ns = time.perf_counter_ns()
         policy.arrived(len(messages), received_ns / 1e9)
-        wait = policy.wait_s(len(messages), 0.0)
+        wait = policy.wait_s(len(messages))
         if wait > 0:
             more = consumer.consume(policy.max_events - len(messages), wait)
             policy.arrived(len(more), time.perf_counter())

@@ -45,7 +45,6 @@ class PartitionLog:
 
     def committed(self) -> list[LogRecord]:
         """Records outside transactions, and those whose transaction committed (open ones are not yet)."""
-        fate: dict[int, int] = {}
         out: list[LogRecord] = []
         pending: dict[int, list[LogRecord]] = {}
         events = sorted([(r.offset, 0, r) for r in self.records] + [(o, 1, (p, kind)) for o, p, kind in self.markers],
@@ -53,7 +52,6 @@ class PartitionLog:
         for _, is_marker, item in events:
             if is_marker:
                 producer, kind = item  # type: ignore[misc]
-                fate[producer] = kind
                 if kind == COMMIT:
                     out += pending.pop(producer, [])
                 else:

@@ -53,11 +53,6 @@ class Serving:
         if self.canary is not None and not 0 < self.canary_share <= 1:
             raise ValueError(f"canary share must be in (0, 1], not {self.canary_share}")
 
-    @property
-    def simple(self) -> bool:
-        """Only the active model: the pipeline's fast path."""
-        return self.canary is None and self.shadow is None
-
     def describe(self) -> str:
         parts = [f"{self.active.name} v{self.active.version}"]
         if self.canary is not None:

@@ -61,10 +61,6 @@ class DesiredState:
         """The versions this state serves: active, then canary and shadow if any."""
         return [v for v in (self.active, self.canary, self.shadow) if v is not None]
 
-    def same_serving(self, other: DesiredState | None) -> bool:
-        return other is not None and (self.active, self.canary, self.canary_share, self.shadow) == \
-            (other.active, other.canary, other.canary_share, other.shadow)
-
     def describe(self) -> str:
         parts = [f"active v{self.active}"]
         if self.canary:

@@ -9,8 +9,8 @@ into span links runs only for a batch that is traced.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from opentelemetry.trace import Link, SpanContext, TraceFlags, TraceState
 
@@ -65,10 +65,6 @@ def context_headers(context: SpanContext) -> Headers:
     return headers
 
 
-def _pairs(headers: Any) -> Iterable[tuple[str, Any]]:
-    return headers.items() if isinstance(headers, dict) else headers
-
-
 def any_sampled(batch: Sequence[Message]) -> bool:
     """Whether any event carries a ``traceparent`` whose sampled flag is set (checked fully only
     for candidates whose last flag digit is odd, so events without headers cost one call each)."""
@@ -76,7 +72,7 @@ def any_sampled(batch: Sequence[Message]) -> bool:
         headers = message.headers()
         if not headers:
             continue
-        for key, value in _pairs(headers):
+        for key, value in headers:
             if key == TRACEPARENT and value is not None and len(value) >= 55:
                 raw = value.encode() if isinstance(value, str) else value
                 if raw[54] in _ODD_HEX or len(raw) > 55:
@@ -105,10 +101,10 @@ def upstream_links(batch: Sequence[Message], limit: int) -> tuple[list[Link], in
         if not headers:
             continue
         if len(links) >= limit:
-            dropped += any(key == TRACEPARENT for key, _ in _pairs(headers))
+            dropped += any(key == TRACEPARENT for key, _ in headers)
             continue
         parent = state = None
-        for key, value in _pairs(headers):
+        for key, value in headers:
             if key == TRACEPARENT:
                 parent = value
             elif key == TRACESTATE:
