@@ -218,17 +218,14 @@ def kafka_client_config(settings: WorkerSettings) -> dict[str, Any]:
 
 def topic_partitions(client: Any, topic: str, bootstrap_servers: str) -> int:
     """How many partitions ``topic`` has; ``StartupError`` if Kafka is unreachable, ``ToolError`` if it is absent."""
-    try:
-        metadata = client.list_topics(timeout=10)
-    except KafkaException as exc:
-        raise StartupError(f"cannot reach Kafka at {bootstrap_servers}: {exc.args[0].str()}") from exc
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
+    partitions = existing_topics(client, bootstrap_servers).get(topic)
+    if partitions is None:
         raise ToolError(f"topic {topic!r} does not exist (create it: worker topics create --config ...)")
-    return len(found.partitions)
+    return partitions
 
 
-def existing_topics(admin: AdminClient, bootstrap_servers: str) -> dict[str, int]:
+def existing_topics(admin: AdminClient | Producer | Consumer, bootstrap_servers: str) -> dict[str, int]:
+    """Every listed topic and its partition count; ``StartupError`` if Kafka is unreachable."""
     try:
         metadata = admin.list_topics(timeout=10)
     except KafkaException as exc:
@@ -258,14 +255,18 @@ def create_topics(settings: WorkerSettings, partitions: int = 3, replication_fac
             failed.append(f"{topic}: {error.str()}")
     if failed:
         raise ToolError("could not create " + "; ".join(failed))
-    _until_listed(admin, wanted, k.bootstrap_servers)
+    if new:
+        _until_listed(admin, wanted, k.bootstrap_servers)
     return lines
 
 
 def _until_listed(admin: AdminClient, topics: list[str], bootstrap_servers: str, timeout_s: float = 30.0) -> None:
     """New topics reach every broker's metadata a little after creation; clients need them there."""
     deadline = time.monotonic() + timeout_s
-    while missing := [t for t in topics if t not in existing_topics(admin, bootstrap_servers)]:
+    while True:
+        listed = existing_topics(admin, bootstrap_servers)
+        if not (missing := [t for t in topics if t not in listed]):
+            return
         if time.monotonic() > deadline:
             raise StartupError(f"topics {', '.join(missing)} were created but are not listed after {timeout_s:.0f}s")
         time.sleep(0.2)
