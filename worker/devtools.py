@@ -53,7 +53,7 @@ from worker.console import ProgressLine, count, rate
 from worker.errors import EventError, StartupError, WorkerError
 from worker.explain import mismatch
 from worker.features import KeyTemplate, path_getter
-from worker.kafka import consumer_config, producer_config
+from worker.kafka import consumer_config, produce_when_room, producer_config
 from worker.records import InputMessage
 from worker.schemas import Schema, SchemaError, field_type, load_schema
 from worker.settings import WorkerSettings
@@ -346,12 +346,7 @@ class EventSender:
             value = value[: len(value) // 2]
             self.tally.poisoned += 1
         key = self._key(record)
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        produce_when_room(self.producer, self.topic, value, key, self._delivered)
         self.tally.sent += 1
         self.producer.poll(0)
         return True

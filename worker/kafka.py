@@ -103,6 +103,17 @@ class BatchConsumer:
         return good
 
 
+def produce_when_room(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
+                      on_delivery: Callable[..., None], headers: Headers | None = None) -> None:
+    """Produce, serving delivery reports while the producer's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class BatchTicket:
     """Delivery callback for one batch's messages; when the last is acknowledged it reports
     the batch, with its timestamps, to the tracker's listener.
@@ -274,21 +285,12 @@ class Sink:
             try:
                 produce(topic, output.value, output.key, on_delivery=callback, headers=headers)
             except BufferError:
-                self._produce_when_room(topic, output.value, output.key, callback, headers)
+                # Rare: the loop waits for room before a batch; only a batch bigger than the slack
+                # between that soft cap and the producer's own queue limit gets here.
+                produce_when_room(self.producer, topic, output.value, output.key, callback, headers)
         for dead in result.dead_letters:
-            self._produce_when_room(self.dlq_topic, dead.message.value(), dead.message.key(), callback,
-                                    self.dead_letter_headers(dead, headers))
-
-    def _produce_when_room(self, topic: str, value: bytes | None, key: bytes | None,
-                           callback: Callable[..., None], headers: Headers | None) -> None:
-        # Rare: the loop waits for room before a batch; only a batch bigger than the slack
-        # between that soft cap and the producer's own queue limit gets here.
-        while True:
-            try:
-                self.producer.produce(topic, value, key, on_delivery=callback, headers=headers)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+            produce_when_room(self.producer, self.dlq_topic, dead.message.value(), dead.message.key(), callback,
+                              self.dead_letter_headers(dead, headers))
 
     def dead_letter_headers(self, dead: DeadLetter, extra: Headers | None) -> Headers:
         """The original headers first, then ``dlq.*`` ones; a batch header (``traceparent``) whose name

@@ -46,7 +46,8 @@ class FakeProducer:
         self.pending: list[Any] = []
         self.fail = fail
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None,
+                headers: Any = None) -> None:
         self.messages.append((topic, value, key))
         self.pending.append(on_delivery)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from worker.kafka import BatchTicket
+from worker.kafka import BatchTicket, produce_when_room
 from worker.records import BatchResult, Message
 from worker.runner import Observer
 
@@ -27,14 +27,8 @@ class ShadowPublisher(Observer):
         self.failed = 0
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
-        produce, topic, delivered = self.producer.produce, self.topic, self._delivered
         for output in result.shadow_outputs:
-            while True:
-                try:
-                    produce(topic, output.value, output.key, on_delivery=delivered)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            produce_when_room(self.producer, self.topic, output.value, output.key, self._delivered)
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
