@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from worker.errors import AssemblyError, EventError, FeatureValueError
-from worker.features import EntityLookup, Record, path_getter
+from worker.features import EntityLookup, EntitySpec, Record, path_getter
 
 NUMERIC_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
@@ -74,14 +74,32 @@ class Assembled:
     defaulted: dict[str, int] = field(default_factory=dict)
 
 
+class _EntityConstants:
+    """Per entity, what its numeric table needs that depends on the entity's spec alone: the
+    defaults as doubles, and which fields are never parsed as numbers (they feed string tensors
+    only, and must not fail their events for not being numbers). Worked out at its first batch."""
+
+    def __init__(self, numeric_features: frozenset[tuple[str, str]]) -> None:
+        self.numeric_features = numeric_features
+        self._known: dict[str, tuple[EntitySpec, np.ndarray, np.ndarray]] = {}
+
+    def of(self, spec: EntitySpec) -> tuple[np.ndarray, np.ndarray]:
+        known = self._known.get(spec.name)
+        if known is None or known[0] is not spec:
+            defaults = np.array([_as_float(spec.defaults[f]) for f in spec.fields], dtype=np.float64)
+            unparsed = np.array([(spec.name, f) not in self.numeric_features for f in spec.fields], dtype=bool)
+            known = self._known[spec.name] = (spec, defaults, unparsed)
+        return known[1], known[2]
+
+
 class _BatchContext:
     """Per-batch state shared by the columns: records, lookups, bad rows, converted features."""
 
     def __init__(self, records: Sequence[Record], lookups: Mapping[str, EntityLookup],
-                 numeric_features: frozenset[tuple[str, str]] = frozenset()) -> None:
+                 entities: _EntityConstants) -> None:
         self.records = records
         self.lookups = lookups
-        self.numeric_features = numeric_features
+        self.entities = entities
         self.result = Assembled({})
         self.numeric_tables: dict[str, np.ndarray] = {}
 
@@ -102,13 +120,12 @@ class Assembler:
     def __init__(self, tensors: Sequence[TensorSpec]) -> None:
         self.tensors = list(tensors)
         self._plans = [(t, _segments(t)) for t in self.tensors]
-        # Only these (entity, field) pairs are parsed as numbers; a text field that feeds string
-        # tensors alone must not fail its events for not being a number.
-        self._numeric_features = frozenset((c.entity, c.field) for t in self.tensors if t.dtype != "string"
-                                           for c in t.columns if isinstance(c, FeatureColumn))
+        self._entities = _EntityConstants(frozenset(
+            (c.entity, c.field) for t in self.tensors if t.dtype != "string" for c in t.columns
+            if isinstance(c, FeatureColumn)))
 
     def assemble(self, records: Sequence[Record], lookups: Mapping[str, EntityLookup]) -> Assembled:
-        ctx = _BatchContext(records, lookups, self._numeric_features)
+        ctx = _BatchContext(records, lookups, self._entities)
         n = len(records)
         for spec, segments in self._plans:
             built = [fn(ctx) for fn in segments]
@@ -213,19 +230,28 @@ def _mapped(ctx: _BatchContext, column: EventColumn, values: list[Any]) -> list[
 
 def _feature_block(entity: str, fields: list[str]) -> ColumnFn:
     """The numeric values of some fields of an entity, ``[n, len(fields)]``, from its table."""
+    memo: list[Any] = [None, None]  # the entity's spec last seen, and where ``fields`` sit in it
+
     def build(ctx: _BatchContext) -> np.ndarray:
         lookup = ctx.lookups[entity]
         table = ctx.numeric_tables.get(entity)
         if table is None:
             table = ctx.numeric_tables[entity] = _numeric_table(ctx, lookup)
-        positions = [lookup.spec.fields.index(f) for f in fields]
-        if positions == list(range(positions[0], positions[0] + len(positions))):
-            block: np.ndarray = table[lookup.index, positions[0]:positions[-1] + 1]
-        else:
-            block = table[lookup.index][:, positions]
+        if memo[0] is not lookup.spec:
+            memo[:] = [lookup.spec, _positions(lookup.spec, fields)]
+        where = memo[1]
+        block: np.ndarray = table[lookup.index, where] if isinstance(where, slice) else table[lookup.index][:, where]
         return block
 
     return build
+
+
+def _positions(spec: EntitySpec, fields: list[str]) -> slice | list[int]:
+    """Where ``fields`` sit among the entity's fields: a slice when they are consecutive."""
+    positions = [spec.fields.index(f) for f in fields]
+    if positions == list(range(positions[0], positions[0] + len(positions))):
+        return slice(positions[0], positions[-1] + 1)
+    return positions
 
 
 def _numeric_table(ctx: _BatchContext, lookup: EntityLookup) -> np.ndarray:
@@ -233,8 +259,7 @@ def _numeric_table(ctx: _BatchContext, lookup: EntityLookup) -> np.ndarray:
     is all defaults, for events whose key is null. Converted in one numpy pass per entity."""
     spec = lookup.spec
     width = len(spec.fields)
-    defaults = np.array([_as_float(spec.defaults[f]) for f in spec.fields], dtype=np.float64)
-    unparsed = np.array([(spec.name, f) not in ctx.numeric_features for f in spec.fields], dtype=bool)
+    defaults, unparsed = ctx.entities.of(spec)
     rows = [[None] * width if isinstance(r, Exception) else r for r in lookup.values]
     flat = [*chain.from_iterable(rows), *[None] * width]
     raw = np.array(flat, dtype=object).reshape(-1, width)
