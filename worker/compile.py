@@ -18,6 +18,7 @@ from worker.assembly import NUMERIC_DTYPES, Column, ConstColumn, EventColumn, Fe
 from worker.errors import ConfigError, StartupError
 from worker.features import EntitySpec, KeyTemplate
 from worker.inference import Model, OnnxModel, TensorInfo
+from worker.models.card import card_path
 from worker.output import Computed, Constant, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec, Source
 from worker.schemas import NUMERIC, FieldType, Schema, SchemaError, assignable, field_type, load_schema, top_fields
 from worker.settings import ColumnSettings, InputSettings, OutputFieldSettings, WorkerSettings
@@ -62,12 +63,14 @@ def model_identity(settings: WorkerSettings, path: Path) -> tuple[str, str]:
 
 
 def load_model_card(model_path: Path) -> dict[str, Any]:
-    for candidate in (model_path.parent / "model-card.json", model_path.with_suffix(".card.json")):
-        if candidate.is_file():
-            try:
-                return dict(json.loads(candidate.read_text()))
-            except (OSError, ValueError) as exc:
-                logger.warning("ignoring unreadable model card %s: %s", candidate, exc)
+    """The card's JSON, or nothing: here it only names the model, so an unreadable card is
+    ignored (validation before serving refuses it)."""
+    path = card_path(model_path)
+    if path.is_file():
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable model card %s: %s", path, exc)
     return {}
 
 
