@@ -9,6 +9,7 @@ replica did with it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import getpass
@@ -245,7 +246,7 @@ def _command(args: argparse.Namespace, transition: Transition) -> int:
                   f"{current.describe()}")
         new = transition(current, _issuer(), current is not desired)
         if args.reason and not new.reason:
-            new = DesiredState.from_json({**new.to_json(), "reason": args.reason})
+            new = dataclasses.replace(new, reason=args.reason)
         if not args.force:
             _validate_added(ctx, current, new)
         table.put(model_key(ctx.name), new.to_json())
