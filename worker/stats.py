@@ -35,7 +35,6 @@ class RunStats(Observer):
         self.events = self.outputs = self.dead_letters = 0
         self.stage_s: dict[str, float] = defaultdict(float)
         self.sizes: Counter[int] = Counter()
-        self.latencies: list[tuple[float, int]] = []
         # per acked batch: received (epoch s), worker-added ms, events, ms of it waiting for the broker's ack
         self.samples: list[tuple[float, float, int, float]] = []
         self.first_received_ns: int | None = None
@@ -62,7 +61,6 @@ class RunStats(Observer):
         latency_ms = (ticket.acked_ns - ticket.consumed_ns) / 1e6
         received = time.time() - (time.perf_counter_ns() - ticket.consumed_ns) / 1e9
         with self._lock:
-            self.latencies.append((latency_ms, ticket.size))
             self.samples.append((round(received, 4), round(latency_ms, 3), ticket.size,
                                  round((ticket.acked_ns - ticket.published_ns) / 1e6, 3)))
             self.last_acked_ns = max(self.last_acked_ns, ticket.acked_ns)
@@ -78,7 +76,7 @@ class RunStats(Observer):
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            latencies = list(self.latencies)
+            latencies = [(ms, size) for _, ms, size, _ in self.samples]
             last_acked = self.last_acked_ns
         p50, p90, p99, p999, worst = weighted_percentiles(latencies, (50, 90, 99, 99.9, 100))
         span_s = (last_acked - self.first_received_ns) / 1e9 if self.first_received_ns and last_acked else 0.0
