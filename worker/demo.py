@@ -203,7 +203,7 @@ class Demo:
         producing = Producing(sender, generated(a.events_generator, n=a.events, seed=a.seed), a.rate)
         self.stack.callback(producing.stop)
         watch(reader, board, producing, worker)
-        return summary(board, producing.tally, worker)
+        return summary(board, producing.sender.tally, worker)
 
 
 def _passed_on(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -227,7 +227,6 @@ class Producing:
 
     def __init__(self, sender: EventSender, items: Iterator[tuple[str, Any]], events_per_s: float) -> None:
         self.sender = sender
-        self.tally: Tally = sender.tally
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(items, events_per_s), name="demo-producer",
