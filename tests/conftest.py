@@ -16,14 +16,16 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import redis
 
+from tests.support.fraud import load_gen
 from tests.support.infra import RedisServer, kafka_bootstrap_servers, new_redis_server, wait_redis, with_db
 from tests.support.kafka_io import TopicReader, Topics, create_topics
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker, WorkerProcess
 
 _WORKER_LOGS = pytest.StashKey[list[Path]]()
 
@@ -120,9 +122,14 @@ def topic_reader(kafka_bootstrap: str) -> Iterator[Callable[..., TopicReader]]:
         reader.close()
 
 
+@pytest.fixture(scope="module")
+def gen() -> ModuleType:
+    """The shared fraud workload's gen.py."""
+    return load_gen()
+
+
 @pytest.fixture
-def start_worker(request: pytest.FixtureRequest, kafka_bootstrap: str,
-                 tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path: Path) -> Iterator[StartWorker]:
     """Runs ``python -m worker run`` as a process; its log is attached to the report if the test
     fails, and it is stopped (SIGTERM, then SIGKILL) at teardown."""
     workers: list[WorkerProcess] = []

@@ -16,22 +16,16 @@ import pytest
 
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.faults import Expected
-from tests.support.fraud import decode_prediction, load_gen, workload
+from tests.support.fraud import decode_prediction, workload
 from tests.support.hostile import KINDS, hostile, must_dead_letter, plain_schema
 from tests.support.kafka_io import TopicReader, Topics, ToSend, committed_offsets, produce
 from tests.support.onnx_models import failing_on
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker
 
 pytestmark = pytest.mark.integration
 
-StartWorker = Callable[..., WorkerProcess]
 LIMIT = 2000
 POISON_AMOUNT = 666.66
-
-
-@pytest.fixture(scope="module")
-def gen() -> ModuleType:
-    return load_gen()
 
 
 def test_hundreds_of_hostile_values_are_dead_lettered_with_reasons_and_the_worker_carries_on(

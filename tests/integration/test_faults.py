@@ -29,20 +29,14 @@ import redis
 
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.faults import Expected, Outputs, Tally
-from tests.support.fraud import FraudEvents, decode_prediction, default_feature_scores, load_gen, workload
+from tests.support.fraud import FraudEvents, decode_prediction, default_feature_scores, workload
 from tests.support.infra import RedisServer, TansuBroker
 from tests.support.kafka_io import RateProducer, TopicReader, Topics, create_topics
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GUARANTEES = [pytest.param("at-least-once", id="at-least-once"), pytest.param("exactly-once", id="exactly-once")]
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture(scope="module")
-def gen() -> ModuleType:
-    return load_gen()
 
 
 def fault_config(tmp_path: Path, name: str = "fraud.yaml", **changes: Any) -> Path:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.support.configs import FRAUD_CONFIG, changed, fraud_config, write_config
-from tests.support.fraud import FraudEvents, decode_prediction, fraud_events, load_gen, population, workload
+from tests.support.fraud import FraudEvents, decode_prediction, fraud_events, population, workload
 from tests.support.kafka_io import (
     Consumed,
     RateProducer,
@@ -31,16 +31,10 @@ from tests.support.kafka_io import (
     committed_offsets,
     produce,
 )
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture(scope="module")
-def gen() -> ModuleType:
-    return load_gen()
 
 
 def predictions_by_event(gen: ModuleType, messages: list[Consumed]) -> dict[str, list[tuple[Consumed, dict[str, Any]]]]:

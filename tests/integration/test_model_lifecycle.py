@@ -30,12 +30,11 @@ from tests.support.lifecycle import (
     write_lifecycle_config,
 )
 from tests.support.model_repo import add_version, logistic
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker, WorkerProcess
 from worker.cli import main
 
 pytestmark = pytest.mark.integration
 
-StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture

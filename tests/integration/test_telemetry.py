@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.test_fraud_contract import wait_for, workload
 from tests.support.configs import changed, fraud_config, write_config
-from tests.support.fraud import decode_prediction, load_gen
+from tests.support.fraud import decode_prediction
 from tests.support.infra import RedisServer, free_port
 from tests.support.kafka_io import Consumed, TopicReader, Topics, ToSend, create_topic, produce
 from tests.support.telemetry import (
@@ -37,18 +37,12 @@ from tests.support.telemetry import (
     total,
     wait_http,
 )
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import StartWorker
 from worker.telemetry.context import parse_traceparent
 
 pytestmark = pytest.mark.integration
 
-StartWorker = Callable[..., WorkerProcess]
 STAGES = {"decode", "features", "assemble", "inference", "encode", "produce", "deliver", "commit"}
-
-
-@pytest.fixture(scope="module")
-def gen() -> ModuleType:
-    return load_gen()
 
 
 def producer_context(rng: random.Random) -> tuple[str, str]:

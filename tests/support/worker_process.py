@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -57,3 +58,7 @@ class WorkerProcess:
         code = stop_process(self.proc, timeout_s)
         self._log.close()
         return code
+
+
+StartWorker = Callable[..., WorkerProcess]
+"""The ``start_worker`` fixture: ``start(config, topics, redis_url, *extra_args)``."""
