@@ -117,27 +117,27 @@ class Pipeline:
                      result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
         """The canary scores its rows, the active model the rest, and also the rows the canary
         fails on (counted as canary errors, never dead-lettered for the candidate's sake)."""
-        n = len(to_canary)
         versions = np.where(to_canary, canary.version, active.version).astype(object)
         groups: list[tuple[np.ndarray, dict[str, Any]]] = []
-        failed: dict[int, EventError] = {}
-        for role, model, rows in (("active", active, np.flatnonzero(~to_canary)),
-                                  ("canary", canary, np.flatnonzero(to_canary))):
-            if not len(rows):
-                continue
-            outputs, errors = self._run(role, model, _take(feeds, rows), len(rows), result)
-            groups.append((rows, outputs))
-            if role == "active":
-                failed.update({int(rows[i]): e for i, e in errors.items()})
-            elif errors:
-                retry = rows[sorted(errors)]
-                versions[retry] = active.version
-                outputs, errors = self._run("active", active, _take(feeds, retry), len(retry), result)
-                groups.append((retry, outputs))
-                failed.update({int(retry[i]): e for i, e in errors.items()})
-        merged = {name: _scatter([(rows, outputs[name]) for rows, outputs in groups], n)
+        failed = self._run_rows("active", active, feeds, np.flatnonzero(~to_canary), groups, result)
+        canary_failed = self._run_rows("canary", canary, feeds, np.flatnonzero(to_canary), groups, result)
+        if canary_failed:
+            retry = np.array(sorted(canary_failed), dtype=np.intp)
+            versions[retry] = active.version
+            failed.update(self._run_rows("active", active, feeds, retry, groups, result))
+        merged = {name: _scatter([(rows, outputs[name]) for rows, outputs in groups], len(to_canary))
                   for name in self._model_outputs}
         return ScoredBatch(merged, active.name, active.version, int(time.time() * 1000), versions.tolist()), failed
+
+    def _run_rows(self, role: str, model: Model, feeds: dict[str, np.ndarray], rows: np.ndarray,
+                  groups: list[tuple[np.ndarray, dict[str, Any]]], result: BatchResult) -> dict[int, EventError]:
+        """Runs ``model`` on the batch's ``rows``, adding its outputs to ``groups``; the failed rows
+        (numbered in the batch) and why."""
+        if not len(rows):
+            return {}
+        outputs, errors = self._run(role, model, _take(feeds, rows), len(rows), result)
+        groups.append((rows, outputs))
+        return {int(rows[i]): e for i, e in errors.items()}
 
     def _run(self, role: str, model: Model, feeds: dict[str, np.ndarray], n: int,
              result: BatchResult) -> tuple[dict[str, Any], dict[int, EventError]]:
