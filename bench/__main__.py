@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=scenarios.ROOT / "bench" / "results" / "latest")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    with LocalBroker(log_path=workdir / "broker.log") if not args.bootstrap else _Given(args.bootstrap) as broker, \
-            LocalRedis(log_path=workdir / "redis.log", workdir=workdir) if not args.redis else _Given(args.redis) as r:
+    with LocalBroker(log_path=workdir / "broker.log") if not args.bootstrap else nullcontext() as broker, \
+            LocalRedis(log_path=workdir / "redis.log", workdir=workdir) if not args.redis else nullcontext() as r:
         infra = Infra(getattr(broker, "bootstrap_servers", args.bootstrap), getattr(r, "url", args.redis))
         results = run(args, infra, workdir)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,19 +125,6 @@ def main() -> None:
     render(results, args.out / "report.png")
     print(json.dumps(results["headline"]))
     print(f"[bench] wrote {args.out}/results.json and report.png (logs in {workdir})", file=sys.stderr)
-
-
-class _Given:
-    """Stands in for a local process when the user names an existing broker or Redis."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def __enter__(self) -> _Given:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 if __name__ == "__main__":

@@ -31,26 +31,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.infra import Infra
+from bench.scenarios import fraud_events, gen_module, workload_args
 from tests.support.committed_reader import LogRecord, read_committed
 from tests.support.infra import LocalRedisServer, TansuBroker, stop_process, wait_redis
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
 CONFIG = ROOT / "bench" / "fraud-contract.yaml"
 # A killed replica's partitions wait this long for the group to notice; the soak kills often.
 SESSION_TIMEOUT_MS = int(os.environ.get("CHAOS_SESSION_TIMEOUT_MS", "3000"))
-
-
-def _gen() -> Any:
-    if str(WORKLOAD) not in sys.path:
-        sys.path.insert(0, str(WORKLOAD))
-    import gen
-
-    return gen
 
 
 class Fleet:
@@ -87,25 +78,16 @@ class Fleet:
 
 def workload(args: argparse.Namespace, redis_url: str) -> tuple[list[tuple[bytes, bytes]], dict[str, float], int]:
     """The events (key, value), the expected score per well-formed event, and the poison count."""
-    gen = _gen()
-    population = argparse.Namespace(n=args.events, seed=args.seed, cards=100_000, merchants=5_000,
-                                    missing_cards=0.02)
+    gen, population = gen_module(), workload_args(args.events, args.seed)
     gen.cmd_features(argparse.Namespace(**{**vars(population), "redis": redis_url}))
-    rng = np.random.default_rng(args.seed + 3000)
-    messages, good, poison = [], [], 0
-    for key, value, record in gen.event_stream(population):
-        if rng.random() < args.poison:
-            messages.append((key, value[: len(value) // 2]))
-            poison += 1
-        else:
-            messages.append((key, value))
-            good.append(record)
+    good: list[dict[str, Any]] = []
+    messages = list(fraud_events(args.events, args.seed, args.poison, good))
     scores = gen.expected_scores(good, population).tolist()
-    return messages, dict(zip((r["event_id"] for r in good), scores, strict=True)), poison
+    return messages, dict(zip((r["event_id"] for r in good), scores, strict=True)), len(messages) - len(good)
 
 
 def verdict(records: list[LogRecord], expected: dict[str, float]) -> dict[str, int]:
-    gen = _gen()
+    gen = gen_module()
     import io
 
     import fastavro

@@ -33,7 +33,8 @@ EXAMPLE_CONFIG = ROOT / "deploy" / "config" / "fraud-example.yaml"
 EXAMPLE_DATA = ROOT / "models" / "fraud" / "data.py"
 
 
-def _gen() -> Any:
+def gen_module() -> Any:
+    """The shared workload's gen.py."""
     if str(WORKLOAD) not in sys.path:
         sys.path.insert(0, str(WORKLOAD))
     import gen
@@ -46,14 +47,14 @@ def workload_args(n: int, seed: int = 1) -> argparse.Namespace:
 
 
 def load_fraud_features(infra: Infra) -> None:
-    _gen().cmd_features(argparse.Namespace(**{**vars(workload_args(0)), "redis": infra.redis_url}))
+    gen_module().cmd_features(argparse.Namespace(**{**vars(workload_args(0)), "redis": infra.redis_url}))
 
 
 def fraud_events(n: int, seed: int, poison: float, good: list[dict[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
     """The shared workload's events; a ``poison`` share replaced by undecodable bytes. Well-formed
     records are appended to ``good`` (to compute the expected scores)."""
     rng = np.random.default_rng(seed + 3000)
-    for key, value, record in _gen().event_stream(workload_args(n, seed)):
+    for key, value, record in gen_module().event_stream(workload_args(n, seed)):
         if poison and rng.random() < poison:
             yield key, value[: len(value) // 2]
         else:
@@ -92,7 +93,7 @@ class WorkerRun:
 
 def check_scores(infra: Infra, topic: str, good: list[dict[str, Any]]) -> dict[str, int]:
     """Missing, wrong (|Δ| > 1e-5) and duplicate predictions against onnxruntime run directly."""
-    gen = _gen()
+    gen = gen_module()
     want = dict(zip((r["event_id"] for r in good), gen.expected_scores(good, workload_args(0)).tolist(),
                     strict=True))
     got: dict[str, float] = {}

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.scenarios import gen_module, workload_args
 from worker.app import make_pipeline, make_store
 from worker.compile import compile_settings
 from worker.inference import OnnxModel
@@ -28,15 +28,11 @@ from worker.records import InputMessage
 from worker.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
 
 
 def workload_messages(n: int, seed: int = 1) -> list[InputMessage]:
-    sys.path.insert(0, str(WORKLOAD))
-    import gen
-
-    args = argparse.Namespace(n=n, seed=seed, cards=100_000, merchants=5_000, missing_cards=0.02)
-    return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(gen.event_stream(args))]
+    events = gen_module().event_stream(workload_args(n, seed))
+    return [InputMessage(value, key, "tx", 0, i) for i, (key, value, _) in enumerate(events)]
 
 
 def fraud_pipeline(redis_url: str, cpu: bool = False, canary: float = 0.0, shadow: bool = False) -> Pipeline:
