@@ -144,15 +144,15 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
     sent = infra.produce(topic, fraud_events(int(rate * seconds), 7, 0.0, []), rate=rate)
     stats = run.finish()
     batches = [b for b in stats["batches"] if b[0] >= measured_from]
-    window = [(ms, size) for _, ms, size, _ in batches]
+    window, own, acks = _split(batches)
     p50, p90, p99, worst = weighted_percentiles(window, (50, 90, 99, 100))
-    ack50, ack99 = weighted_percentiles([(ack, size) for _, _, size, ack in batches], (50, 99))
-    own50, own99 = weighted_percentiles([(ms - ack, size) for _, ms, size, ack in batches], (50, 99))
+    ack50, ack99 = weighted_percentiles(acks, (50, 99))
+    own50, own99 = weighted_percentiles(own, (50, 99))
     return {"rate": rate, "events": sent, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": worst,
             "broker_ack_p50_ms": ack50, "broker_ack_p99_ms": ack99, "before_produce_p50_ms": own50,
             "before_produce_p99_ms": own99, "mean_batch": round(sum(s for _, s in window) / max(len(window), 1), 1),
             "windows": _windows(batches, measured_from),
-            "samples": window, "ack_samples": [(ack, size) for _, _, size, ack in batches],
+            "samples": window, "ack_samples": acks,
             "stage_us_per_event": stats["stage_us_per_event"]}
 
 
@@ -164,6 +164,12 @@ def example_events(n: int) -> Iterator[tuple[bytes, bytes]]:
         yield record["card"]["id"].encode(), encode(record, None)  # type: ignore[arg-type]
 
 
+def _split(batches: list[list[Any]]) -> tuple[list[tuple[float, int]], ...]:
+    """(ms, events) per batch of the worker's latency, of its own part, and of the broker's acknowledgement."""
+    return ([(ms, n) for _, ms, n, _ in batches], [(ms - ack, n) for _, ms, n, ack in batches],
+            [(ack, n) for _, _, n, ack in batches])
+
+
 def _windows(batches: list[list[Any]], start: float, seconds: float = 5.0) -> list[dict[str, Any]]:
     """p50/p99 per window of the run: the worker's latency, its own part, the broker's acknowledgement."""
     by_window: dict[int, list[list[Any]]] = {}
@@ -171,9 +177,7 @@ def _windows(batches: list[list[Any]], start: float, seconds: float = 5.0) -> li
         by_window.setdefault(int((batch[0] - start) // seconds), []).append(batch)
     out = []
     for index, rows in sorted(by_window.items()):
-        total = weighted_percentiles([(ms, n) for _, ms, n, _ in rows], (50, 99))
-        own = weighted_percentiles([(ms - ack, n) for _, ms, n, ack in rows], (50, 99))
-        ack = weighted_percentiles([(a, n) for _, _, n, a in rows], (50, 99))
+        total, own, ack = (weighted_percentiles(samples, (50, 99)) for samples in _split(rows))
         out.append({"from_s": index * seconds, "events": sum(r[2] for r in rows), "p50_ms": total[0],
                     "p99_ms": total[1], "worker_part_p50_ms": own[0], "worker_part_p99_ms": own[1],
                     "broker_ack_p50_ms": ack[0], "broker_ack_p99_ms": ack[1]})
