@@ -29,7 +29,7 @@ from typing import Any
 from bench import scenarios
 from bench.infra import Infra
 from bench.report import render
-from worker.local import LocalBroker, LocalRedis
+from worker.devtools.local import LocalBroker, LocalRedis
 
 
 def machine() -> dict[str, Any]:

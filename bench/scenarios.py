@@ -19,12 +19,12 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from bench.infra import Infra
-from worker.codecs import PlainAvroEncoder
-from worker.devtools import load_generator
-from worker.kafka import consumer_config, producer_config
-from worker.local import LocalProcess
-from worker.progress import weighted_percentiles
-from worker.schemas import load_schema
+from worker.codecs.avro import PlainAvroEncoder
+from worker.codecs.schemas import load_schema
+from worker.devtools.local import LocalProcess
+from worker.devtools.sources import load_generator
+from worker.kafka.config import consumer_config, producer_config
+from worker.telemetry.progress import weighted_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.scenarios import gen_module, workload_args
-from worker.app import make_pipeline, make_store
-from worker.compile import compile_settings
+from worker.app.components import make_pipeline, make_store
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
 from worker.inference import OnnxModel
-from worker.models.router import Serving
-from worker.pipeline import Pipeline
+from worker.pipeline.pipeline import Pipeline
 from worker.records import InputMessage
-from worker.settings import load_settings
+from worker.serving import Serving
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,15 +24,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.stages import fraud_pipeline, workload_messages
-from worker.kafka import DeliveryTracker
-from worker.pipeline import Pipeline
-from worker.progress import ProgressLog
-from worker.records import Headers, InputMessage, StageTiming
-from worker.runner import Observer
+from worker.pipeline.pipeline import Pipeline
+from worker.records import Delivery, Headers, InputMessage, StageTiming
+from worker.runner.observer import Observer
 from worker.telemetry.health import Health
 from worker.telemetry.kafka_exporter import KafkaSpanExporter
 from worker.telemetry.logcontext import BatchLogContext
 from worker.telemetry.metrics import Metrics
+from worker.telemetry.progress import ProgressLog
 from worker.telemetry.tracing import BatchSampler, BatchTracer, QueueSpanProcessor, tracer_provider
 
 PARTITIONS = 4
@@ -81,7 +80,6 @@ def drive(pipeline: Pipeline, events: Sequence[InputMessage], batch: int, observ
           checkpoint_every: int = 25) -> tuple[float, float]:
     """Wall and process CPU seconds (every thread, the span exporter's included) to process
     ``events`` in batches, calling the observers as the runner does."""
-    tracker = DeliveryTracker()
     started, cpu_started = time.perf_counter(), time.process_time()
     for i, start in enumerate(range(0, len(events), batch)):
         chunk = events[start:start + batch]
@@ -89,14 +87,13 @@ def drive(pipeline: Pipeline, events: Sequence[InputMessage], batch: int, observ
         for observer in observers:
             observer.batch_started(chunk, received)
         result = pipeline.process(chunk)
-        ticket = tracker.ticket(len(chunk), received)
-        ticket.published_ns = time.perf_counter_ns()
-        result.timings.append(StageTiming("produce", ticket.published_ns, ticket.published_ns))
+        delivery = Delivery(len(chunk), consumed_ns=received, published_ns=time.perf_counter_ns())
+        result.timings.append(StageTiming("produce", delivery.published_ns, delivery.published_ns))
         for observer in observers:
-            observer.batch_done(chunk, result, ticket)
-        ticket.acked_ns = time.perf_counter_ns()
+            observer.batch_done(chunk, result, delivery)
+        delivery.acked_ns = time.perf_counter_ns()
         for observer in observers:
-            observer.batch_acked(ticket)
+            observer.batch_acked(delivery)
         if i % checkpoint_every == checkpoint_every - 1:
             now = time.perf_counter_ns()
             for observer in observers:

@@ -75,6 +75,10 @@ class FeatureStoreUnavailable(WorkerError):
     """The feature store cannot be reached; the batch is retried, not dead-lettered."""
 
 
+class RegistryUnavailable(WorkerError):
+    """The Schema Registry did not answer; the batch is retried rather than dead-lettered."""
+
+
 class BrokerUnavailable(WorkerError):
     """The broker does not acknowledge outputs (or finish a commit) in time; the loop holds its batch."""
 
@@ -85,3 +89,7 @@ class ProducerFenced(WorkerError):
 
 class ModelRunError(WorkerError):
     """The model failed on a whole batch; the pipeline splits it to find the culprits."""
+
+
+class ToolError(WorkerError):
+    """A mistake in a hands-on command's input or options; printed without a traceback."""

@@ -7,10 +7,15 @@ is a small twin for tests and for tools that build messages by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 Headers = list[tuple[str, str | bytes | None]]
+Record = dict[str, Any]
+"""A decoded event or a prediction, as fastavro reads and writes it."""
+TP = tuple[str, int]
+"""A topic partition."""
 
 
 class Message(Protocol):
@@ -98,6 +103,18 @@ class ShadowComparison(NamedTuple):
     abs_diff_max: float
 
 
+@dataclass(slots=True)
+class Delivery:
+    """How one batch's outputs went to the broker, in ``time.perf_counter_ns``: received (its first
+    event), handed to the producer, and acknowledged (0 until every output and dead letter is)."""
+
+    size: int
+    nbytes: int = 0
+    consumed_ns: int = 0
+    published_ns: int = 0
+    acked_ns: int = 0
+
+
 @dataclass
 class BatchResult:
     """What the pipeline made of one batch: predictions and dead letters (input order kept),
@@ -110,7 +127,10 @@ class BatchResult:
     outputs: list[Output] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     timings: list[StageTiming] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
+    feature_defaults: dict[str, int] = field(default_factory=dict)
+    """Per entity, the feature values that fell back to their default (absent in the store)."""
+    degraded: bool = False
+    """Scored with every feature at its default because the feature store was down."""
     model_version: str = ""
     runs: list[ModelRun] = field(default_factory=list)
     shadow_outputs: list[Output] = field(default_factory=list)
@@ -130,3 +150,21 @@ class StageTiming(NamedTuple):
     @property
     def seconds(self) -> float:
         return (self.end_ns - self.start_ns) / 1e9
+
+
+def path_getter(path: str) -> Callable[[Record], Any]:
+    """A function returning the value at a dotted path, or None where a level is null."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        name = parts[0]
+        return lambda record: record[name]
+
+    def get(record: Record) -> Any:
+        value: Any = record
+        for part in parts:
+            if value is None:
+                return None
+            value = value[part]
+        return value
+
+    return get

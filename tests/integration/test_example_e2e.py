@@ -27,18 +27,13 @@ import pytest
 import redis
 
 from tests.unit.test_example_model import data
-from worker.devtools import (
-    EntityMatcher,
-    TopicReader,
-    create_topics,
-    load_hashes,
-    make_sender,
-    redis_client,
-    send_all,
-)
-from worker.local import LocalBroker, LocalProcess, LocalRedis
-from worker.schemas import load_schema
-from worker.settings import WorkerSettings, load_settings
+from worker.app.tools import create_topics, entity_matcher, make_sender, redis_client, topic_reader
+from worker.codecs.schemas import load_schema
+from worker.config.settings import WorkerSettings, load_settings
+from worker.devtools.loader import load_hashes
+from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis
+from worker.devtools.sender import send_all
+from worker.kafka.reader import TopicReader
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +105,7 @@ def test_every_published_score_matches_onnxruntime_on_the_same_inputs(broker: Lo
     create_topics(settings, partitions=3)
     world = data.make_world()
     loaded = load_hashes(redis_client(settings), ((h["key"], h) for h in data.feature_hashes(world)),
-                         EntityMatcher(settings))
+                         entity_matcher(settings))
     assert loaded.written == len(world.cards) + len(world.merchants) + len(world.devices)
     records = [*data.events(600, seed=11), *edge_cases(world)]
     sender = make_sender(settings, "card.id")
@@ -121,7 +116,7 @@ def test_every_published_score_matches_onnxruntime_on_the_same_inputs(broker: Lo
     sender.producer.flush(10)
     assert (tally.sent, tally.delivered, tally.rejected) == (len(records), len(records), 0)
 
-    reader = TopicReader(settings, [k.output_topic, k.dlq_topic], from_beginning=True)
+    reader = topic_reader(settings, [k.output_topic, k.dlq_topic], from_beginning=True)
     with worker_process(settings, tmp_path / "worker.log") as worker:
         messages = read_until(reader, lambda ms: len(ms) >= len(records) + len(poison), 120, worker)
         messages += reader.read(timeout_s=1.0)  # anything extra (a duplicate) would show up here

@@ -31,7 +31,7 @@ from tests.support.lifecycle import (
 )
 from tests.support.model_repo import add_version, logistic
 from tests.support.worker_process import StartWorker, WorkerProcess
-from worker.cli import main
+from worker.cli.main import main
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from tests.support.configs import write_config
 from tests.support.kafka_io import TopicReader, Topics, ToSend, produce
 from tests.support.onnx_models import FLOAT, STRING, Value, const, save_model
 from tests.support.worker_process import WorkerProcess
-from worker.cli import main
+from worker.cli.main import main
 
 pytestmark = pytest.mark.integration
 

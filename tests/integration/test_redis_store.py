@@ -13,10 +13,11 @@ import pytest
 import redis
 
 from tests.support.infra import LocalRedisServer, RedisServer
-from worker.assembly import Assembler, FeatureColumn, TensorSpec
 from worker.errors import FeatureStoreUnavailable
-from worker.features import EntitySpec, FeatureFetcher, KeyTemplate
-from worker.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
+from worker.features.fetcher import EntitySpec, FeatureFetcher
+from worker.features.keys import KeyTemplate
+from worker.features.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
+from worker.pipeline.assembly import Assembler, FeatureColumn, TensorSpec
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import redis
 
-from worker.local import LocalBroker, LocalRedis, free_port, port_open
+from worker.devtools.local import LocalBroker, LocalRedis, free_port, port_open
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.assembly import Assembled, Assembler, ConstColumn, EventColumn, FeatureColumn, TensorSpec
 from worker.errors import AssemblyError, FeatureValueError
-from worker.features import EntitySpec, FeatureFetcher, InMemoryFeatureStore, KeyTemplate
+from worker.features.fetcher import EntitySpec, FeatureFetcher
+from worker.features.keys import KeyTemplate
+from worker.features.store import InMemoryFeatureStore
+from worker.pipeline.assembly import Assembled, Assembler, ConstColumn, EventColumn, FeatureColumn, TensorSpec
 
 CARD = EntitySpec("card", KeyTemplate("card:{card_id}"), ("count", "avg", "tier"),
                   {"count": 0, "avg": 2.5, "tier": "none"})

@@ -13,16 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.codecs import (
-    ConfluentAvroDecoder,
-    ConfluentAvroEncoder,
-    InMemorySchemaRegistry,
-    PlainAvroDecoder,
-    PlainAvroEncoder,
-)
+from worker.codecs.avro import ConfluentAvroDecoder, ConfluentAvroEncoder, PlainAvroDecoder, PlainAvroEncoder
+from worker.codecs.registry import InMemorySchemaRegistry
+from worker.codecs.schemas import parse_schema
 from worker.errors import DecodeError, EncodeError
 from worker.records import InputMessage
-from worker.schemas import parse_schema
 
 TRANSACTION: dict[str, Any] = {
     "type": "record", "name": "Transaction", "namespace": "test",

@@ -10,10 +10,10 @@ import pytest
 
 from tests.support.configs import DELETE, changed, fraud_config, write_config
 from tests.support.onnx_models import DOUBLE, linear_classifier, sum_of_inputs
-from worker.cli import main
-from worker.compile import compile_settings
+from worker.cli.main import main
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
 from worker.errors import ConfigError
-from worker.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -344,8 +344,9 @@ scored_at = "$scored_at"
 @pytest.mark.parametrize("mcc_keys", [{5411: 1.5, 4829: 2.5}, {"5411": 1.5, "4829": 2.5}], ids=["yaml-int", "text"])
 def test_a_mapping_matches_int_and_boolean_event_values(tmp_path: Path, base: dict[str, Any],
                                                          mcc_keys: dict[Any, float]) -> None:
-    from worker.assembly import Assembler
-    from worker.features import FeatureFetcher, InMemoryFeatureStore
+    from worker.features.fetcher import FeatureFetcher
+    from worker.features.store import InMemoryFeatureStore
+    from worker.pipeline.assembly import Assembler
 
     data = changed(base, **{"model.inputs.features.columns.1": {"event": "mcc", "mapping": mcc_keys, "default": -5},
                             "model.inputs.features.columns.2": {"event": "card_present", "default": -5,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from worker import reference
-from worker.cli import main
-from worker.settings import WorkerSettings
+from worker.cli.main import main
+from worker.config import reference
+from worker.config.settings import WorkerSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

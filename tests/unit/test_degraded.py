@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from tests.support.configs import changed, fraud_config, write_config
-from worker.app import loop_settings, make_pipeline, transactional_id
-from worker.compile import compile_settings
+from worker.app.components import loop_settings, make_pipeline
+from worker.app.kafka import transactional_id
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
 from worker.errors import ConfigError
-from worker.features import InMemoryFeatureStore
+from worker.features.store import InMemoryFeatureStore
 from worker.records import InputMessage
-from worker.settings import load_settings
 
 
 @pytest.fixture(autouse=True)

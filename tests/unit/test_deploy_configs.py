@@ -10,7 +10,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from tests.support.infra import repo_root
-from worker.settings import TracingSettings
+from worker.config.settings import TracingSettings
 from worker.telemetry.metrics import Metrics
 
 DEPLOY = repo_root() / "deploy"

@@ -8,22 +8,18 @@ from typing import Any
 
 import pytest
 
-from worker.codecs import PlainAvroDecoder, PlainAvroEncoder
-from worker.console import ProgressLine
-from worker.devtools import (
-    EntityMatcher,
-    EventSender,
-    ToolError,
-    generated,
-    hash_fields,
-    json_lines,
-    load_hashes,
-    render,
-)
-from worker.explain import mismatch
+from worker.app.tools import entity_matcher
+from worker.cli.tail import render
+from worker.codecs.avro import PlainAvroDecoder, PlainAvroEncoder
+from worker.codecs.explain import mismatch
+from worker.codecs.schemas import load_schema
+from worker.config.settings import load_settings
+from worker.devtools.console import ProgressLine
+from worker.devtools.loader import hash_fields, load_hashes
+from worker.devtools.sender import EventSender
+from worker.devtools.sources import generated, json_lines
+from worker.errors import ToolError
 from worker.records import InputMessage
-from worker.schemas import load_schema
-from worker.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "config" / "fraud-example.yaml"
@@ -222,7 +218,7 @@ def test_load_hashes_chunks_counts_and_notes_what_the_config_does_not_read() -> 
              ("5", ToolError("not JSON")),
              ("6", {"key": "fraud:device:d-1", "fields": {"age_days": 3}})]
     client = FakeRedis()
-    tally = load_hashes(client, items, EntityMatcher(settings), chunk=2)
+    tally = load_hashes(client, items, entity_matcher(settings), chunk=2)
     assert (tally.written, tally.failed, tally.rejected) == (4, 1, 1)
     assert client.round_trips == 3
     assert client.store["fraud:card:c-1"] == {"txn_count_1h": "2", "colour": "red"}
@@ -230,7 +226,7 @@ def test_load_hashes_chunks_counts_and_notes_what_the_config_does_not_read() -> 
     assert dict(tally.unknown_fields) == {"card.colour": 1}
     assert any("WRONGTYPE" in p for p in tally.problems) and "5: not JSON" in tally.problems
     replaced = load_hashes(client, [("7", {"key": "fraud:card:taken", "fields": {"txn_count_1h": 1}})],
-                           EntityMatcher(settings), replace=True)
+                           entity_matcher(settings), replace=True)
     assert (replaced.written, replaced.failed) == (1, 0)
     assert client.store["fraud:card:taken"] == {"txn_count_1h": "1"}
 

@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from worker.assembly import ConstColumn, EventColumn, FeatureColumn
-from worker.compile import compile_settings
-from worker.settings import load_settings
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
+from worker.pipeline.assembly import ConstColumn, EventColumn, FeatureColumn
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "fraud" / "1"

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from worker.errors import FeatureStoreUnavailable
-from worker.features import EntitySpec, FeatureFetcher, InMemoryFeatureStore, KeyTemplate, KeyValues
+from worker.features.fetcher import EntitySpec, FeatureFetcher
+from worker.features.keys import KeyTemplate
+from worker.features.store import InMemoryFeatureStore, KeyValues
 
 
 def test_key_template_with_a_top_level_field() -> None:

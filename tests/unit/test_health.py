@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from tests.support.telemetry import http_get
 from worker.errors import FeatureStoreUnavailable, StartupError
-from worker.features import InMemoryFeatureStore
+from worker.features.store import InMemoryFeatureStore
 from worker.records import InputMessage, StageTiming
 from worker.telemetry.health import Health, RedisProbe, TelemetryServer
 

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.hostile import hostile_values, must_dead_letter, plain_schema, transactions
-from worker.app import make_pipeline
-from worker.compile import compile_settings
-from worker.features import InMemoryFeatureStore
+from worker.app.components import make_pipeline
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
+from worker.features.store import InMemoryFeatureStore
 from worker.records import InputMessage
-from worker.settings import load_settings
 
 # Valid events with doubles beyond float32's range become inf in the model input (numpy warns);
 # they are scored, which is what this test allows for valid events.

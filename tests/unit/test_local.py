@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.devtools.local import LocalProcess, free_port, kafka_address, port_open
 from worker.errors import StartupError
-from worker.local import LocalProcess, free_port, kafka_address, port_open
 
 
 @pytest.mark.parametrize(("servers", "expected"), [

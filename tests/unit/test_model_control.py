@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.model_repo import add_version, logistic
-from worker.kafka import BatchTicket, DeliveryTracker
-from worker.models.control import ControlLoop, FileControlTable, MemoryControlTable
-from worker.models.golden import FedInput
-from worker.models.guard import CanaryBounds, CanaryGuard
-from worker.models.manager import ModelManager
-from worker.models.repository import ModelRepository
-from worker.models.state import (
+from worker.lifecycle.control import ControlLoop, FileControlTable, MemoryControlTable
+from worker.lifecycle.golden import FedInput
+from worker.lifecycle.guard import CanaryBounds, CanaryGuard
+from worker.lifecycle.manager import ModelManager
+from worker.lifecycle.repository import ModelRepository
+from worker.lifecycle.state import (
     CommandError,
     DesiredState,
     Refusal,
@@ -31,9 +30,9 @@ from worker.models.state import (
     rollback,
     shadow,
 )
-from worker.models.validation import Policy, Signature, load_version
-from worker.pipeline import ModelSlot
-from worker.records import BatchResult, ModelRun
+from worker.lifecycle.validation import Policy, Signature, load_version
+from worker.records import BatchResult, Delivery, ModelRun
+from worker.serving import ModelSlot
 
 SIGNATURE = Signature((FedInput("x", "float32", 2, 2),), ("probabilities",), "probabilities", 1)
 START = DesiredState("risk", 0, "1")
@@ -182,8 +181,8 @@ def batch_result(run: ModelRun) -> BatchResult:
     return result
 
 
-def ticket() -> BatchTicket:
-    return DeliveryTracker().ticket(0, 0)
+def ticket() -> Delivery:
+    return Delivery(0)
 
 
 def test_the_control_loop_applies_new_states_and_reports_them(repo: ModelRepository) -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.unit.test_pipeline import POISON_AMOUNT, STORE, decoded, make_pipeline, payment, scores
-from worker.features import InMemoryFeatureStore
+from worker.features.store import InMemoryFeatureStore
 from worker.inference import FunctionModel, TensorInfo
-from worker.models.router import Serving, canary_mask, key_point
-from worker.pipeline import Pipeline
+from worker.pipeline.pipeline import Pipeline
+from worker.serving import Serving, canary_mask, key_point
 
 KEYS = [f"card-{i}".encode() for i in range(10_000)]
 

@@ -8,10 +8,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from worker.inference import FunctionModel, TensorInfo
-from worker.kafka import DeliveryTracker
-from worker.models import telemetry
-from worker.models.router import Serving
-from worker.records import BatchResult, ModelRun, ShadowComparison
+from worker.lifecycle import metrics as telemetry
+from worker.records import BatchResult, Delivery, ModelRun, ShadowComparison
+from worker.serving import Serving
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -25,7 +24,7 @@ def test_each_run_is_counted_by_version_and_role() -> None:
                     ModelRun("active", model, "1", 1, 0, 0.0005)]
     result.shadow = ShadowComparison(model, "3", 100, 97, 1.5, 0.25)
 
-    telemetry.ModelMetrics().batch_done([], result, DeliveryTracker().ticket(0, 0))
+    telemetry.ModelMetrics().batch_done([], result, Delivery(0))
 
     assert value("worker_model_events_total", model=model, version="1", role="active") == 91
     assert value("worker_model_events_total", model=model, version="2", role="canary") == 10

@@ -10,11 +10,11 @@ import pytest
 
 from tests.support.model_repo import add_version, golden_inputs, logistic, probabilities
 from tests.support.onnx_models import sum_of_inputs
-from worker.assembly import NUMERIC_DTYPES, numpy_dtype
-from worker.models.card import ModelCard, read_card
-from worker.models.golden import FedInput, golden_feeds, make_golden, sample_inputs
-from worker.models.repository import ModelRepository
-from worker.models.validation import ModelRefused, Policy, Signature, load_file, load_version
+from worker.lifecycle.card import ModelCard, read_card
+from worker.lifecycle.golden import FedInput, golden_feeds, make_golden, sample_inputs
+from worker.lifecycle.repository import ModelRepository
+from worker.lifecycle.validation import ModelRefused, Policy, Signature, load_file, load_version
+from worker.pipeline.assembly import NUMERIC_DTYPES, numpy_dtype
 
 SIGNATURE = Signature((FedInput("x", "float32", 2, 2),), ("probabilities",), "probabilities", 1)
 POLICY = Policy(warmup_sizes=(1, 500))

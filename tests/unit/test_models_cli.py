@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.lifecycle import MODEL, write_lifecycle_config
-from worker.cli import main
-from worker.compile import compile_settings
-from worker.models import app as lifecycle
-from worker.pipeline import ModelSlot
-from worker.runner import Observer
-from worker.settings import load_settings
+from worker.app import lifecycle
+from worker.cli.main import main
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
+from worker.runner.observer import Observer
+from worker.serving import ModelSlot
 
 SHARED_MODEL = Path(__file__).resolve().parents[3] / "shared" / "workload" / "fraud" / "model.onnx"
 

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.telemetry import SpanRecord, decode_request
-from worker.kafka import DeliveryTracker
-from worker.records import BatchResult, InputMessage, StageTiming
+from worker.records import BatchResult, Delivery, InputMessage, StageTiming
 from worker.telemetry.tracing import BatchSampler, BatchTracer, QueueSpanProcessor, otlp_exporter, tracer_provider
 
 grpc = pytest.importorskip("grpc")
@@ -89,9 +88,8 @@ def trace_one_batch(kind: str, endpoint: str) -> None:
     tracer.batch_started(batch, received)
     result = BatchResult(model_name="m", model_version="1",
                          timings=[StageTiming("inference", received + 10, received + 20)])
-    ticket = DeliveryTracker().ticket(3, received)
-    ticket.published_ns = ticket.acked_ns = received + 30
-    tracer.batch_done(batch, result, ticket)
+    delivery = Delivery(3, consumed_ns=received, published_ns=received + 30, acked_ns=received + 30)
+    tracer.batch_done(batch, result, delivery)
     tracer.checkpoint_done(StageTiming("commit", received + 40, received + 50), True)
     provider.shutdown()
 

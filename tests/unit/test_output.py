@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.output import (
+from worker.pipeline.output import (
     Computed,
     Constant,
     FromEvent,

@@ -9,15 +9,18 @@ import fastavro
 import numpy as np
 import pytest
 
-from worker.assembly import Assembler, EventColumn, FeatureColumn, TensorSpec
-from worker.codecs import PlainAvroDecoder, PlainAvroEncoder
+from worker.codecs.avro import PlainAvroDecoder, PlainAvroEncoder
+from worker.codecs.schemas import parse_schema
 from worker.errors import FeatureStoreUnavailable
-from worker.features import EntitySpec, FeatureFetcher, InMemoryFeatureStore, KeyTemplate
+from worker.features.fetcher import EntitySpec, FeatureFetcher
+from worker.features.keys import KeyTemplate
+from worker.features.store import InMemoryFeatureStore
 from worker.inference import FunctionModel, TensorInfo
-from worker.output import Computed, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec
-from worker.pipeline import ModelSlot, Pipeline
+from worker.pipeline.assembly import Assembler, EventColumn, FeatureColumn, TensorSpec
+from worker.pipeline.output import Computed, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec
+from worker.pipeline.pipeline import Pipeline
 from worker.records import InputMessage
-from worker.schemas import parse_schema
+from worker.serving import ModelSlot
 
 EVENT = parse_schema({"type": "record", "name": "Payment", "fields": [
     {"name": "event_id", "type": "string"}, {"name": "card_id", "type": "string"},

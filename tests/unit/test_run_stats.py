@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from worker.records import BatchResult, StageTiming
-from worker.stats import RunStats
+from worker.telemetry.stats import RunStats
 
 
 def ticket(consumed_ms: float, published_ms: float, acked_ms: float, size: int) -> SimpleNamespace:

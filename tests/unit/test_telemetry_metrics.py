@@ -7,13 +7,12 @@ import json
 from collections.abc import Sequence
 
 import pytest
-from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.support.telemetry import metric_samples, total
 from worker.errors import FeatureStoreUnavailable
-from worker.kafka import DeliveryTracker
-from worker.records import BatchResult, DeadLetter, InputMessage, Output, StageTiming
+from worker.kafka.port import Fault
+from worker.records import BatchResult, DeadLetter, Delivery, InputMessage, Output, StageTiming
 from worker.telemetry.metrics import ConsumerLag, Metrics, WeightedHistogram
 
 
@@ -38,7 +37,7 @@ def result_for(batch: Sequence[InputMessage], dead: Sequence[DeadLetter] = (), v
     result.outputs = [Output(None, b"p", m) for m in batch if id(m) not in dead_messages]
     result.dead_letters = list(dead)
     result.timings = [StageTiming(s, 0, 1_000_000) for s in ("decode", "features", "inference")]
-    result.stats["feature_defaults"] = defaults or {}
+    result.feature_defaults = defaults or {}
     result.events = [{"t": 1_000} for _ in batch]
     return result
 
@@ -48,11 +47,10 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
 
 
 def feed(metrics: Metrics, batch: Sequence[InputMessage], result: BatchResult) -> None:
-    ticket = DeliveryTracker().ticket(len(batch), 1_000)
-    ticket.published_ns, ticket.acked_ns = 3_000_000, 5_000_000
+    delivery = Delivery(len(batch), consumed_ns=1_000, published_ns=3_000_000, acked_ns=5_000_000)
     metrics.batch_started(batch, 1_000)
-    metrics.batch_done(batch, result, ticket)
-    metrics.batch_acked(ticket)
+    metrics.batch_done(batch, result, delivery)
+    metrics.batch_acked(delivery)
 
 
 def test_counts_are_exact_per_batch_stage_and_reason() -> None:
@@ -210,7 +208,7 @@ def test_dependency_and_kafka_errors_are_counted_and_logged_once_a_minute(caplog
     metrics.dependency_down("redis", FeatureStoreUnavailable("x"))
     on_error = metrics.kafka_errors_of("consumer")
     for _ in range(3):
-        on_error(KafkaError(KafkaError._TRANSPORT, "broker down"))
+        on_error(Fault("broker down", "_TRANSPORT"))
     s = samples(registry)
     assert total(s, "worker_dependency_errors_total", dependency="redis") == 1
     assert total(s, "worker_kafka_errors_total", client="consumer", error="_TRANSPORT") == 3

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from tests.support.configs import changed, fraud_config, write_config
-from worker.app import make_telemetry, required_topics
-from worker.compile import compile_settings
+from worker.app.kafka import ClientHooks, required_topics
+from worker.app.telemetry import make_telemetry
+from worker.config.compile import compile_settings
+from worker.config.settings import load_settings
 from worker.errors import ConfigError, StartupError
-from worker.kafka import Sink
+from worker.kafka.sink import Sink
 from worker.logs import JsonFormatter, ScopeFilter, TextFormatter, current_scope
 from worker.records import DeadLetter, InputMessage
-from worker.settings import load_settings
 from worker.telemetry.logcontext import BatchLogContext, annotate_trace
 from worker.telemetry.tracing import otlp_exporter
 
@@ -41,7 +42,7 @@ def test_telemetry_is_off_by_default_and_cheap_when_on(tmp_path: Path) -> None:
         0, False, 0.01, "kafka", "otlp_spans")
     telemetry = make_telemetry(settings_with(tmp_path))
     assert [type(o).__name__ for o in telemetry.observers] == ["BatchLogContext"]
-    assert telemetry.consumer_config == {} and telemetry.closers == []
+    assert telemetry.hooks == ClientHooks() and telemetry.closers == []
 
 
 def test_environment_variables_reach_nested_telemetry_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +142,7 @@ def test_text_lines_show_the_scope_as_key_values(
 
 
 def test_batch_headers_never_shadow_the_producers_own_on_a_dead_letter() -> None:
-    sink = Sink(None, "out", "dlq", "g")  # type: ignore[arg-type]  # only the header rule is used
+    sink = Sink(lambda _: None, "out", "dlq", "g")  # type: ignore[arg-type,return-value]  # only the header rule is used
     original = InputMessage(b"x", b"k", "in", 1, 7, [("traceparent", b"00-producer"), ("a", b"1")], (1, 5))
     worker_headers: list[tuple[str, str | bytes | None]] = [("traceparent", "00-worker"), ("tracestate", "w=1")]
     headers = sink.dead_letter_headers(DeadLetter(original, "decode", "bad", "EOFError"), worker_headers)

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -17,8 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context
 
 from worker.errors import FeatureStoreUnavailable
-from worker.kafka import DeliveryTracker
-from worker.records import BatchResult, DeadLetter, InputMessage, Output, StageTiming
+from worker.kafka.port import Fault
+from worker.records import BatchResult, DeadLetter, Delivery, InputMessage, Output, StageTiming
 from worker.telemetry.context import parse_traceparent
 from worker.telemetry.kafka_exporter import KafkaSpanExporter
 from worker.telemetry.tracing import BatchSampler, BatchTracer, QueueSpanProcessor, tracer_provider
@@ -35,7 +34,6 @@ class Traced:
         provider = tracer_provider(self.processor, "test-service", "9.9", max_links)
         self.tracer = BatchTracer(provider.get_tracer("test"), BatchSampler(ratio, follow_upstream, lambda: 0.5),
                                   "group", "out", max_links)
-        self.tracker = DeliveryTracker()
 
     def run_batch(self, batch: Sequence[InputMessage], dead: Sequence[DeadLetter] = (),
                   acked: bool = True) -> tuple[list[tuple[str, str | bytes | None]] | None, BatchResult]:
@@ -48,7 +46,7 @@ class Traced:
         for stage in STAGES:
             result.timings.append(StageTiming(stage, at + 1000, at + 2000))
             at += 2000
-        ticket = self.tracker.ticket(len(batch), received)
+        ticket = Delivery(len(batch), consumed_ns=received)
         ticket.published_ns = at
         self.tracer.batch_done(batch, result, ticket)
         if acked:
@@ -309,7 +307,7 @@ def test_a_full_producer_fails_the_export_and_delivery_errors_are_counted() -> N
     exporter = KafkaSpanExporter(producer, "t", count=lambda outcome, n: counted.append((outcome, n)))  # type: ignore[arg-type]
     exporter.export(spans)
     on_delivery = producer.produced[0][3]
-    on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    on_delivery(Fault("timed out", "_MSG_TIMED_OUT"), None)
     assert counted == [("undelivered", 2)]
 
 

@@ -23,10 +23,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from worker.errors import FeatureStoreUnavailable, StartupError
-from worker.features import FeatureStore
-from worker.kafka import TP, BatchTicket
-from worker.records import BatchResult, Headers, Message, StageTiming
-from worker.runner import Observer
+from worker.features.store import FeatureStore
+from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming
+from worker.runner.observer import Observer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class Health(Observer):
     def idle(self) -> None:
         self._alive()
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         self._alive()
 
     def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:

@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from worker.kafka.port import BrokerError, Producer
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 900_000  # under the brokers' default message.max.bytes (1 MB) with room for framing
-
-
-def traces_producer_config(common: dict[str, Any]) -> dict[str, Any]:
-    """Producer settings for traces: best effort, small memory, batched; ``common`` holds the
-    brokers and security settings shared with the worker's other clients."""
-    return {"linger.ms": 200, "compression.type": "lz4", "queue.buffering.max.messages": 10_000,
-            "queue.buffering.max.kbytes": 32 * 1024, "message.timeout.ms": 30_000, **common,
-            "acks": 1, "enable.idempotence": False}
 
 
 class KafkaSpanExporter(SpanExporter):
@@ -66,13 +58,13 @@ class KafkaSpanExporter(SpanExporter):
     def _produce(self, key: bytes, value: bytes, n: int) -> bool:
         try:
             self.producer.produce(self.topic, value, key, on_delivery=self._delivered(n))
-        except (BufferError, KafkaException) as exc:
+        except (BufferError, BrokerError) as exc:
             self._log_error(f"cannot queue {n} span(s) for {self.topic}: {exc}")
             return False
         return True
 
-    def _delivered(self, n: int) -> Callable[[KafkaError | None, Any], None]:
-        def report(err: KafkaError | None, msg: Any) -> None:
+    def _delivered(self, n: int) -> Callable[[object | None, object], None]:
+        def report(err: object | None, msg: object) -> None:
             if err is not None:
                 self._log_error(f"{n} span(s) not delivered to {self.topic}: {err}")
                 if self.count is not None:
@@ -87,7 +79,7 @@ class KafkaSpanExporter(SpanExporter):
                            if self._errors_logged == 10 else "")
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return int(self.producer.flush(timeout_millis / 1000)) == 0
+        return self.producer.flush(timeout_millis / 1000) == 0
 
     def shutdown(self) -> None:
         left = self.producer.flush(5)

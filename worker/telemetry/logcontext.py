@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from worker.kafka import BatchTicket
 from worker.logs import current_scope, set_scope
-from worker.records import BatchResult, Headers, Message
-from worker.runner import Observer
+from worker.records import BatchResult, Delivery, Headers, Message
+from worker.runner.observer import Observer
 from worker.telemetry.context import describe_ranges, offset_ranges
 
 
@@ -43,7 +42,7 @@ class BatchLogContext(Observer):
         set_scope(BatchScope(batch))
         return None
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         set_scope(None)
 
     def idle(self) -> None:

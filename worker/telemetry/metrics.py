@@ -27,15 +27,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.features import path_getter
-from worker.kafka import TP, BatchTicket
-from worker.records import BatchResult, Headers, Message, StageTiming
-from worker.runner import Observer
+from worker.kafka.port import Fault
+from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming, path_getter
+from worker.runner.observer import Observer
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +230,7 @@ class Metrics(Observer):
         self.lag.busy()
         return None
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         self.consumed.inc(len(batch))
         self.predicted.inc(len(result.outputs))
         for dead in result.dead_letters:
@@ -240,7 +238,7 @@ class Metrics(Observer):
         self.batch_size.observe(len(batch))
         for timing in result.timings:
             self._stage(timing.stage).observe(timing.seconds)
-        for entity, count in result.stats.get("feature_defaults", {}).items():
+        for entity, count in result.feature_defaults.items():
             if count:
                 self.feature_defaults.labels(entity).inc(count)
         if self._model != (result.model_name, result.model_version):
@@ -265,9 +263,9 @@ class Metrics(Observer):
             if at is not None:
                 self.event_age.observe(now - at, min(step, n - i))
 
-    def batch_acked(self, ticket: BatchTicket) -> None:
-        self.latency.observe((ticket.acked_ns - ticket.consumed_ns) / 1e9)
-        self._stage("deliver").observe((ticket.acked_ns - ticket.published_ns) / 1e9)
+    def batch_acked(self, delivery: Delivery) -> None:
+        self.latency.observe((delivery.acked_ns - delivery.consumed_ns) / 1e9)
+        self._stage("deliver").observe((delivery.acked_ns - delivery.published_ns) / 1e9)
 
     def checkpoint_done(self, timing: StageTiming, committed: bool) -> None:
         self._stage("commit").observe(timing.seconds)
@@ -299,18 +297,18 @@ class Metrics(Observer):
         except (ValueError, TypeError, AttributeError) as exc:
             logger.debug("unreadable librdkafka statistics: %s", exc)
 
-    def kafka_errors_of(self, client: str) -> Callable[[KafkaError], None]:
-        """An ``error_cb`` for a client: counts each error and logs it (at most once a minute per kind)."""
+    def kafka_errors_of(self, client: str) -> Callable[[Fault], None]:
+        """An error callback for a client: counts each error and logs it (at most once a minute per kind)."""
         last_logged: dict[str, float] = {}
 
-        def on_error(error: KafkaError) -> None:
-            name = error.name()
+        def on_error(fault: Fault) -> None:
+            name = fault.code
             self.kafka_errors.labels(client, name).inc()
             now = time.monotonic()
             if now - last_logged.get(name, -60.0) >= 60.0:
                 last_logged[name] = now
-                log = logger.error if error.fatal() else logger.warning
-                log("Kafka %s error: %s", client, error.str(), extra={"kafka_error": name})
+                log = logger.error if fault.fatal else logger.warning
+                log("Kafka %s error: %s", client, fault.reason, extra={"kafka_error": name})
         return on_error
 
 

@@ -40,9 +40,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_i
 from opentelemetry.util.types import Attributes
 
 from worker.errors import StartupError
-from worker.kafka import BatchTicket
-from worker.records import BatchResult, DeadLetter, Headers, Message, StageTiming
-from worker.runner import Observer
+from worker.records import BatchResult, DeadLetter, Delivery, Headers, Message, StageTiming
+from worker.runner.observer import Observer
 from worker.telemetry.context import any_sampled, context_headers, describe_ranges, offset_ranges, upstream_links
 from worker.telemetry.logcontext import annotate_trace
 
@@ -143,7 +142,7 @@ class _Traced:
     span: Span
     offset_ns: int  # epoch ns minus perf_counter ns, fixed for the batch
     context: Context
-    ticket: BatchTicket | None = None
+    delivery: Delivery | None = None
 
 
 _STAGE_KINDS = {"features": SpanKind.CLIENT, "produce": SpanKind.PRODUCER}
@@ -200,7 +199,7 @@ class BatchTracer(Observer):
         if self._open is not None:
             self._open.span.record_exception(error, {"worker.dependency": what})
 
-    def batch_done(self, batch: Sequence[Message], result: BatchResult, ticket: BatchTicket) -> None:
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         traced, self._open = self._open, None
         if traced is None:
             return
@@ -215,7 +214,7 @@ class BatchTracer(Observer):
         for timing in result.timings:
             self._stage_span(traced, timing, self._stage_attributes(timing.stage, result),
                              by_stage.get(timing.stage, ()))
-        traced.ticket = ticket
+        traced.delivery = delivery
         self._pending.append(traced)
         if len(self._pending) > self.max_pending:
             self._finish(self._pending.popleft(), None, False)
@@ -256,11 +255,11 @@ class BatchTracer(Observer):
             self._finish(traced, timing, committed)
 
     def _finish(self, traced: _Traced, commit: StageTiming | None, committed: bool) -> None:
-        ticket = traced.ticket
-        if ticket is not None:
-            acked = ticket.acked_ns or time.perf_counter_ns()
-            self._stage_span(traced, StageTiming("deliver", ticket.published_ns, acked), None,
-                             error=None if ticket.acked_ns else "not every output was acknowledged")
+        delivery = traced.delivery
+        if delivery is not None:
+            acked = delivery.acked_ns or time.perf_counter_ns()
+            self._stage_span(traced, StageTiming("deliver", delivery.published_ns, acked), None,
+                             error=None if delivery.acked_ns else "not every output was acknowledged")
         end_ns = time.perf_counter_ns()
         if commit is not None:
             self._stage_span(traced, commit, {"messaging.operation.type": "settle"},

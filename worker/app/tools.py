@@ -1,0 +1,107 @@
+"""The hands-on tools from settings: they reach the same brokers, topics, Redis and schemas as
+``worker run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from worker.app.components import make_registry
+from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
+from worker.codecs.avro import (
+    ConfluentAvroDecoder,
+    ConfluentAvroEncoder,
+    Decoder,
+    Encoder,
+    PlainAvroDecoder,
+    PlainAvroEncoder,
+)
+from worker.codecs.schemas import Schema, SchemaError, field_type, load_schema
+from worker.config.settings import WorkerSettings
+from worker.devtools.loader import EntityMatcher
+from worker.devtools.sender import EventSender
+from worker.errors import StartupError, ToolError
+from worker.features.redis_store import RedisAddress
+from worker.kafka import admin
+from worker.kafka.config import producer_config
+from worker.kafka.confluent import ConfluentProducer
+from worker.kafka.port import BrokerError
+from worker.kafka.reader import TopicReader
+
+
+def create_topics(settings: WorkerSettings, partitions: int = 3, replication_factor: int = 1) -> list[str]:
+    """Create the configured topics that do not exist yet; returns one report line per topic."""
+    return admin.create_topics(make_admin(settings), required_topics(settings), settings.kafka.bootstrap_servers,
+                               partitions, replication_factor)
+
+
+def input_encoder(settings: WorkerSettings, schema: Schema, topic: str) -> Encoder:
+    """Encodes events as the worker expects them: plain Avro, or registered and framed."""
+    if settings.avro.framing == "plain":
+        return PlainAvroEncoder(schema)
+    text = settings.avro.input_schema.read_text()
+    return ConfluentAvroEncoder(schema, make_registry(settings), f"{topic}-value", text)
+
+
+def make_sender(settings: WorkerSettings, key: str | None, poison: float = 0.0, seed: int = 0) -> EventSender:
+    """An ``EventSender`` to the (first) input topic, checked against the broker and the schema."""
+    topic = settings.kafka.input_topics[0]
+    schema = _load(settings.avro.input_schema, "avro.input_schema")
+    if key is not None:
+        try:
+            field_type(schema, key)
+        except SchemaError as exc:
+            raise ToolError(f"--key {key}: {exc}") from exc
+    k = settings.kafka
+    producer = ConfluentProducer(producer_config(k.bootstrap_servers, {**kafka_common(settings), **QUIET}, {}))
+    admin.topic_partitions(producer, topic, k.bootstrap_servers)
+    return EventSender(producer, topic, schema, input_encoder(settings, schema, topic), key, poison, seed)
+
+
+def _load(path: Path, key: str) -> Schema:
+    try:
+        return load_schema(path)
+    except SchemaError as exc:
+        raise ToolError(f"{key}: {exc}") from exc
+
+
+def topic_decoder(settings: WorkerSettings, topic: str) -> Decoder:
+    """Input schema for the input and dead-letter topics, output schema for anything else."""
+    k, a = settings.kafka, settings.avro
+    is_input = topic in k.input_topics or topic == k.dlq_topic
+    schema = _load(a.input_schema if is_input else a.output_schema, "avro schema")
+    if a.framing == "plain":
+        return PlainAvroDecoder(schema)
+    return ConfluentAvroDecoder(make_registry(settings), schema)
+
+
+def topic_reader(settings: WorkerSettings, topics: list[str], from_beginning: bool) -> TopicReader:
+    """Reads ``topics`` without joining a group; ``ToolError`` if one does not exist."""
+    try:
+        return TopicReader({**kafka_client(settings), **QUIET}, topics, from_beginning, name="worker-tail")
+    except BrokerError as exc:
+        if exc.fault.code == "UNKNOWN_TOPIC_OR_PART":
+            raise ToolError(f"{exc.fault.reason} (create it: worker topics create --config ...)") from exc
+        raise StartupError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc.fault.reason}") from exc
+
+
+def entity_matcher(settings: WorkerSettings) -> EntityMatcher:
+    return EntityMatcher({name: (e.key, list(e.fields)) for name, e in settings.features.items()})
+
+
+def redis_client(settings: WorkerSettings) -> Any:
+    """A redis-py client for ``redis.url`` that answered PING."""
+    r = settings.redis
+    password = r.password.get_secret_value() if r.password else None
+    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
+    try:
+        where = RedisAddress.from_url(r.url, password).redacted()
+        client = redis.Redis.from_url(r.url, password=password, socket_timeout=r.timeout_s, **extra)
+        client.ping()
+    except ValueError as exc:
+        raise ToolError(f"redis.url: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StartupError(f"cannot reach Redis at {where}: {exc}") from exc
+    return client

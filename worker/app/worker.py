@@ -1,0 +1,59 @@
+"""The worker from settings: validate, load the model, wait for Redis and Kafka, assemble the loop
+and run it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker.app import lifecycle
+from worker.app.components import loop_settings, make_pipeline, make_store
+from worker.app.kafka import kafka_client, make_checkpointer, make_consumer, make_sink, required_topics
+from worker.app.telemetry import Telemetry, make_telemetry
+from worker.config.compile import compile_settings
+from worker.config.settings import WorkerSettings
+from worker.features.redis_store import wait_until_ready
+from worker.kafka.admin import wait_for_topics
+from worker.runner.loop import Runner
+from worker.runner.observer import Observer
+from worker.telemetry.progress import ProgressLog
+from worker.telemetry.stats import RunStats
+
+logger = logging.getLogger(__name__)
+
+
+def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
+                 telemetry: Telemetry | None = None) -> Runner:
+    """Validate, load the model, wait for Redis and Kafka, and assemble the loop."""
+    t = telemetry or Telemetry()
+    compiled = compile_settings(settings)
+    lifecycle.check_configured_model(settings, compiled)
+    store = make_store(settings)
+    wait_until_ready(store, settings.redis.startup_timeout_s)
+    k = settings.kafka
+    consumer = make_consumer(settings, t.hooks)
+    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s)
+    pipeline = make_pipeline(settings, compiled, store)
+    sink = make_sink(settings, t.hooks)
+    checkpointer = make_checkpointer(settings, consumer, sink)
+    # The shadow publisher produces with the sink's producer (inside the transaction, in exactly-once
+    # mode); should the sink replace a broken producer, shadow deliveries on the old one fail and are counted.
+    observers = [*lifecycle.start(settings, compiled, pipeline.slot, sink.producer, kafka_client(settings)),
+                 *observers]
+    if t.health is not None:
+        t.health.checks["model"] = lambda: pipeline.slot.model is not None
+    return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop_settings(settings),
+                  [*t.observers, ProgressLog(), *observers], probe=store.ping)
+
+
+def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:
+    telemetry = make_telemetry(settings)
+    try:
+        observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
+        runner = build_runner(settings, observers, telemetry)
+        runner.install_signal_handlers()
+        runner.run(ready=lambda: logger.info("worker ready"))
+    finally:
+        telemetry.close()

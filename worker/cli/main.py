@@ -1,0 +1,52 @@
+"""The ``worker`` command line: one parser with every command, and the exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from worker import __version__
+from worker.cli import demo, features, models, produce, reference, run, tail, topics
+from worker.cli.options import EXIT_CONFIG, EXIT_FENCED, EXIT_STARTUP
+from worker.errors import ConfigError, ProducerFenced, StartupError, WorkerError
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worker", description="The ``worker`` command line.")
+    parser.add_argument("--version", action="version", version=f"worker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (run, topics, features, produce, tail, demo, reference, models):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        if logging.getLogger().handlers:  # for a log collector; a bare terminal gets the line below only
+            logger.error("cannot start: %s", exc)
+        print(f"startup error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except ProducerFenced as exc:  # another instance took over: stop, and let the orchestrator decide
+        logger.error("stopped: %s", exc)
+        print(f"fenced: {exc}", file=sys.stderr)
+        return EXIT_FENCED
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, and quiet the final flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

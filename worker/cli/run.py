@@ -1,0 +1,61 @@
+"""``worker run`` and ``worker check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from worker import __version__
+from worker.cli.options import command, settings_from
+from worker.config.compile import compile_settings
+from worker.config.settings import WorkerSettings
+from worker.logs import configure
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = command(sub, "run", "consume, score and publish until stopped", cmd_run)
+    p.add_argument("--stats-file", type=Path, help="write run statistics (throughput, latency percentiles, stage "
+                   "times, batch sizes, peak RSS) as JSON here on exit")
+    command(sub, "check-config", "validate a config file without connecting anywhere", cmd_check_config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    launched_at = time.time()
+    from worker.app.worker import run as run_worker
+
+    settings = settings_from(args)
+    configure(settings.log_level, settings.log_format)
+    logger.info("worker %s starting with %s", __version__, args.config)
+    run_worker(settings, args.stats_file, launched_at)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    compiled = compile_settings(settings)
+    k = settings.kafka
+    tensors = ", ".join(f"{t.name}[N{'' if t.rank == 1 else f',{len(t.columns)}'}] {t.dtype}" for t in compiled.tensors)
+    print(f"config OK: {args.config}")
+    print(f"  kafka   {k.bootstrap_servers}: {', '.join(k.input_topics)} -> {k.output_topic} (dead letters: "
+          f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")
+    print(f"  model   {compiled.model.name} v{compiled.model.version}: {tensors}")
+    entities = ", ".join(f"{e.name} ({e.template.template}, {len(e.fields)} fields)" for e in compiled.entities)
+    print(f"  features {entities or 'none'}")
+    print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
+    print(f"  telemetry {describe_telemetry(settings)}")
+    return 0
+
+
+def describe_telemetry(settings: WorkerSettings) -> str:
+    t, tr = settings.telemetry, settings.telemetry.tracing
+    served = f"/metrics /livez /readyz on {t.host}:{t.port}" if t.port else "metrics and health off (telemetry.port 0)"
+    if not tr.enabled:
+        return f"{served}; tracing off"
+    where = {"kafka": f"Kafka topic {tr.topic}", "none": "nowhere (exporter none)"}.get(tr.exporter, tr.exporter)
+    upstream = " and batches with a sampled upstream event" if tr.follow_upstream else ""
+    return f"{served}; tracing {tr.sample_ratio:g} of batches{upstream} to {where}"

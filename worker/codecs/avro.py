@@ -1,0 +1,139 @@
+"""Avro codecs: ``(value, ctx)`` callables between Kafka bytes and Python records.
+
+Two framings are supported. ``plain`` is schemaless Avro binary (the writer schema is the
+configured one). ``confluent`` is the Schema Registry wire format: a zero magic byte, a
+4-byte big-endian schema id, then the Avro body; the writer schema is fetched by id and
+resolved against the configured reader schema.
+
+Every failure is raised as ``DecodeError`` / ``EncodeError`` wrapping the library's error and
+carrying the source message, so that the dead-letter topic can republish it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+from io import BytesIO
+from typing import Protocol
+
+import fastavro
+
+from worker.codecs.registry import SchemaRegistry
+from worker.codecs.schemas import Schema, parse_schema, record_name
+from worker.codecs.writer import compile_writer
+from worker.errors import DecodeError, EncodeError
+from worker.records import Message, Record
+
+logger = logging.getLogger(__name__)
+
+_MAGIC = 0
+_HEADER = struct.Struct(">bI")
+_OBJECT_REPR = re.compile(r" from <[\w.]+ object at 0x[0-9a-f]+>")
+
+
+class Decoder(Protocol):
+    def __call__(self, value: bytes | None, ctx: Message) -> Record: ...
+
+
+class Encoder(Protocol):
+    def __call__(self, record: Record, ctx: Message) -> bytes: ...
+
+
+DEFAULT_MAX_BYTES = 1 << 20
+
+
+def _read_exactly(schema: Schema, name: str, value: bytes | None, ctx: Message, limit: int, start: int = 0,
+                  reader: Schema | None = None) -> Record:
+    """One record that must use every byte of ``value``; anything else is a ``DecodeError``."""
+    if value is None:
+        raise DecodeError("the message has no value (a tombstone)", ctx)
+    if len(value) > limit:
+        raise DecodeError(f"value of {len(value)} bytes is over the {limit}-byte limit", ctx)
+    buf = BytesIO(value)
+    if start:
+        buf.seek(start)
+    try:
+        record = fastavro.schemaless_reader(buf, schema, reader)
+    except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, IndexError, ...
+        detail = _OBJECT_REPR.sub("", str(exc))
+        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {detail}", ctx) from exc
+    if buf.tell() != len(value):
+        raise DecodeError(f"{len(value) - buf.tell()} bytes left over after a {name} Avro record", ctx)
+    return record  # type: ignore[return-value]  # a record schema always reads as a dict
+
+
+class PlainAvroDecoder:
+    """Schemaless Avro binary written with exactly the configured schema."""
+
+    def __init__(self, schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._schema = schema
+        self._name = record_name(schema)
+        self._limit = max_bytes
+
+    def __call__(self, value: bytes | None, ctx: Message) -> Record:
+        return _read_exactly(self._schema, self._name, value, ctx, self._limit)
+
+
+class ConfluentAvroDecoder:
+    """Schema Registry framing; writer schemas are fetched once per id and cached."""
+
+    def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._registry = registry
+        self._reader = reader_schema
+        self._limit = max_bytes
+        self._name = record_name(reader_schema)
+        self._writers: dict[int, Schema] = {}
+
+    def __call__(self, value: bytes | None, ctx: Message) -> Record:
+        if value is None or len(value) < _HEADER.size or value[0] != _MAGIC:
+            raise DecodeError("not Schema Registry framed (no magic byte 0 and schema id)", ctx)
+        _, schema_id = _HEADER.unpack_from(value)
+        writer = self._writers.get(schema_id) or self._fetch(schema_id, ctx)
+        return _read_exactly(writer, self._name, value, ctx, self._limit, _HEADER.size, self._reader)
+
+    def _fetch(self, schema_id: int, ctx: Message) -> Schema:
+        try:
+            text = self._registry.get_schema(schema_id)
+        except LookupError as exc:
+            raise DecodeError(f"schema id {schema_id} is unknown to the registry", ctx) from exc
+        try:
+            writer = parse_schema(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"schema id {schema_id} is not a usable Avro record schema: {exc}", ctx) from exc
+        self._writers[schema_id] = writer
+        return writer
+
+
+class PlainAvroEncoder:
+    """Schemaless Avro binary; a writer compiled for the schema when it can be (see avro_writer)."""
+
+    def __init__(self, schema: Schema) -> None:
+        self._schema = schema
+        self._name = record_name(schema)
+        self._write = compile_writer(schema) or self._fastavro
+
+    def __call__(self, record: Record, ctx: Message) -> bytes:
+        try:
+            return self._write(record)
+        except Exception as exc:  # KeyError, TypeError, ValueError, struct.error, ... from either writer
+            raise EncodeError(f"cannot encode a {self._name}: {type(exc).__name__}: {exc}", ctx) from exc
+
+    def _fastavro(self, record: Record) -> bytes:
+        buf = BytesIO()
+        fastavro.schemaless_writer(buf, self._schema, record)
+        return buf.getvalue()
+
+
+class ConfluentAvroEncoder(PlainAvroEncoder):
+    """Registers the output schema under ``subject`` at construction and frames each value."""
+
+    def __init__(self, schema: Schema, registry: SchemaRegistry, subject: str, schema_text: str) -> None:
+        super().__init__(schema)
+        schema_id = registry.register(subject, schema_text)
+        self._prefix = _HEADER.pack(_MAGIC, schema_id)
+        logger.info("output schema registered", extra={"subject": subject, "schema_id": schema_id})
+
+    def __call__(self, record: Record, ctx: Message) -> bytes:
+        return self._prefix + super().__call__(record, ctx)

@@ -1,0 +1,376 @@
+"""Settings → validated component specs (the app layer's half that needs no network).
+
+Every check that ``worker check-config`` reports lives here: files exist and load, the
+model's signature matches the input mapping, key templates and event paths exist in the
+input schema, values convert to the tensor types, and the output fields fit the output
+schema. Each problem is reported as ``(config key, reason)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.codecs.schemas import (
+    NUMERIC,
+    FieldType,
+    Schema,
+    SchemaError,
+    assignable,
+    field_type,
+    load_schema,
+    top_fields,
+)
+from worker.config.settings import ColumnSettings, InputSettings, OutputFieldSettings, WorkerSettings
+from worker.errors import ConfigError, StartupError
+from worker.features.fetcher import EntitySpec
+from worker.features.keys import KeyTemplate
+from worker.inference import Model, OnnxModel, TensorInfo
+from worker.lifecycle.card import card_path
+from worker.pipeline.assembly import NUMERIC_DTYPES, Column, ConstColumn, EventColumn, FeatureColumn, TensorSpec
+from worker.pipeline.output import Computed, Constant, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec, Source
+
+logger = logging.getLogger(__name__)
+
+
+class Problems:
+    """Collects ``(key, reason)`` pairs so that one run reports every fault it can find."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, reason: str) -> None:
+        self.items.append((key, reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+@dataclass
+class Compiled:
+    """Everything the worker builds from a valid configuration."""
+
+    input_schema: Schema
+    output_schema: Schema
+    input_schema_text: str
+    output_schema_text: str
+    entities: list[EntitySpec]
+    tensors: list[TensorSpec]
+    builder: OutputBuilder
+    model: Model
+
+
+def model_identity(settings: WorkerSettings, path: Path) -> tuple[str, str]:
+    """Name and version: from the settings, else the model card beside the file, else the path."""
+    card = load_model_card(path)
+    name = settings.model.name or card.get("name") or path.parent.parent.name or path.stem
+    version = settings.model.version or str(card.get("version") or path.parent.name or "1")
+    return str(name), version
+
+
+def load_model_card(model_path: Path) -> dict[str, Any]:
+    """The card's JSON, or nothing: here it only names the model, so an unreadable card is
+    ignored (validation before serving refuses it)."""
+    path = card_path(model_path)
+    if path.is_file():
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable model card %s: %s", path, exc)
+    return {}
+
+
+def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Compiled:
+    """Validate everything that can be checked locally; raises ``ConfigError`` listing each fault."""
+    problems = Problems()
+    input_schema, input_text = _schema(settings.avro.input_schema, "avro.input_schema", problems)
+    output_schema, output_text = _schema(settings.avro.output_schema, "avro.output_schema", problems)
+    model = model or _load_model(settings, problems)
+    problems.raise_if_any()
+    assert input_schema and output_schema and model
+    entities = _entities(settings, input_schema, problems)
+    # An entity refused above is still known by name, so columns using it are not reported again.
+    known: dict[str, EntitySpec | None] = {**dict.fromkeys(settings.features), **{e.name: e for e in entities}}
+    tensors = _tensors(settings, model, input_schema, known, problems)
+    builder = _builder(settings, model, input_schema, output_schema, problems)
+    _lifecycle(settings, problems)
+    _event_time(settings, input_schema, problems)
+    problems.raise_if_any()
+    return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
+
+
+def _schema(path: Path, key: str, problems: Problems) -> tuple[Schema | None, str]:
+    if not path.is_file():
+        problems.add(key, f"schema file not found: {path}")
+        return None, ""
+    try:
+        return load_schema(path), path.read_text()
+    except SchemaError as exc:
+        problems.add(key, str(exc))
+        return None, ""
+
+
+def _load_model(settings: WorkerSettings, problems: Problems) -> Model | None:
+    path = settings.model.onnx_path()
+    key = "model.path" if settings.model.path else "model.repository"
+    if not path.is_file():
+        problems.add(key, f"model file not found: {path}")
+        return None
+    name, version = model_identity(settings, path)
+    try:
+        return OnnxModel(path, name, version, settings.model.threads)
+    except StartupError as exc:
+        problems.add(key, str(exc))
+        return None
+
+
+def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> list[EntitySpec]:
+    entities = []
+    for name, entity in settings.features.items():
+        key = f"features.{name}"
+        try:
+            template = KeyTemplate(entity.key)
+        except ValueError as exc:
+            problems.add(f"{key}.key", f"bad key template '{entity.key}': {exc}")
+            continue
+        for path in template.paths:
+            _check_path(schema, path, f"{key}.key", problems, f"the key template names '{path}', but ")
+        defaults = {f: entity.defaults.get(f, entity.default) for f in entity.fields}
+        for unknown in sorted(set(entity.defaults) - set(entity.fields)):
+            problems.add(f"{key}.defaults.{unknown}", f"'{unknown}' is not one of the entity's fields")
+        undefaulted = [f for f, v in defaults.items() if v is None]
+        if undefaulted:
+            names = ", ".join(repr(f) for f in undefaulted)
+            problems.add(f"{key}.defaults", f"no default for field{'s' if len(undefaulted) > 1 else ''} {names} "
+                                           "(set defaults.<field> or default)")
+        entities.append(EntitySpec(name, template, tuple(entity.fields), defaults))
+    return entities
+
+
+def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix: str = "") -> FieldType | None:
+    try:
+        return field_type(schema, path)
+    except SchemaError as exc:
+        problems.add(key, f"{prefix}{exc}")
+        return None
+
+
+def _event_time(settings: WorkerSettings, schema: Schema, problems: Problems) -> None:
+    path, key = settings.telemetry.event_time_field, "telemetry.event_time_field"
+    found = _check_path(schema, path, key, problems) if path else None
+    if found is not None and found.kind not in ("int", "long", "float", "double"):
+        problems.add(key, f"'{path}' is a {found.describe()}; the event time must be a number "
+                          f"(epoch {settings.telemetry.event_time_unit}, e.g. a timestamp-millis long)")
+
+
+def _tensors(settings: WorkerSettings, model: Model, schema: Schema, entities: dict[str, EntitySpec | None],
+             problems: Problems) -> list[TensorSpec]:
+    declared = {t.name: t for t in model.inputs}
+    for name in declared:
+        if name not in settings.model.inputs:
+            problems.add("model.inputs", f"model input '{name}' is not fed (add model.inputs.{name})")
+    tensors = []
+    for name, spec in settings.model.inputs.items():
+        key = f"model.inputs.{name}"
+        if name not in declared:
+            problems.add(key, f"the model has no input '{name}' (it has: {', '.join(declared)})")
+            continue
+        tensor = _tensor(key, name, spec, declared[name], schema, entities, problems)
+        if tensor:
+            tensors.append(tensor)
+    return tensors
+
+
+def _tensor(key: str, name: str, spec: InputSettings, info: TensorInfo, schema: Schema,
+            entities: dict[str, EntitySpec | None], problems: Problems) -> TensorSpec | None:
+    dtype = spec.dtype or info.dtype
+    if dtype not in (*NUMERIC_DTYPES, "string"):
+        problems.add(f"{key}.dtype", f"model input type '{info.dtype}' is not supported")
+        return None
+    if spec.dtype and spec.dtype != info.dtype:
+        problems.add(f"{key}.dtype", f"'{spec.dtype}' does not match the model's input type '{info.dtype}'")
+        return None
+    built = [_columns(f"{key}.columns[{i}]", c, dtype, schema, entities, problems) for i, c in enumerate(spec.columns)]
+    if any(b is None for b in built):
+        return None  # a column was refused (and reported); counting the rest would report it twice
+    columns = [column for group in built if group for column in group]
+    rank = len(info.shape) if info.shape else 2
+    if rank == 1 and len(columns) != 1:
+        problems.add(f"{key}.columns", f"the model input is 1-D ([N]) so it takes one column, not {len(columns)}")
+    if info.width is not None and rank == 2 and info.width != len(columns):
+        problems.add(f"{key}.columns", f"the model input is [N, {info.width}] but {len(columns)} columns are given")
+    return TensorSpec(name, dtype, tuple(columns), 1 if rank == 1 else 2)
+
+
+def _columns(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+             entities: dict[str, EntitySpec | None], problems: Problems) -> list[Column] | None:
+    """The columns one setting feeds, or None if it is refused (the problem is recorded)."""
+    if column.const is not None:
+        return [ConstColumn(column.const)] if _const_fits(key, column.const, dtype, problems) else None
+    if column.entity is not None:
+        if column.entity not in entities:
+            problems.add(f"{key}.entity", f"no entity '{column.entity}' in features (known: {', '.join(entities)})")
+            return None
+        entity = entities[column.entity]
+        return None if entity is None else [FeatureColumn(entity.name, f, entity.defaults[f]) for f in entity.fields]
+    if column.feature is not None:
+        return _feature_column(key, column.feature, entities, problems)
+    return _event_column(key, column, dtype, schema, problems)
+
+
+def _feature_column(key: str, ref: str, entities: dict[str, EntitySpec | None],
+                    problems: Problems) -> list[Column] | None:
+    entity_name, _, field_name = ref.partition(".")
+    if entity_name not in entities or not field_name:
+        problems.add(f"{key}.feature", f"'{ref}' is not entity.field (entities: {', '.join(entities) or 'none'})")
+        return None
+    entity = entities[entity_name]
+    if entity is None:
+        return None
+    if field_name not in entity.fields:
+        problems.add(f"{key}.feature", f"entity '{entity_name}' has no field '{field_name}' "
+                                       f"(it reads: {', '.join(entity.fields)})")
+        return None
+    return [FeatureColumn(entity_name, field_name, entity.defaults[field_name])]
+
+
+def _event_column(key: str, column: ColumnSettings, dtype: str, schema: Schema,
+                  problems: Problems) -> list[Column] | None:
+    assert column.event is not None
+    found = _check_path(schema, column.event, f"{key}.event", problems)
+    if found is None:
+        return None
+    reason = _conversion_problem(found, dtype, column)
+    if reason:
+        problems.add(key, f"event field '{column.event}' ({found.describe()}): {reason}")
+        return None
+    mapping = None
+    if column.mapping is not None:
+        mapping = _typed_mapping(found.kind, column.mapping)
+        if mapping is None:
+            problems.add(f"{key}.mapping", f"its keys must be {found.kind} values like the event field "
+                                           f"'{column.event}' (got {', '.join(map(repr, column.mapping))})")
+            return None
+    return [EventColumn(column.event, column.default, mapping)]
+
+
+def _typed_mapping(kind: str, mapping: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The mapping keyed like the decoded events (config keys are text, or YAML numbers and
+    booleans), so that an int or boolean field finds its values; None if a key does not convert."""
+    typed = {_typed_key(kind, key): value for key, value in mapping.items()}
+    return None if None in typed else typed
+
+
+def _typed_key(kind: str, key: Any) -> Any:
+    if kind in ("int", "long"):
+        if isinstance(key, str) and key.strip().lstrip("+-").isdigit():
+            return int(key)
+        return key if isinstance(key, int) and not isinstance(key, bool) else None
+    if kind == "boolean":
+        return key if isinstance(key, bool) else {"true": True, "false": False}.get(str(key).lower())
+    return str(key)
+
+
+def _conversion_problem(found: FieldType, dtype: str, column: ColumnSettings) -> str | None:
+    kind = found.kind
+    if found.nullable and column.default is None and column.mapping is None:
+        return "it can be null, so the column needs a default"
+    if column.mapping is not None:
+        if kind not in ("string", "enum", "int", "long", "boolean"):
+            return f"a mapping applies to string, enum, int or boolean fields, not {kind}"
+        return None if dtype != "string" else "a mapping feeds numeric inputs; this input is string"
+    if dtype == "string":
+        return None if kind in ("string", "enum", "int", "long") else f"a {kind} cannot feed a string tensor"
+    if kind in ("string", "enum"):
+        return f"a {kind} cannot feed a {dtype} tensor without a mapping (add mapping: {{value: number}})"
+    if kind in ("float", "double") and not dtype.startswith("float"):
+        return f"a {kind} cannot feed a {dtype} tensor without losing its fraction"
+    return None if kind in (*NUMERIC, "boolean") else f"a {kind} cannot feed a {dtype} tensor"
+
+
+def _const_fits(key: str, value: Any, dtype: str, problems: Problems) -> bool:
+    if dtype != "string" and not isinstance(value, int | float):
+        problems.add(f"{key}.const", f"{value!r} is not a number, but the input is {dtype}")
+        return False
+    return True
+
+
+def _builder(settings: WorkerSettings, model: Model, input_schema: Schema, output_schema: Schema,
+             problems: Problems) -> OutputBuilder:
+    outputs = {o.name: o for o in model.outputs}
+    score = settings.model.score
+    if score.output not in outputs:
+        problems.add("model.score.output", f"the model has no output '{score.output}' (it has: {', '.join(outputs)})")
+    elif score.column is not None and outputs[score.output].width is not None \
+            and not 0 <= score.column < (outputs[score.output].width or 0):
+        problems.add("model.score.column", f"column {score.column} is outside output '{score.output}' "
+                                           f"of width {outputs[score.output].width}")
+    schema_fields = top_fields(output_schema)
+    sources = {}
+    for name, source in settings.output.fields.items():
+        key = f"output.fields.{name}"
+        if name not in schema_fields:
+            problems.add(key, f"the output schema has no field '{name}' (it has: {', '.join(schema_fields)})")
+            continue
+        built = _output_source(key, source, schema_fields[name]["type"], input_schema, outputs, problems)
+        if built is not None:
+            sources[name] = built
+    for name, spec in schema_fields.items():
+        if name not in settings.output.fields and "default" not in spec:
+            problems.add("output.fields", f"output schema field '{name}' is not fed and has no default "
+                                          f"(add output.fields.{name})")
+    if settings.output.key is not None:
+        _check_path(input_schema, settings.output.key, "output.key", problems)
+    return OutputBuilder(sources, ScoreSpec(score.output, score.column, settings.model.threshold),
+                         KeySpec(settings.output.key, settings.output.key_encoding))
+
+
+def _output_source(key: str, source: OutputFieldSettings, target: Any, input_schema: Schema,
+                   outputs: dict[str, TensorInfo], problems: Problems) -> Source | None:
+    if source.event is not None:
+        found = _check_path(input_schema, source.event, key, problems)
+        reason = assignable(found, target) if found else None
+        if reason:
+            problems.add(key, f"event field '{source.event}': {reason}")
+        return FromEvent(source.event) if found and not reason else None
+    if source.model_output is not None:
+        if source.model_output not in outputs:
+            problems.add(f"{key}.model_output", f"the model has no output '{source.model_output}' "
+                                                f"(it has: {', '.join(outputs)})")
+            return None
+        return FromModel(source.model_output, source.column)
+    if source.const is not None:
+        return Constant(source.const)
+    return _special(key, source, target, problems)
+
+
+_SPECIAL_KINDS = {"score": ("float", "double"), "label": ("boolean", "int", "long"),
+                  "model_version": ("string",), "model_name": ("string",), "scored_at": ("long",),
+                  "degraded": ("boolean", "int", "long")}
+
+
+def _special(key: str, source: OutputFieldSettings, target: Any, problems: Problems) -> Source | None:
+    assert source.special is not None
+    kind = FieldType(target, False).kind
+    if kind not in _SPECIAL_KINDS[source.special] and kind != "union":
+        problems.add(key, f"${source.special} cannot be written to a {kind} field "
+                          f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
+        return None
+    return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))
+
+
+def _lifecycle(settings: WorkerSettings, problems: Problems) -> None:
+    lc, k = settings.lifecycle, settings.kafka
+    if (lc.control_topic or lc.control_file) and settings.model.repository is None:
+        problems.add("lifecycle", "a control channel switches between versions of a model repository: "
+                                  "set model.repository, model.name and model.version instead of model.path")
+    if lc.shadow_topic and lc.shadow_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.shadow_topic", f"'{lc.shadow_topic}' is already used as an input, output or "
+                                               "dead-letter topic; shadow predictions need their own")
+    if lc.control_topic and lc.control_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
+        problems.add("lifecycle.control_topic", f"'{lc.control_topic}' is already used as an input, output or "
+                                                "dead-letter topic")

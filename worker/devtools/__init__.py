@@ -1,0 +1,4 @@
+"""Pieces of the hands-on commands, taking plain arguments: item sources (``sources``),
+sending events (``sender``), loading feature hashes (``loader``), local broker and Redis
+processes (``local``) and progress lines on a terminal (``console``).
+"""

@@ -1,0 +1,214 @@
+"""The broker port over confluent-kafka (librdkafka).
+
+The adapters are thin: messages are librdkafka's own objects (they satisfy
+``worker.records.Message``), delivery callbacks are handed to librdkafka as they are, and
+the client's exceptions become ``BrokerError``s carrying a ``Fault``. ``produce`` is the one
+call on the hot path; wrapping it costs one Python call per output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic as ConfluentNewTopic  # what confluent_kafka.admin re-exports, typed
+
+from worker.errors import StartupError
+from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, RebalanceListener
+from worker.records import TP, Headers, Message
+
+logger = logging.getLogger(__name__)
+
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+           KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
+_ERRORS_LOGGED = 100  # consumer errors logged one by one before they are only skipped
+ClientT = TypeVar("ClientT", Consumer, Producer, AdminClient)
+
+
+def fault_of(error: KafkaError) -> Fault:
+    code = error.code()
+    return Fault(error.str(), error.name(), fatal=error.fatal(), retriable=error.retriable(),
+                 abortable=error.txn_requires_abort(), fenced=code in _FENCED, conflict=code == KafkaError._CONFLICT)
+
+
+def broker_error(exc: KafkaException) -> BrokerError:
+    error = exc.args[0] if exc.args else None
+    return BrokerError(fault_of(error) if isinstance(error, KafkaError) else Fault(str(exc)))
+
+
+def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
+    try:
+        return kind(config)
+    except KafkaException as exc:
+        raise StartupError(f"invalid Kafka client configuration: {broker_error(exc).fault.reason}") from exc
+
+
+def _with_callbacks(config: Mapping[str, Any], on_error: Callable[[Fault], None] | None,
+                    on_statistics: Callable[[str], None] | None = None) -> dict[str, Any]:
+    out = dict(config)
+    if on_error is not None:
+        out["error_cb"] = lambda error: on_error(fault_of(error))
+    if on_statistics is not None:
+        out["stats_cb"] = on_statistics
+    return out
+
+
+def _partitions(partitions: Sequence[TP]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in partitions]
+
+
+def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
+    return [(p.topic, p.partition) for p in partitions]
+
+
+def _topics(client: Consumer | Producer | AdminClient, timeout_s: float) -> dict[str, int]:
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise broker_error(exc) from exc
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+class ConfluentConsumer:
+    """A group member; messages with an error (the client's own events) are logged and skipped."""
+
+    def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None,
+                 on_statistics: Callable[[str], None] | None = None) -> None:
+        self._consumer = _client(Consumer, _with_callbacks(config, on_error, on_statistics))
+        self._errors_logged = 0
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        # librdkafka assigns what it offers once the callback returns (incrementally, with the
+        # cooperative assignor), so the callbacks only pass the news on.
+        self._consumer.subscribe(list(topics), on_assign=lambda _, ps: listener.assigned(_tps(ps)),
+                                 on_revoke=lambda _, ps: listener.revoked(_tps(ps)),
+                                 on_lost=lambda _, ps: listener.lost(_tps(ps)))
+
+    def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
+        messages = self._consumer.consume(max_messages, timeout_s)
+        good: list[Message] = [m for m in messages if m.error() is None]
+        if len(good) != len(messages):
+            for m in messages:
+                self._log_error(m)
+        return good
+
+    def poll(self, timeout_s: float) -> Message | None:
+        message = self._consumer.poll(timeout_s)
+        if message is None or message.error() is not None:
+            self._log_error(message)
+            return None
+        return message
+
+    def _log_error(self, message: Any) -> None:
+        if message is not None and message.error() is not None and self._errors_logged < _ERRORS_LOGGED:
+            self._errors_logged += 1
+            logger.warning("consumer error: %s", message.error())
+
+    def pause(self, partitions: Sequence[TP]) -> None:
+        if partitions:
+            self._consumer.pause(_partitions(partitions))
+
+    def resume(self, partitions: Sequence[TP]) -> None:
+        if partitions:
+            self._consumer.resume(_partitions(partitions))
+
+    def seek(self, partition: TP, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(partition[0], partition[1], offset))
+        except KafkaException as exc:
+            raise broker_error(exc) from exc
+
+    def position(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        try:
+            found = self._consumer.position(_partitions(partitions))
+        except KafkaException as exc:
+            raise broker_error(exc) from exc
+        return {(p.topic, p.partition): p.offset for p in found if p.offset >= 0}
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                  asynchronous=False)
+        except KafkaException as exc:
+            raise broker_error(exc) from exc
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def topics(self, timeout_s: float) -> dict[str, int]:
+        return _topics(self._consumer, timeout_s)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class ConfluentProducer:
+    def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None) -> None:
+        self._producer = _client(Producer, _with_callbacks(config, on_error))
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                on_delivery: DeliveryCallback | None = None, headers: Headers | None = None) -> None:
+        try:
+            self._producer.produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+        except KafkaException as exc:
+            raise broker_error(exc) from exc
+
+    def poll(self, timeout_s: float) -> int:
+        return int(self._producer.poll(timeout_s))
+
+    def flush(self, timeout_s: float) -> int:
+        return int(self._producer.flush(timeout_s))
+
+    def purge(self) -> None:
+        self._producer.purge(in_queue=True, in_flight=True)
+
+    def init_transactions(self, timeout_s: float) -> None:
+        self._call(self._producer.init_transactions, timeout_s)
+
+    def begin_transaction(self) -> None:
+        self._call(self._producer.begin_transaction)
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group: object, timeout_s: float) -> None:
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self._call(self._producer.send_offsets_to_transaction, partitions, group, timeout_s)
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        self._call(self._producer.commit_transaction, timeout_s)
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._call(self._producer.abort_transaction, timeout_s)
+
+    @staticmethod
+    def _call(method: Callable[..., Any], *args: Any) -> None:
+        try:
+            method(*args)
+        except KafkaException as exc:
+            raise broker_error(exc) from exc
+
+    def topics(self, timeout_s: float) -> dict[str, int]:
+        return _topics(self._producer, timeout_s)
+
+
+class ConfluentAdmin:
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._admin = _client(AdminClient, dict(config))
+
+    def topics(self, timeout_s: float) -> dict[str, int]:
+        return _topics(self._admin, timeout_s)
+
+    def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
+        new = [ConfluentNewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config or {}))
+               for t in topics]
+        futures = self._admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
+        return {name: _outcome(future, timeout_s * 2) for name, future in futures.items()}
+
+
+def _outcome(future: Any, timeout_s: float) -> Fault | None:
+    try:
+        future.result(timeout_s)
+    except KafkaException as exc:
+        return broker_error(exc).fault
+    return None

@@ -1,0 +1,225 @@
+"""The batch pipeline: decode → features → assemble → infer → encode, for one batch.
+
+The inference step routes: the active model scores the batch, or, with a canary, the canary
+scores the events whose key falls in its share and the active model the rest; a shadow model
+also scores every event, for the shadow topic only (see ``worker.serving``).
+
+It knows nothing of Kafka: it takes ``Message``-shaped objects and returns encoded outputs
+and dead letters. A bad event never fails its batch; an unreachable feature store does
+(``FeatureStoreUnavailable``), so that the runner can retry the batch without losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from worker.codecs.avro import Decoder, Encoder
+from worker.errors import EventError, InferenceError, ModelRunError
+from worker.features.fetcher import FeatureFetcher
+from worker.inference import Model
+from worker.pipeline.assembly import Assembler
+from worker.pipeline.output import OutputBuilder, ScoredBatch, select
+from worker.records import BatchResult, DeadLetter, Message, ModelRun, Output, Record, ShadowComparison, StageTiming
+from worker.serving import ModelSlot, Serving, canary_mask
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, decoder: Decoder, fetcher: FeatureFetcher, assembler: Assembler, slot: ModelSlot,
+                 builder: OutputBuilder, encoder: Encoder, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.decoder = decoder
+        self.fetcher = fetcher
+        self.assembler = assembler
+        self.slot = slot
+        self.builder = builder
+        self.encoder = encoder
+        self._model_outputs = builder.model_outputs()
+        self._clock = clock
+
+    def process(self, messages: Sequence[Message], degraded: bool = False) -> BatchResult:
+        """``degraded``: the feature store is down; score with every feature at its default."""
+        result = BatchResult()
+        serving = self.slot.serving  # one snapshot: every event of this batch is scored by these models
+        result.model_version, result.model_name = serving.active.version, serving.active.name
+        stage = self._stage
+        with stage(result, "decode"):
+            events, sources = self._decode(messages, result)
+        result.events = events
+        if not events:
+            return result
+        with stage(result, "features"):
+            lookups = self.fetcher.absent(events) if degraded else self.fetcher.fetch(events)
+        with stage(result, "assemble"):
+            assembled = self.assembler.assemble(events, lookups)
+            keys = self.builder.keys(events, sources)
+        result.feature_defaults = assembled.defaulted
+        with stage(result, "inference"):
+            scored, failed = self._score(serving, assembled.feeds, keys, result)
+        bad = {**assembled.bad, **failed}
+        scored.degraded = degraded
+        with stage(result, "encode"):
+            self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters)
+        if serving.shadow is not None:
+            with stage(result, "shadow"):
+                self._shadow(serving.shadow, assembled.feeds, (events, keys, sources), scored, bad, result)
+        return result
+
+    def _decode(self, messages: Sequence[Message], result: BatchResult) -> tuple[list[Record], list[Message]]:
+        decode = self.decoder
+        events: list[Record] = []
+        sources: list[Message] = []
+        for message in messages:
+            try:
+                events.append(decode(message.value(), message))
+            except EventError as exc:
+                result.dead_letters.append(_dead(message, exc))
+            else:
+                sources.append(message)
+        return events, sources
+
+    def _score(self, serving: Serving, feeds: dict[str, np.ndarray], keys: list[bytes | None],
+               result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
+        active, n = serving.active, len(keys)
+        if serving.canary is None:
+            outputs, failed = self._run("active", active, feeds, n, result)
+            return ScoredBatch(outputs, active.name, active.version, int(time.time() * 1000)), failed
+        return self._score_split(active, serving.canary, feeds, canary_mask(keys, serving.canary_share), result)
+
+    def _score_split(self, active: Model, canary: Model, feeds: dict[str, np.ndarray], to_canary: np.ndarray,
+                     result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
+        """The canary scores its rows, the active model the rest, and also the rows the canary
+        fails on (counted as canary errors, never dead-lettered for the candidate's sake)."""
+        versions = np.where(to_canary, canary.version, active.version).astype(object)
+        groups: list[tuple[np.ndarray, dict[str, Any]]] = []
+        failed = self._run_rows("active", active, feeds, np.flatnonzero(~to_canary), groups, result)
+        canary_failed = self._run_rows("canary", canary, feeds, np.flatnonzero(to_canary), groups, result)
+        if canary_failed:
+            retry = np.array(sorted(canary_failed), dtype=np.intp)
+            versions[retry] = active.version
+            failed.update(self._run_rows("active", active, feeds, retry, groups, result))
+        merged = {name: _scatter([(rows, outputs[name]) for rows, outputs in groups], len(to_canary))
+                  for name in self._model_outputs}
+        return ScoredBatch(merged, active.name, active.version, int(time.time() * 1000), versions.tolist()), failed
+
+    def _run_rows(self, role: str, model: Model, feeds: dict[str, np.ndarray], rows: np.ndarray,
+                  groups: list[tuple[np.ndarray, dict[str, Any]]], result: BatchResult) -> dict[int, EventError]:
+        """Runs ``model`` on the batch's ``rows``, adding its outputs to ``groups``; the failed rows
+        (numbered in the batch) and why."""
+        if not len(rows):
+            return {}
+        outputs, errors = self._run(role, model, _take(feeds, rows), len(rows), result)
+        groups.append((rows, outputs))
+        return {int(rows[i]): e for i, e in errors.items()}
+
+    def _run(self, role: str, model: Model, feeds: dict[str, np.ndarray], n: int,
+             result: BatchResult) -> tuple[dict[str, Any], dict[int, EventError]]:
+        start = self._clock()
+        outputs, failed = self._infer(model, feeds, n)
+        result.runs.append(ModelRun(role, model.name, model.version, n, len(failed), (self._clock() - start) / 1e9))
+        return outputs, failed
+
+    def _infer(self, model: Model, feeds: dict[str, np.ndarray],
+               n: int) -> tuple[dict[str, Any], dict[int, EventError]]:
+        names = self._model_outputs
+        try:
+            return dict(zip(names, model.run(feeds, names), strict=True)), {}
+        except ModelRunError as exc:
+            logger.warning("model failed on a batch of %d; isolating the events that cause it: %s", n, exc,
+                           extra={"model": model.name, "model_version": model.version})
+        failed: dict[int, EventError] = {}
+        parts = _run_isolating(model, feeds, names, np.arange(n), failed)
+        merged = {name: _scatter([(rows, values[j]) for rows, values in parts], n) for j, name in enumerate(names)}
+        return merged, failed
+
+    def _shadow(self, model: Model, feeds: dict[str, np.ndarray],
+                batch: tuple[list[Record], list[bytes | None], list[Message]], scored: ScoredBatch,
+                bad: dict[int, EventError], result: BatchResult) -> None:
+        """The shadow scores every event; its predictions (for the events that were published)
+        go to ``result.shadow_outputs`` and its scores are compared with the published ones."""
+        events, keys, sources = batch
+        outputs, failed = self._run("shadow", model, feeds, len(events), result)
+        shadow = ScoredBatch(outputs, model.name, model.version, int(time.time() * 1000))
+        skipped = {**bad, **failed}
+        self._encode(events, keys, sources, shadow, skipped, result.shadow_outputs, None)
+        keep = np.ones(len(events), dtype=bool)
+        keep[list(skipped)] = False
+        score = self.builder.score
+        published = select(scored.outputs[score.output], score.column)[keep].astype(np.float64)
+        candidate = select(outputs[score.output], score.column)[keep].astype(np.float64)
+        diff = np.abs(candidate - published)
+        agree = int(np.count_nonzero((published >= score.threshold) == (candidate >= score.threshold)))
+        result.shadow = ShadowComparison(model.name, model.version, len(diff), agree, float(diff.sum()),
+                                         float(diff.max()) if len(diff) else 0.0)
+
+    def _encode(self, events: list[Record], keys: list[bytes | None], sources: list[Message], scored: ScoredBatch,
+                skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None) -> None:
+        """Encodes every row not in ``skip``; skipped rows and rows that fail to encode become dead
+        letters when ``dead_letters`` is given (the shadow's are dropped: its events were published)."""
+        encode = self.encoder
+        records = self.builder.records(events, scored)
+        for row, (record, key, source) in enumerate(zip(records, keys, sources, strict=True)):
+            if row in skip:
+                if dead_letters is not None:
+                    dead_letters.append(_dead(source, skip[row]))
+                continue
+            try:
+                outputs.append(Output(key, encode(record, source), source))
+            except EventError as exc:
+                if dead_letters is not None:
+                    dead_letters.append(_dead(source, exc))
+
+    @contextmanager
+    def _stage(self, result: BatchResult, name: str) -> Iterator[None]:
+        start = self._clock()
+        try:
+            yield
+        finally:
+            result.timings.append(StageTiming(name, start, self._clock()))
+
+
+def _take(feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[rows] for name, values in feeds.items()}
+
+
+def _dead(message: Message, exc: EventError) -> DeadLetter:
+    return DeadLetter(message, exc.stage, exc.reason, type(exc.__cause__ or exc).__name__)
+
+
+def _run_isolating(model: Model, feeds: dict[str, np.ndarray], names: list[str], rows: np.ndarray,
+                   failed: dict[int, EventError]) -> list[tuple[np.ndarray, list[Any]]]:
+    """Run ``rows`` by halves until every event that makes the model fail is alone in ``failed``;
+    returns the results of the parts that ran, each with its rows."""
+    try:
+        return [(rows, model.run({k: v[rows] for k, v in feeds.items()}, names))]
+    except ModelRunError as exc:
+        if len(rows) == 1:
+            failed[int(rows[0])] = InferenceError(f"the model fails on this event: {exc}")
+            return []
+    half = len(rows) // 2
+    return (_run_isolating(model, feeds, names, rows[:half], failed)
+            + _run_isolating(model, feeds, names, rows[half:], failed))
+
+
+def _scatter(parts: list[tuple[np.ndarray, Any]], n: int) -> Any:
+    """One output for all n rows from the parts that ran; rows that failed hold zeros (they are
+    dead-lettered, never published)."""
+    if parts and isinstance(parts[0][1], list):  # ZipMap outputs are lists of dicts
+        rows_out: list[Any] = [{}] * n
+        for rows, values in parts:
+            for r, v in zip(rows.tolist(), values, strict=True):
+                rows_out[r] = v
+        return rows_out
+    if not parts:
+        return np.zeros(n)
+    first = np.asarray(parts[0][1])
+    array = np.zeros((n, *first.shape[1:]), dtype=first.dtype)
+    for rows, values in parts:
+        array[rows] = values
+    return array

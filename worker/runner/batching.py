@@ -1,0 +1,97 @@
+"""When to close a batch: full, or when waiting longer would break the latency budget.
+
+Batches amortise fixed costs (one Redis round trip, one model run) over many events, but an
+event that waits for company is late by that long. The policy learns three things online:
+the arrival rate, the processing cost of a batch (fixed + per event) and how long the broker
+takes to acknowledge outputs. A partial batch waits only while the oldest event can still be
+scored and acknowledged within the budget, and only if more events are actually expected in
+that time: under low load a lone event is scored at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from worker.kafka.port import Consumer
+from worker.records import Message
+
+_ALPHA = 0.2  # weight of the newest observation in the moving averages
+
+
+@dataclass
+class _Ewma:
+    value: float
+
+    def add(self, sample: float) -> None:
+        self.value += _ALPHA * (sample - self.value)
+
+
+class BatchPolicy:
+    def __init__(self, max_events: int, budget_s: float) -> None:
+        self.max_events = max_events
+        self.budget_s = budget_s
+        self.rate = _Ewma(0.0)  # events per second arriving
+        self.per_event_s = _Ewma(20e-6)
+        self.fixed_s = _Ewma(300e-6)
+        self.ack_s = _Ewma(1e-3)
+        self._last_arrival: float | None = None
+
+    def arrived(self, count: int, now: float) -> None:
+        """``count`` events were just received (or none, after an idle poll)."""
+        if self._last_arrival is not None and now > self._last_arrival:
+            self.rate.add(count / (now - self._last_arrival))
+        self._last_arrival = now
+
+    def processed(self, count: int, seconds: float) -> None:
+        """A batch of ``count`` took ``seconds`` from decode to handing outputs to the producer."""
+        if count >= 50:
+            self.per_event_s.add(max(seconds - self.fixed_s.value, 0.0) / count)
+        else:
+            self.fixed_s.add(max(seconds - self.per_event_s.value * count, 0.0))
+
+    def acknowledged(self, seconds: float) -> None:
+        """The broker acknowledged a batch's last output ``seconds`` after it was produced."""
+        self.ack_s.add(seconds)
+
+    def cost(self, count: int) -> float:
+        return self.fixed_s.value + self.per_event_s.value * count + self.ack_s.value
+
+    def wait_s(self, size: int) -> float:
+        """How long a batch of ``size`` whose oldest event was just received may wait for more."""
+        if size >= self.max_events or self.budget_s <= 0:
+            return 0.0
+        spare = self.budget_s - self.cost(size + 1)
+        if spare <= 0 or self.rate.value * spare < 1.0:
+            return 0.0
+        # Wait no longer than it takes for the batch to fill at the current rate.
+        return min(spare, (self.max_events - size) / self.rate.value)
+
+
+class BatchConsumer:
+    """Hands out bounded batches: what is buffered at once, else the first event to arrive;
+    then, if the policy's latency budget allows and more events are expected, a little more."""
+
+    def __init__(self, consumer: Consumer, policy: BatchPolicy, idle_timeout_s: float = 0.1) -> None:
+        self.consumer = consumer
+        self.policy = policy
+        self._idle = idle_timeout_s
+
+    def next_batch(self) -> tuple[list[Message], int]:
+        """The batch and when its first event was received (``perf_counter_ns``; 0 if empty)."""
+        consumer, policy = self.consumer, self.policy
+        messages = consumer.consume(policy.max_events, 0)
+        if not messages:
+            first = consumer.poll(self._idle)
+            if first is None:
+                policy.arrived(0, time.perf_counter())
+                return [], 0
+            messages = [first, *consumer.consume(policy.max_events - 1, 0)]
+        received_ns = time.perf_counter_ns()
+        policy.arrived(len(messages), received_ns / 1e9)
+        wait = policy.wait_s(len(messages))
+        if wait > 0:
+            more = consumer.consume(policy.max_events - len(messages), wait)
+            policy.arrived(len(more), time.perf_counter())
+            messages += more
+        return messages, received_ns
