@@ -1,0 +1,340 @@
+"""The loop (hold, pause, rewind, revoke, checkpoint) on the in-memory broker, driven step by step.
+
+Every test asserts the offsets committed and the outputs published exactly. The broker's own
+behaviour under the same faults is exercised against real brokers in tests/integration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from worker.errors import FeatureStoreUnavailable
+from worker.kafka.checkpoint import Checkpointer
+from worker.kafka.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+from worker.kafka.port import Fault
+from worker.kafka.sink import Sink
+from worker.kafka.transactions import TransactionalCheckpointer
+from worker.records import TP, BatchResult, DeadLetter, Delivery, Message, Output
+from worker.runner.loop import LoopSettings, Runner
+from worker.runner.observer import Observer
+
+P0, P1 = ("in", 0), ("in", 1)
+REFUSED = Fault("refused", "_MSG_TIMED_OUT")
+ABORTABLE = Fault("inconsistent", "_INCONSISTENT", abortable=True)
+
+
+class ScriptedPipeline:
+    """The pipeline's twin: scores an event as ``s:`` + its value, dead-letters ``poison``, and
+    raises ``FeatureStoreUnavailable`` while ``down`` (unless asked to score with defaults)."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.batches: list[list[bytes | None]] = []
+
+    def process(self, messages: Sequence[Message], degraded: bool = False) -> BatchResult:
+        if self.down and not degraded:
+            raise FeatureStoreUnavailable("the feature store is down")
+        self.batches.append([m.value() for m in messages])
+        result = BatchResult()
+        for m in messages:
+            if m.value() == b"poison":
+                result.dead_letters.append(DeadLetter(m, "decode", "poisoned", "ValueError"))
+            else:
+                result.outputs.append(Output(m.key(), b"s:" + (m.value() or b""), m))
+        return result
+
+    def probe(self) -> None:
+        if self.down:
+            raise FeatureStoreUnavailable("the feature store is down")
+
+
+@dataclass
+class Recorder(Observer):
+    events: list[str] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)
+
+    def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
+        self.events.append(f"done {len(batch)}")
+
+    def batch_acked(self, delivery: Delivery) -> None:
+        self.acked.append(delivery.size)
+
+    def dependency_down(self, what: str, error: Exception) -> None:
+        self.events.append(f"down {what}")
+
+    def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
+        self.events.append(f"partitions +{assigned} -{revoked}")
+
+    def stopped(self) -> None:
+        self.events.append("stopped")
+
+
+@dataclass
+class Rig:
+    broker: MemoryBroker
+    consumer: MemoryConsumer
+    pipeline: ScriptedPipeline
+    runner: Runner
+    recorder: Recorder
+    producers: list[MemoryProducer]
+
+    @property
+    def producer(self) -> MemoryProducer:
+        return self.producers[-1]
+
+    def send(self, *values: str, partition: int = 0) -> None:
+        for value in values:
+            self.broker.append("in", value.encode(), b"k", partition)
+
+    def steps(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.runner.step()
+
+    def outputs(self, committed_only: bool = False) -> list[str]:
+        return [(v or b"").decode() for v in self.broker.values("out", committed_only)]
+
+    def when_polled(self, action: Callable[[int], None]) -> None:
+        """``action(n)`` at the n-th poll of the consumer from now on."""
+        count = [0]
+
+        def hook() -> None:
+            count[0] += 1
+            action(count[0])
+        self.consumer.on_poll = hook
+
+
+def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, commit_interval_s: float = 3600.0,
+        max_pending: int = 50_000, degrade_after: int | None = None) -> Rig:
+    broker = MemoryBroker()
+    for topic, n in (("in", partitions), ("out", 1), ("dlq", 1)):
+        broker.create_topic(topic, n)
+    consumer = broker.consumer("group", read_committed=exactly_once)
+    producers: list[MemoryProducer] = []
+
+    def new_producer(on_error: Callable[[Fault], None]) -> MemoryProducer:
+        producers.append(broker.producer("tx" if exactly_once else None, on_error))
+        return producers[-1]
+
+    sink = Sink(new_producer, "out", "dlq", "group", max_pending=max_pending)
+    checkpointer: Checkpointer
+    if exactly_once:
+        checkpointer = TransactionalCheckpointer(consumer, sink, commit_interval_s, 1.0)
+        checkpointer.initialise(1.0)
+    else:
+        checkpointer = Checkpointer(consumer, sink, commit_interval_s, 1.0)
+    pipeline, recorder = ScriptedPipeline(), Recorder()
+    settings = LoopSettings(max_events, 0.0, retry_initial_s=0.001, retry_max_s=0.004, probe_interval_s=0.002,
+                            degrade_after=degrade_after)
+    runner = Runner(consumer, ["in"], pipeline, sink, checkpointer, settings, [recorder], probe=pipeline.probe,
+                    serve_deliveries=False)
+    runner.start()
+    runner.step()  # joins the group: every partition is assigned (the topics are empty yet)
+    return Rig(broker, consumer, pipeline, runner, recorder, producers)
+
+
+def test_a_batch_is_held_with_its_partitions_paused_while_the_feature_store_is_down() -> None:
+    r = rig(partitions=2)
+    r.send("a", "b", partition=0)
+    r.send("c", partition=1)
+    r.pipeline.down = True
+    paused: list[set[TP]] = []
+
+    def meanwhile(n: int) -> None:
+        paused.append(set(r.consumer.paused))
+        if n == 2:
+            r.send("late", partition=1)  # arrives while the partitions are paused
+        if n == 4:
+            r.pipeline.down = False
+
+    r.when_polled(meanwhile)
+    r.steps()
+
+    assert paused[1:4] == [{P0, P1}] * 3, "both partitions paused while the batch is held"
+    assert r.consumer.paused == set(), "resumed once the store answers"
+    assert r.outputs() == ["s:a", "s:b", "s:c"], "the held batch is scored once, whole"
+    assert "down redis" in r.recorder.events
+    r.steps()
+    assert r.outputs() == ["s:a", "s:b", "s:c", "s:late"], "what arrived meanwhile is not lost"
+    r.runner.close()
+    assert r.broker.committed("group") == {P0: 2, P1: 2}
+
+
+def test_with_degrade_the_held_batch_is_scored_with_defaults_and_marked_until_the_store_answers() -> None:
+    r = rig(degrade_after=1)
+    r.send("a", "b")
+    r.pipeline.down = True
+
+    r.steps()
+
+    first = r.broker.records("out")
+    assert [x.value for x in first] == [b"s:a", b"s:b"]
+    assert all(("x-worker-degraded", b"1") in (x.headers or []) for x in first)
+    r.pipeline.down = False
+    r.send("c")
+    r.runner._last_probe = 0.0  # the probe is due
+    r.steps()
+    assert r.broker.records("out")[-1].value == b"s:c" and not r.broker.records("out")[-1].headers
+    assert not r.runner.degraded
+
+
+def test_a_failed_delivery_rewinds_to_the_last_commit_and_redoes_the_work() -> None:
+    r = rig(commit_interval_s=0.0)
+    r.send("a", "b", "c", "d", "e", "f")
+    r.steps()  # batch a-c, acknowledged and committed
+    assert r.broker.committed("group") == {P0: 3}
+    r.producer.hold = True
+
+    r.steps()  # batch d-f, outputs in flight
+    r.producer.deliver(lambda value: value == b"s:e", REFUSED)
+    r.producer.hold = False
+    r.producer.deliver()
+    r.steps()  # the checkpoint finds the failure: nothing committed, rewound to 3
+    assert r.broker.committed("group") == {P0: 3}
+    assert "seek ('in', 0) 3" in r.broker.history
+    r.steps()  # d-f again
+
+    assert r.outputs() == ["s:a", "s:b", "s:c", "s:d", "s:f", "s:d", "s:e", "s:f"]
+    assert r.broker.committed("group") == {P0: 6}
+
+
+def test_commits_go_only_past_acknowledged_batches_when_reports_arrive_out_of_order() -> None:
+    r = rig(commit_interval_s=0.0)
+    r.send(*"abcdefghi")
+    r.producer.hold = True
+    r.steps(3)  # three batches of three, all in flight
+    assert r.consumer.commits == []
+
+    r.producer.deliver(lambda value: value in (b"s:g", b"s:h", b"s:i"))  # the last batch first
+    r.producer.deliver(lambda value: value in (b"s:a", b"s:b", b"s:c"))
+    r.steps()
+    assert r.consumer.commits == [{P0: 3}], "the unacknowledged middle batch holds back the last"
+
+    r.producer.deliver()
+    r.steps()
+    assert r.consumer.commits == [{P0: 3}, {P0: 9}]
+    assert sorted(r.recorder.acked) == [3, 3, 3]
+
+
+def test_a_revocation_mid_batch_commits_what_was_done_and_publishes_nothing_for_the_revoked_partition() -> None:
+    r = rig(partitions=2, max_events=10)
+    r.send("a0", partition=0)
+    r.send("a1", partition=1)
+    r.steps()  # a0 and a1 scored
+    r.send("b0", partition=0)
+    r.send("b1", partition=1)
+    r.pipeline.down = True
+    other = r.broker.consumer("group")
+
+    def meanwhile(n: int) -> None:
+        if n == 1:
+            other.subscribe(["in"], _NoListener())  # a second replica joins while the batch is held
+        if n == 3:
+            r.pipeline.down = False
+
+    r.when_polled(meanwhile)
+    r.steps()
+
+    assert r.outputs() == ["s:a0", "s:a1", "s:b0"], "b1's partition was revoked while its batch was held"
+    assert r.broker.committed("group") == {P0: 1, P1: 1}, "what was done was committed before the partition moved"
+    assert r.runner.assignment == {P0}
+    other.consume(0, 0)
+    assert other.assignment == {P1} and other.position([P1]) == {P1: 1}, "the new owner starts at b1"
+    r.runner.close()
+    assert r.broker.committed("group") == {P0: 2, P1: 1}
+
+
+def test_a_revocation_while_the_batch_waits_for_the_broker_drops_the_revoked_partitions_outputs() -> None:
+    r = rig(partitions=2, max_events=4, max_pending=5)
+    r.send("a0", "b0", partition=0)
+    r.send("a1", "b1", partition=1)
+    r.producer.hold = True
+    r.steps()  # a0 b0 a1 b1 published, unacknowledged
+    r.send("c0", partition=0)
+    r.send("c1", partition=1)
+    other = r.broker.consumer("group")
+
+    def meanwhile(n: int) -> None:
+        if n == 2:  # (the first poll fetched the batch) the broker catches up, and partition 1 moves
+            r.producer.hold = False
+            r.producer.deliver()
+            other.subscribe(["in"], _NoListener())
+
+    r.when_polled(meanwhile)
+    r.steps()  # c0 c1 scored, then held at the cap while partition 1 is revoked
+
+    assert r.pipeline.batches[-1] == [b"c0", b"c1"]
+    assert r.outputs() == ["s:a0", "s:b0", "s:a1", "s:b1", "s:c0"], "c1's partition went while its output waited"
+    assert r.consumer.commits == [{P0: 2, P1: 2}], "the revocation committed the work done"
+    r.runner.close()
+    assert r.broker.committed("group") == {P0: 3, P1: 2}
+
+
+def test_the_in_flight_cap_pauses_the_partitions_until_the_broker_catches_up() -> None:
+    r = rig(partitions=2, max_events=4, max_pending=6)
+    r.send("a", "b", partition=0)
+    r.send("c", "d", partition=1)
+    r.send("e", "f", partition=0)
+    r.send("g", "h", partition=1)
+    r.producer.hold = True
+    paused: list[set[TP]] = []
+
+    def broker_catches_up(n: int) -> None:
+        paused.append(set(r.consumer.paused))
+        if n == 3:
+            r.producer.deliver()
+
+    r.steps()  # a, b, e, f (partition 0 first) published, unacknowledged
+    r.when_polled(broker_catches_up)
+    r.steps()  # c, d, g, h would pass the cap of 6: held until the first four are acknowledged
+
+    assert paused[1:3] == [{P0, P1}] * 2
+    assert r.consumer.paused == set()
+    assert "down kafka" in r.recorder.events
+    r.producer.deliver()
+    assert r.outputs() == ["s:a", "s:b", "s:e", "s:f", "s:c", "s:d", "s:g", "s:h"]
+
+
+def test_exactly_once_aborts_a_failed_transaction_and_redoes_it_in_a_new_one() -> None:
+    r = rig(exactly_once=True, commit_interval_s=0.0, max_events=2)
+    r.send("a", "b", "c", "d")
+    r.producer.fail_next("commit_transaction", ABORTABLE)
+
+    r.steps()  # a-b in a transaction whose commit fails: aborted, rewound
+    assert r.broker.committed("group") == {}
+    assert r.outputs(committed_only=True) == []
+    r.steps(2)  # a-b again, then c-d, each committed with its offsets
+
+    assert r.outputs(committed_only=True) == ["s:a", "s:b", "s:c", "s:d"], "read_committed sees every event once"
+    assert r.outputs() == ["s:a", "s:b", "s:a", "s:b", "s:c", "s:d"], "the aborted attempt stays in the log"
+    assert r.broker.committed("group") == {P0: 4}
+    assert [t.state for t in r.producer.transactions] == ["aborted", "committed", "committed"]
+
+
+def test_shutdown_flushes_the_producer_then_commits() -> None:
+    r = rig()
+    r.producer.deliver_on_poll = False  # the broker acknowledges only when the producer is flushed
+    r.send("a", "b", "c", "poison", "e")
+    r.steps(2)
+    assert r.consumer.commits == []
+
+    r.runner.stop()
+    r.runner.close()
+
+    assert r.outputs() == ["s:a", "s:b", "s:c", "s:e"]
+    assert r.broker.values("dlq") == [b"poison"]
+    history = r.broker.history
+    assert history.index("flush") < history.index("deliver 5") < history.index("commit {('in', 0): 5}")
+    assert r.consumer.closed and r.recorder.events[-1] == "stopped"
+
+
+class _NoListener:
+    def assigned(self, partitions: list[TP]) -> None:
+        pass
+
+    def revoked(self, partitions: list[TP]) -> None:
+        pass
+
+    def lost(self, partitions: list[TP]) -> None:
+        pass
+
