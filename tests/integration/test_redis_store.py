@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from tests.support.infra import LocalRedisServer, RedisServer
-from worker.errors import FeatureStoreUnavailable
+from worker.errors import FeatureStoreUnavailable, StartupError
 from worker.features.fetcher import EntitySpec, FeatureFetcher
 from worker.features.keys import KeyTemplate
-from worker.features.redis_store import RedisAddress, RedisFeatureStore, wait_until_ready
+from worker.features.redis_store import RedisAddress, RedisFeatureStore, wait_for_redis
 from worker.pipeline.assembly import Assembler, FeatureColumn, TensorSpec
 
 pytestmark = pytest.mark.integration
@@ -177,8 +177,8 @@ def test_unavailable_when_nothing_listens() -> None:
 
     assert isinstance(caught.value.__cause__, OSError)
     started = time.monotonic()
-    with pytest.raises(FeatureStoreUnavailable):
-        wait_until_ready(store, timeout_s=0.5, interval_s=0.1)
+    with pytest.raises(StartupError, match=f"Redis at redis://127.0.0.1:{port}/0 not ready after 0s"):
+        wait_for_redis(store, timeout_s=0.5)
     assert time.monotonic() - started < 5
 
 
@@ -201,7 +201,7 @@ def test_wait_until_ready_returns_once_redis_comes_back(redis_server: RedisServe
     restart = threading.Timer(0.8, redis_server.start)
     restart.start()
     try:
-        wait_until_ready(store, timeout_s=20, interval_s=0.2)
+        wait_for_redis(store, timeout_s=20)
     finally:
         restart.join()
     store.ping()

@@ -19,6 +19,7 @@ PACKAGE = REPO / "worker"
 LAYERS: list[set[str]] = [  # lowest first; a room imports only from its own layer's room or lower layers
     {"worker", "records", "logs"},
     {"errors"},
+    {"startup"},
     {"codecs", "features", "inference"},
     {"serving"},
     {"pipeline"},

@@ -85,6 +85,7 @@ def test_malformed_values_raise_decode_error_wrapping_the_library_error(
     assert error.__cause__ is not None
     assert type(error.__cause__).__name__ in error.reason
     assert error.reason.startswith("not a valid Transaction Avro record")
+    assert not error.reason.rstrip().endswith(":"), f"a reason with no detail: {error.reason!r}"
 
 
 def test_random_values_raise_decode_error(schema: dict[str, Any], message: InputMessage) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,14 @@ BROKEN = {
         "$score cannot be written to a string field"),
     "unknown special": ({"output.fields.is_fraud": "$lable"}, "output.fields.is_fraud", "unknown '$lable'"),
     "output key path absent": ({"output.key": "card"}, "output.key", "no field 'card'"),
+    "int64 key encoding of a string field": (
+        {"output.key": "card_id", "output.key_encoding": "int64"}, "output.key_encoding",
+        "int64 writes an int or long as 8 bytes, but 'card_id' is a string"),
+    "int64 key encoding without a key field": (
+        {"output.key": DELETE, "output.key_encoding": "int64"}, "output.key_encoding",
+        "int64 applies to output.key, which is not set"),
+    "model.version differing from the model card's": (
+        {"model.version": "2"}, "model.version", "'2' differs from '1' in the model card beside model.onnx"),
 }
 
 
@@ -189,7 +198,43 @@ def test_a_double_field_cannot_feed_an_integer_tensor(tmp_path: Path, base: dict
     key, reason = only_problem(write_config(tmp_path / "c.yaml", data))
 
     assert key == "model.inputs.x.columns[0]"
-    assert "a double cannot feed a int64 tensor without losing its fraction" in reason
+    assert "a double cannot feed an int64 tensor without losing its fraction" in reason
+
+
+def test_a_model_without_a_card_is_versioned_by_its_content_never_by_a_folder(tmp_path: Path,
+                                                                               base: dict[str, Any]) -> None:
+    folder = tmp_path / "workload"
+    folder.mkdir()
+    model = folder / "model.onnx"
+    model.write_bytes(Path(base["model"]["path"]).read_bytes())  # the shared model, without its card
+    bare = changed(base, **{"model.path": str(model), "model.version": DELETE, "model.name": DELETE})
+
+    compiled = compile_settings(load_settings(write_config(tmp_path / "bare.yaml", bare)))
+    given = compile_settings(load_settings(write_config(tmp_path / "given.yaml", changed(bare, **{
+        "model.version": "7"}))))
+    carded = compile_settings(load_settings(write_config(tmp_path / "carded.yaml", changed(base, **{
+        "model.version": DELETE}))))
+
+    assert (compiled.model.name, compiled.model.version, compiled.version_from) == (
+        "model", hashlib.sha256(model.read_bytes()).hexdigest()[:12], "the file's content hash")
+    assert (given.model.version, given.version_from) == ("7", "model.version")
+    assert (carded.model.version, carded.version_from) == ("1", "the model card")
+
+
+def test_one_column_inputs_can_be_written_directly(tmp_path: Path, base: dict[str, Any]) -> None:
+    from onnx import helper
+
+    from tests.support.onnx_models import FLOAT, save_model
+
+    model = tmp_path / "two.onnx"
+    save_model(model, [helper.make_node("Add", ["a", "b"], ["score"])],
+               [("a", FLOAT, ["N", 1]), ("b", FLOAT, ["N", 1])], [("score", FLOAT, ["N", 1])])
+    data = changed(base, **{"model.path": str(model), "model.version": DELETE, "model.score": {"output": "score"},
+                            "model.inputs": {"a": "amount", "b": {"event": "distance_from_home_km", "default": -1}}})
+
+    compiled = compile_settings(load_settings(write_config(tmp_path / "c.yaml", data)))
+
+    assert [(t.name, t.rank, len(t.columns)) for t in compiled.tensors] == [("a", 2, 1), ("b", 2, 1)]
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, base: dict[str, Any]) -> None:

@@ -136,6 +136,16 @@ def test_without_golden_vectors_the_check_is_skipped_with_a_note(repo: ModelRepo
     assert "no golden vectors" in caplog.text
 
 
+def test_a_model_without_a_card_is_served_without_warnings_about_one(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    path = logistic([0.5, -0.25])(tmp_path / "model.onnx")
+
+    validated = load_file(path, "risk", "a1b2c3", SIGNATURE, POLICY)
+
+    assert validated.notes[1] == "no model card beside the file (its checks, golden vectors included, skipped)"
+    assert "golden" not in caplog.text
+
+
 def test_a_cards_own_tolerance_wins(repo: ModelRepository) -> None:
     add_version(repo.root, "risk", "2", logistic([0.5, -0.2499]), golden_from=logistic([0.5, -0.25]),
                 card={"golden_tolerance": {"atol": 0.01}})

@@ -58,7 +58,8 @@ def check_configured_model(settings: WorkerSettings, compiled: Compiled) -> list
         notes = validate(model, card, signature(compiled), policy(settings))
     except (CardError, ModelRefused) as exc:
         raise StartupError(f"model {model.name} v{model.version} cannot serve: {exc}") from exc
-    logger.info("model %s v%s validated: %s", model.name, model.version, "; ".join(notes))
+    logger.info("model %s v%s (version from %s) validated: %s", model.name, model.version, compiled.version_from,
+                "; ".join(notes))
     return notes
 
 

@@ -14,10 +14,11 @@ from worker.app.kafka import kafka_client, make_checkpointer, make_consumer, mak
 from worker.app.telemetry import Telemetry, make_telemetry
 from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
-from worker.features.redis_store import wait_until_ready
+from worker.features.redis_store import wait_for_redis
 from worker.kafka.admin import wait_for_topics
 from worker.runner.loop import Runner
 from worker.runner.observer import Observer
+from worker.startup import check_stop
 from worker.telemetry.progress import ProgressLog
 from worker.telemetry.stats import RunStats
 
@@ -31,10 +32,10 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     compiled = compile_settings(settings)
     lifecycle.check_configured_model(settings, compiled)
     store = make_store(settings)
-    wait_until_ready(store, settings.redis.startup_timeout_s)
+    wait_for_redis(store, settings.redis.startup_timeout_s)
     k = settings.kafka
     consumer = make_consumer(settings, t.hooks)
-    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s)
+    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s, k.bootstrap_servers)
     pipeline = make_pipeline(settings, compiled, store)
     sink = make_sink(settings, t.hooks)
     checkpointer = make_checkpointer(settings, consumer, sink)
@@ -54,6 +55,7 @@ def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: f
         observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
         runner = build_runner(settings, observers, telemetry)
         runner.install_signal_handlers()
+        check_stop()  # a signal that came while starting, after the last wait
         runner.run(ready=lambda: logger.info("worker ready"))
     finally:
         telemetry.close()

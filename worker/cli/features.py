@@ -16,7 +16,8 @@ from worker.errors import ToolError
 
 def register(sub: Any) -> None:
     features = sub.add_parser("features", help="manage the feature store").add_subparsers(dest="action", required=True)
-    p = command(features, "load", "write feature hashes to Redis (HSET, pipelined)", cmd_features_load)
+    p = command(features, "load", "write feature hashes to Redis (HSET, pipelined)", cmd_features_load,
+                only=("redis_url",))
     source_options(p, "JSON lines like {\"key\": \"card:c1\", \"fields\": {\"f\": 1.5}}")
     p.add_argument("--chunk", type=int, default=1000, help="hashes per pipelined round trip (default 1000)")
     p.add_argument("--replace", action="store_true", help="delete each hash before writing it")

@@ -23,7 +23,7 @@ from typing import Any
 
 from worker.app import lifecycle
 from worker.app.kafka import kafka_client
-from worker.cli.options import Command, config_options, settings_from
+from worker.cli.options import KAFKA, Command, config_options, settings_from
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, WorkerError
@@ -63,7 +63,7 @@ def register(sub: Any) -> None:
 
     def command(name: str, help_text: str, fn: Command) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = commands.add_parser(name, help=help_text, description=help_text)
-        config_options(p)
+        config_options(p, only=KAFKA)
         p.set_defaults(fn=_guarded(fn))
         return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,19 @@ from worker.devtools.sources import Item, generated, json_lines
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 EXIT_FENCED = 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES = """exit codes:
+  0    done (run: stopped by a signal after finishing its work)
+  1    a command failed: bad input for a tool, undelivered events, a refused model
+  2    the configuration is invalid (every problem is printed with its key)
+  3    could not start: Kafka, Redis, the model or the Schema Registry not ready in time
+  4    fenced: another instance took over this replica's transactional id
+  130  interrupted (Ctrl-C) before finishing"""
 
 Command = Callable[[argparse.Namespace], int]
 
+KAFKA = ("bootstrap_servers",)
+TOPICS = ("input_topic", "output_topic", "dlq_topic")
 _OVERRIDES = {  # option → nested settings key
     "bootstrap_servers": ("kafka", "bootstrap_servers"), "group_id": ("kafka", "group_id"),
     "input_topic": ("kafka", "input_topics"), "output_topic": ("kafka", "output_topic"),
@@ -25,23 +35,32 @@ _OVERRIDES = {  # option → nested settings key
 }
 
 
-def config_options(parser: argparse.ArgumentParser, default_config: Path | None = None) -> None:
+def config_options(parser: argparse.ArgumentParser, default_config: Path | None = None,
+                   only: Collection[str] | None = None) -> None:
+    """``--config`` and the overrides of settings. With ``only``, the others are still accepted (one
+    list of options serves every command in a script) but left out of ``--help``."""
     parser.add_argument("--config", "-c", type=Path, required=default_config is None, default=default_config,
                         help="YAML or TOML config file" + (f" (default: {default_config})" if default_config else ""))
-    parser.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
-    parser.add_argument("--redis-url", help="overrides redis.url")
-    parser.add_argument("--input-topic", action="append", help="overrides kafka.input_topics (repeatable)")
-    parser.add_argument("--output-topic", help="overrides kafka.output_topic")
-    parser.add_argument("--dlq-topic", help="overrides kafka.dlq_topic")
-    parser.add_argument("--group-id", help="overrides kafka.group_id")
-    parser.add_argument("--guarantee", choices=["at-least-once", "exactly-once"],
-                        help="overrides processing_guarantee")
+    options: dict[str, tuple[str, dict[str, Any]]] = {
+        "bootstrap_servers": ("--bootstrap-servers", {"help": "overrides kafka.bootstrap_servers"}),
+        "redis_url": ("--redis-url", {"help": "overrides redis.url"}),
+        "input_topic": ("--input-topic", {"action": "append", "help": "overrides kafka.input_topics (repeatable)"}),
+        "output_topic": ("--output-topic", {"help": "overrides kafka.output_topic"}),
+        "dlq_topic": ("--dlq-topic", {"help": "overrides kafka.dlq_topic"}),
+        "group_id": ("--group-id", {"help": "overrides kafka.group_id"}),
+        "guarantee": ("--guarantee", {"choices": ["at-least-once", "exactly-once"],
+                                      "help": "overrides processing_guarantee"}),
+    }
+    for name, (flag, kwargs) in options.items():
+        shown = only is None or name in only
+        parser.add_argument(flag, **{**kwargs, **({} if shown else {"help": argparse.SUPPRESS})})
 
 
-def command(sub: Any, name: str, help_text: str, fn: Command) -> argparse.ArgumentParser:
-    """A subcommand reading the config file (with the usual overrides) that runs ``fn``."""
+def command(sub: Any, name: str, help_text: str, fn: Command,
+            only: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """A subcommand reading the config file (with the overrides ``only`` names, else all) that runs ``fn``."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
-    config_options(parser)
+    config_options(parser, only=only)
     parser.set_defaults(fn=fn)
     return parser
 

@@ -7,14 +7,15 @@ import sys
 from typing import Any
 
 from worker.app.tools import make_sender
-from worker.cli.options import command, items_from, settings_from, source_options
+from worker.cli.options import KAFKA, command, items_from, settings_from, source_options
 from worker.devtools.console import ProgressLine
 from worker.devtools.sender import send_all
 from worker.errors import ToolError
 
 
 def register(sub: Any) -> None:
-    p = command(sub, "produce", "encode events (JSON lines) with the input schema and produce them", cmd_produce)
+    p = command(sub, "produce", "encode events (JSON lines) with the input schema and produce them", cmd_produce,
+                only=(*KAFKA, "input_topic"))
     source_options(p, "one JSON object per line, shaped like the input schema's records")
     p.add_argument("--n", type=int, help="stop after N events (a generator's default: 1000)")
     p.add_argument("--rate", type=float, default=0, help="events per second (default: as fast as possible)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from worker import __version__
@@ -13,6 +15,7 @@ from worker.cli.options import command, settings_from
 from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
 from worker.logs import configure
+from worker.startup import request_stop
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +34,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure(settings.log_level, settings.log_format)
     logger.info("worker %s starting with %s", __version__, args.config)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop runs and takes the signals over
+        signal.signal(sig, _stop_starting)
     run_worker(settings, args.stats_file, launched_at)
     return 0
+
+
+def _stop_starting(signum: int, frame: FrameType | None) -> None:
+    """A signal while starting (waiting for Redis or Kafka, say): nothing to finish, stop at once."""
+    request_stop(signal.Signals(signum).name)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -43,7 +53,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"config OK: {args.config}")
     print(f"  kafka   {k.bootstrap_servers}: {', '.join(k.input_topics)} -> {k.output_topic} (dead letters: "
           f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")
-    print(f"  model   {compiled.model.name} v{compiled.model.version}: {tensors}")
+    print(f"  model   {compiled.model.name} v{compiled.model.version} (version from {compiled.version_from}): "
+          f"{tensors}")
     entities = ", ".join(f"{e.name} ({e.template.template}, {len(e.fields)} fields)" for e in compiled.entities)
     print(f"  features {entities or 'none'}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")

@@ -9,13 +9,14 @@ import time
 from typing import Any
 
 from worker.app.tools import topic_decoder, topic_reader
-from worker.cli.options import command, settings_from
+from worker.cli.options import KAFKA, command, settings_from
 from worker.codecs.avro import Decoder
 from worker.errors import EventError
 
 
 def register(sub: Any) -> None:
-    p = command(sub, "tail", "print predictions (or dead letters) as JSON lines", cmd_tail)
+    p = command(sub, "tail", "print predictions (or dead letters) as JSON lines", cmd_tail,
+                only=(*KAFKA, "input_topic", "output_topic", "dlq_topic"))
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not the newest")
     p.add_argument("--n", type=int, help="stop after N messages")
     which = p.add_mutually_exclusive_group()

@@ -6,14 +6,14 @@ import argparse
 from typing import Any
 
 from worker.app.tools import create_topics
-from worker.cli.options import command, settings_from
+from worker.cli.options import KAFKA, TOPICS, command, settings_from
 from worker.errors import ToolError
 
 
 def register(sub: Any) -> None:
     topics = sub.add_parser("topics", help="manage the configured topics").add_subparsers(dest="action", required=True)
     p = command(topics, "create", "create the input, output and dead-letter topics (existing ones are kept)",
-                cmd_topics_create)
+                cmd_topics_create, only=(*KAFKA, *TOPICS))
     p.add_argument("--partitions", type=int, default=3, help="partitions of each new topic (default 3)")
     p.add_argument("--replication-factor", type=int, default=1, help="replicas of each new topic (default 1)")
 

@@ -57,11 +57,20 @@ def _read_exactly(schema: Schema, name: str, value: bytes | None, ctx: Message, 
     try:
         record = fastavro.schemaless_reader(buf, schema, reader)
     except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, IndexError, ...
-        detail = _OBJECT_REPR.sub("", str(exc))
-        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {detail}", ctx) from exc
+        raise DecodeError(f"not a valid {name} Avro record: {type(exc).__name__}: {_detail(exc)}", ctx) from exc
     if buf.tell() != len(value):
         raise DecodeError(f"{len(value) - buf.tell()} bytes left over after a {name} Avro record", ctx)
     return record  # type: ignore[return-value]  # a record schema always reads as a dict
+
+
+def _detail(exc: Exception) -> str:
+    """What went wrong, never empty (fastavro's EOFError says nothing)."""
+    detail = _OBJECT_REPR.sub("", str(exc)).strip()
+    if detail:
+        return detail
+    if isinstance(exc, EOFError):
+        return "the value ends before the record does (truncated, or written with another schema)"
+    return "the decoder gave no detail"
 
 
 class PlainAvroDecoder:

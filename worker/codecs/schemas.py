@@ -87,6 +87,12 @@ class FieldType:
         return ("nullable " if self.nullable else "") + self.kind
 
 
+def a_or_an(word: str) -> str:
+    """``word`` after its indefinite article: "an int", "an array", "a nullable long"."""
+    vowel = word[:1] in "aeiou" and not word.startswith("uint")
+    return f"{'an' if vowel else 'a'} {word}"
+
+
 def kind_of(node: TypeNode) -> str:
     """'int', 'string', 'enum', 'record', ... or 'union' for a union of several non-null types."""
     if isinstance(node, str):
@@ -120,7 +126,7 @@ def field_type(schema: Schema, path: str) -> FieldType:
         node, maybe_null = _strip_null(_named(schema, node))
         nullable = nullable or maybe_null
         if kind_of(node) != "record":
-            raise SchemaError(f"'{'.'.join(walked)}' is a {kind_of(node)}, it has no field '{part}'")
+            raise SchemaError(f"'{'.'.join(walked)}' is {a_or_an(kind_of(node))}, it has no field '{part}'")
         fields = {f["name"]: f for f in node["fields"]}
         if part not in fields:
             where = ".".join(walked) or record_name(schema)
@@ -157,4 +163,4 @@ def kind_assignable(kind: str, target_kind: str, symbols: list[str], target: Typ
         return f"enum symbols {missing} are not in the output enum" if missing else None
     if target_kind in _PROMOTIONS.get(kind, {kind}):
         return None
-    return f"a {kind} cannot be written as {target_kind}"
+    return f"{a_or_an(kind)} cannot be written as {target_kind}"

@@ -8,6 +8,7 @@ schema. Each problem is reported as ``(config key, reason)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from worker.codecs.schemas import (
     FieldType,
     Schema,
     SchemaError,
+    a_or_an,
     assignable,
     field_type,
     load_schema,
@@ -62,14 +64,38 @@ class Compiled:
     tensors: list[TensorSpec]
     builder: OutputBuilder
     model: Model
+    version_from: str = "the caller"
+    """Where the model's version comes from (see ``model_identity``)."""
 
 
-def model_identity(settings: WorkerSettings, path: Path) -> tuple[str, str]:
-    """Name and version: from the settings, else the model card beside the file, else the path."""
-    card = load_model_card(path)
-    name = settings.model.name or card.get("name") or path.parent.parent.name or path.stem
-    version = settings.model.version or str(card.get("version") or path.parent.name or "1")
-    return str(name), version
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    version_from: str
+    """Where the version comes from: ``model.repository``, ``the model card``, ``model.version`` or
+    ``the file's content hash``."""
+
+
+def model_identity(settings: WorkerSettings, path: Path, problems: Problems | None = None) -> ModelIdentity:
+    """Name and version. In a repository the configured ones; for a single file, the name from the
+    settings, else the card, else the file name, and the version from the card, else
+    ``model.version``, else the start of the file's SHA-256 (never a folder's name: it would go
+    into every prediction looking like a version someone chose)."""
+    m, card = settings.model, load_model_card(path)
+    if m.repository is not None:
+        assert m.name and m.version
+        return ModelIdentity(m.name, m.version, "model.repository")
+    name = m.name or str(card.get("name") or path.stem)
+    carded = str(card["version"]) if card.get("version") is not None else None
+    if carded is not None and m.version is not None and carded != m.version and problems is not None:
+        problems.add("model.version", f"{m.version!r} differs from {carded!r} in the model card beside "
+                                      f"{path.name} (the card describes the file: leave model.version out)")
+    if carded is not None:
+        return ModelIdentity(name, carded, "the model card")
+    if m.version is not None:
+        return ModelIdentity(name, m.version, "model.version")
+    return ModelIdentity(name, hashlib.sha256(path.read_bytes()).hexdigest()[:12], "the file's content hash")
 
 
 def load_model_card(model_path: Path) -> dict[str, Any]:
@@ -89,7 +115,9 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     problems = Problems()
     input_schema, input_text = _schema(settings.avro.input_schema, "avro.input_schema", problems)
     output_schema, output_text = _schema(settings.avro.output_schema, "avro.output_schema", problems)
-    model = model or _load_model(settings, problems)
+    version_from = "the caller"
+    if model is None:
+        model, version_from = _load_model(settings, problems)
     problems.raise_if_any()
     assert input_schema and output_schema and model
     entities = _entities(settings, input_schema, problems)
@@ -100,7 +128,8 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     _lifecycle(settings, problems)
     _event_time(settings, input_schema, problems)
     problems.raise_if_any()
-    return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model)
+    return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model,
+                    version_from)
 
 
 def _schema(path: Path, key: str, problems: Problems) -> tuple[Schema | None, str]:
@@ -114,18 +143,18 @@ def _schema(path: Path, key: str, problems: Problems) -> tuple[Schema | None, st
         return None, ""
 
 
-def _load_model(settings: WorkerSettings, problems: Problems) -> Model | None:
+def _load_model(settings: WorkerSettings, problems: Problems) -> tuple[Model | None, str]:
     path = settings.model.onnx_path()
     key = "model.path" if settings.model.path else "model.repository"
     if not path.is_file():
         problems.add(key, f"model file not found: {path}")
-        return None
-    name, version = model_identity(settings, path)
+        return None, ""
+    identity = model_identity(settings, path, problems)
     try:
-        return OnnxModel(path, name, version, settings.model.threads)
+        return OnnxModel(path, identity.name, identity.version, settings.model.threads), identity.version_from
     except StartupError as exc:
         problems.add(key, str(exc))
-        return None
+        return None, ""
 
 
 def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> list[EntitySpec]:
@@ -163,7 +192,7 @@ def _event_time(settings: WorkerSettings, schema: Schema, problems: Problems) ->
     path, key = settings.telemetry.event_time_field, "telemetry.event_time_field"
     found = _check_path(schema, path, key, problems) if path else None
     if found is not None and found.kind not in ("int", "long", "float", "double"):
-        problems.add(key, f"'{path}' is a {found.describe()}; the event time must be a number "
+        problems.add(key, f"'{path}' is {a_or_an(found.describe())}; the event time must be a number "
                           f"(epoch {settings.telemetry.event_time_unit}, e.g. a timestamp-millis long)")
 
 
@@ -284,12 +313,12 @@ def _conversion_problem(found: FieldType, dtype: str, column: ColumnSettings) ->
             return f"a mapping applies to string, enum, int or boolean fields, not {kind}"
         return None if dtype != "string" else "a mapping feeds numeric inputs; this input is string"
     if dtype == "string":
-        return None if kind in ("string", "enum", "int", "long") else f"a {kind} cannot feed a string tensor"
+        return None if kind in ("string", "enum", "int", "long") else f"{a_or_an(kind)} cannot feed a string tensor"
     if kind in ("string", "enum"):
-        return f"a {kind} cannot feed a {dtype} tensor without a mapping (add mapping: {{value: number}})"
+        return f"{a_or_an(kind)} cannot feed {a_or_an(dtype)} tensor without a mapping (add mapping: {{value: number}})"
     if kind in ("float", "double") and not dtype.startswith("float"):
-        return f"a {kind} cannot feed a {dtype} tensor without losing its fraction"
-    return None if kind in (*NUMERIC, "boolean") else f"a {kind} cannot feed a {dtype} tensor"
+        return f"{a_or_an(kind)} cannot feed {a_or_an(dtype)} tensor without losing its fraction"
+    return None if kind in (*NUMERIC, "boolean") else f"{a_or_an(kind)} cannot feed {a_or_an(dtype)} tensor"
 
 
 def _const_fits(key: str, value: Any, dtype: str, problems: Problems) -> bool:
@@ -323,10 +352,22 @@ def _builder(settings: WorkerSettings, model: Model, input_schema: Schema, outpu
         if name not in settings.output.fields and "default" not in spec:
             problems.add("output.fields", f"output schema field '{name}' is not fed and has no default "
                                           f"(add output.fields.{name})")
-    if settings.output.key is not None:
-        _check_path(input_schema, settings.output.key, "output.key", problems)
+    _output_key(settings, input_schema, problems)
     return OutputBuilder(sources, ScoreSpec(score.output, score.column, settings.model.threshold),
                          KeySpec(settings.output.key, settings.output.key_encoding))
+
+
+def _output_key(settings: WorkerSettings, input_schema: Schema, problems: Problems) -> None:
+    path, encoding = settings.output.key, settings.output.key_encoding
+    found = _check_path(input_schema, path, "output.key", problems) if path is not None else None
+    if encoding != "int64":
+        return
+    if path is None:
+        problems.add("output.key_encoding", "int64 applies to output.key, which is not set (the input "
+                                            "message's key is copied as it is)")
+    elif found is not None and found.kind not in ("int", "long"):
+        problems.add("output.key_encoding", f"int64 writes an int or long as 8 bytes, but '{path}' is "
+                                            f"{a_or_an(found.describe())}")
 
 
 def _output_source(key: str, source: OutputFieldSettings, target: Any, input_schema: Schema,
@@ -357,7 +398,7 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
     assert source.special is not None
     kind = FieldType(target, False).kind
     if kind not in _SPECIAL_KINDS[source.special] and kind != "union":
-        problems.add(key, f"${source.special} cannot be written to a {kind} field "
+        problems.add(key, f"${source.special} cannot be written to {a_or_an(kind)} field "
                           f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
         return None
     return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))

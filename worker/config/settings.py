@@ -161,10 +161,23 @@ class ColumnSettings(_Section):
 
 
 class InputSettings(_Section):
+    """A model input: ``{columns: [...], dtype: ...}``, or its one column written directly:
+    ``distance: distance_km`` (an event path), ``rating: {event: courier.rating, default: 4.5}``."""
+
     columns: list[ColumnSettings] = Field(min_length=1)
     """The input's columns, in order: ``[N, len(columns)]`` (or ``[N]`` for a rank-1 input)."""
     dtype: Literal["float32", "float64", "int64", "int32", "bool", "string"] | None = None
     """Element type; defaults to the model's declared type, which it must match."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_column(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"columns": [{"event": value}]}
+        if isinstance(value, dict) and "columns" not in value and set(value) & set(ColumnSettings.model_fields):
+            column = {k: v for k, v in value.items() if k != "dtype"}
+            return {"columns": [column], **({"dtype": value["dtype"]} if "dtype" in value else {})}
+        return value
 
 
 class ScoreSettings(_Section):
@@ -184,7 +197,8 @@ class ModelSettings(_Section):
     version: str | None = None
     """Version served; written into every prediction (defaults to the model card's)."""
     inputs: dict[str, InputSettings] = Field(min_length=1)
-    """How each model input is assembled, by ONNX input name."""
+    """How each model input is assembled, by ONNX input name: ``{columns: [...]}``, or a one-column
+    input written directly (``distance: distance_km``, ``rating: {event: courier.rating, default: 4.5}``)."""
     score: ScoreSettings
     """Which output (and column) is the score."""
     threshold: float = 0.5
@@ -404,6 +418,17 @@ class TelemetrySettings(_Section):
     """Distributed tracing through Kafka."""
 
 
+class DemoSettings(_Section):
+    """Read by ``worker demo`` only (``worker run`` ignores it): where an example's data come from."""
+
+    events: str | None = None
+    """A generator of example events, ``path/to/file.py:function`` (the path relative to this file)."""
+    features: str | None = None
+    """A generator of the example's feature hashes (``{"key": ..., "fields": {...}}``), likewise."""
+    key: str | None = None
+    """The event field the demo keys its events by (dots for nested fields)."""
+
+
 class WorkerSettings(BaseSettings):
     """The whole configuration file."""
 
@@ -439,6 +464,8 @@ class WorkerSettings(BaseSettings):
     """``json`` writes one JSON object per line."""
     telemetry: TelemetrySettings = TelemetrySettings()
     """Metrics, health probes and tracing."""
+    demo: DemoSettings = DemoSettings()
+    """The example data ``worker demo`` produces for this configuration."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -508,7 +535,15 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
                                               "repository": at(settings.model.repository)})
     redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
     lifecycle = settings.lifecycle.model_copy(update={"control_file": at(settings.lifecycle.control_file)})
-    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis, "lifecycle": lifecycle})
+
+    def function_at(spec: str | None) -> str | None:
+        path, sep, name = (spec or "").rpartition(":")
+        return spec if spec is None or not sep else f"{at(Path(path))}:{name}"
+
+    demo = settings.demo.model_copy(update={"events": function_at(settings.demo.events),
+                                            "features": function_at(settings.demo.features)})
+    return settings.model_copy(update={"avro": avro, "model": model, "redis": redis, "lifecycle": lifecycle,
+                                       "demo": demo})
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

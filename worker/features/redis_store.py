@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -19,6 +18,7 @@ import hiredis
 
 from worker.errors import FeatureStoreUnavailable
 from worker.features.store import KeyValues
+from worker.startup import wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -168,20 +168,14 @@ def _key_values(reply: object) -> KeyValues:
     return ValueError(f"unexpected Redis reply {reply!r}")
 
 
-def wait_until_ready(store: RedisFeatureStore, timeout_s: float, interval_s: float = 1.0) -> None:
-    """Block until Redis answers PING, logging each failed attempt; raise after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            store.ping()
-        except FeatureStoreUnavailable as exc:
-            if time.monotonic() + interval_s > deadline:
-                raise
-            logger.warning("waiting for Redis at %s (attempt %d): %s", store.address.redacted(), attempt, exc)
-            time.sleep(interval_s)
-            interval_s = min(interval_s * 2, 5.0)
-        else:
-            logger.info("Redis is ready at %s", store.address.redacted())
-            return
+def wait_for_redis(store: RedisFeatureStore, timeout_s: float) -> None:
+    """Block until Redis answers PING, logging progress; else ``StartupError``."""
+    wait_until_ready(lambda: _ping_problem(store), "Redis", store.address.redacted(), timeout_s)
+
+
+def _ping_problem(store: RedisFeatureStore) -> str | None:
+    try:
+        store.ping()
+    except FeatureStoreUnavailable as exc:
+        return str(exc)
+    return None

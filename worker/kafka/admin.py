@@ -9,32 +9,23 @@ from collections.abc import Mapping, Sequence
 
 from worker.errors import StartupError, ToolError
 from worker.kafka.port import Admin, BrokerError, Fault, Metadata, NewTopic
+from worker.startup import wait_until_ready
 
 logger = logging.getLogger(__name__)
 
 ALREADY_EXISTS = "TOPIC_ALREADY_EXISTS"
 
 
-def wait_for_topics(metadata: Metadata, topics: Sequence[str], timeout_s: float) -> None:
-    """Block until the brokers answer and every topic exists, logging progress; else raise."""
-    deadline = time.monotonic() + timeout_s
-    attempt, delay = 0, 0.5
-    while True:
-        attempt += 1
-        problem = _topics_problem(metadata, topics)
-        if problem is None:
-            logger.info("Kafka is ready; topics present: %s", ", ".join(topics))
-            return
-        if time.monotonic() + delay > deadline:
-            raise StartupError(f"Kafka not ready after {timeout_s:.0f}s: {problem}")
-        logger.warning("waiting for Kafka (attempt %d): %s", attempt, problem)
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
+def wait_for_topics(metadata: Metadata, topics: Sequence[str], timeout_s: float, where: str) -> None:
+    """Block until the brokers at ``where`` answer and every topic exists, logging progress; else
+    ``StartupError``."""
+    wait_until_ready(lambda: _topics_problem(metadata, topics), "Kafka", where, timeout_s)
+    logger.info("topics present: %s", ", ".join(topics))
 
 
 def _topics_problem(metadata: Metadata, topics: Sequence[str]) -> str | None:
     try:
-        listed = metadata.topics(5.0)
+        listed = metadata.topics(0.5)  # short, so that Ctrl-C is not held up
     except BrokerError as exc:
         return f"brokers unreachable ({exc.fault.reason})"
     missing = [t for t in topics if t not in listed]

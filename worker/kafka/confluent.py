@@ -8,7 +8,11 @@ call on the hot path; wrapping it costs one Python call per output.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +30,58 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PR
            KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
 _ERRORS_LOGGED = 100  # consumer errors logged one by one before they are only skipped
 ClientT = TypeVar("ClientT", Consumer, Producer, AdminClient)
+_SYSLOG_LEVELS = ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logging.ERROR, 3))
+_THREAD = re.compile(r"^\[thrd:([^\]]*)\]: (?:\1: )?(.*)$", re.S)
+
+
+class ClientLines(logging.Filter):
+    """librdkafka's own log lines as the worker's: the facility, client and broker as fields, and
+    each kind of line (facility and broker) at most once per ``interval_s``; the next one says how
+    many like it were held back. A broker that does not answer is otherwise logged about twenty
+    times a second by every client."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.args, tuple) and len(record.args) == 3):
+            return True
+        facility, client, text = (str(a) for a in record.args)
+        found = _THREAD.match(text)
+        broker, text = (found.group(1), found.group(2)) if found else ("", text)
+        held = self._held_back((facility, broker))
+        if held is None:
+            return False
+        record.msg, record.args = "librdkafka %s: %s%s", (facility, text, _more(held, self.interval_s))
+        record.kafka_client, record.broker = client, broker
+        return True
+
+    def _held_back(self, key: tuple[str, str]) -> int | None:
+        """How many lines like this one were held back since the last shown; None: hold this one."""
+        now = self._clock()
+        with self._lock:
+            last, held = self._seen.get(key, (-self.interval_s, 0))
+            if now - last < self.interval_s:
+                self._seen[key] = (last, held + 1)
+                return None
+            self._seen[key] = (now, 0)
+            return held
+
+
+def _more(held: int, interval_s: float) -> str:
+    return f" ({held} more like it in the last {interval_s:.0f}s)" if held else ""
+
+
+CLIENT_LOG = logging.getLogger("worker.kafka.librdkafka")
+CLIENT_LOG.addFilter(ClientLines())
+
+
+def _syslog_level(level: int) -> int:
+    return next((syslog for python, syslog in _SYSLOG_LEVELS if level <= python), 2)
 
 
 def fault_of(error: KafkaError) -> Fault:
@@ -40,17 +96,41 @@ def broker_error(exc: KafkaException) -> BrokerError:
 
 
 def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
+    """The client, logging through the worker's logger (at the level the worker logs at) unless the
+    configuration says otherwise."""
+    config = {"logger": CLIENT_LOG, "log_level": _syslog_level(CLIENT_LOG.getEffectiveLevel()), **config}
     try:
         return kind(config)
     except KafkaException as exc:
         raise StartupError(f"invalid Kafka client configuration: {broker_error(exc).fault.reason}") from exc
 
 
-def _with_callbacks(config: Mapping[str, Any], on_error: Callable[[Fault], None] | None,
+class _Errors:
+    """A client's error callback: remembers the last error (what a failed call is explained with)
+    and passes each on to the worker's listener, if any."""
+
+    def __init__(self, listener: Callable[[Fault], None] | None) -> None:
+        self.listener = listener
+        self.last: Fault | None = None
+
+    def __call__(self, error: KafkaError) -> None:
+        self.last = fault_of(error)
+        if self.listener is not None:
+            self.listener(self.last)
+
+    def explained(self, exc: BrokerError) -> BrokerError:
+        """``exc`` with the client's last error added to its reason (a metadata request only says
+        that it failed; the last error says why: refused, TLS, authentication...)."""
+        last = self.last
+        if last is None or last.reason in exc.fault.reason:
+            return exc
+        return BrokerError(dataclasses.replace(exc.fault, reason=f"{exc.fault.reason}; last client error: "
+                                                                  f"{last.reason}"))
+
+
+def _with_callbacks(config: Mapping[str, Any], errors: _Errors,
                     on_statistics: Callable[[str], None] | None = None) -> dict[str, Any]:
-    out = dict(config)
-    if on_error is not None:
-        out["error_cb"] = lambda error: on_error(fault_of(error))
+    out = {**config, "error_cb": errors}
     if on_statistics is not None:
         out["stats_cb"] = on_statistics
     return out
@@ -77,10 +157,13 @@ class ConfluentConsumer:
 
     def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None,
                  on_statistics: Callable[[str], None] | None = None) -> None:
-        self._consumer = _client(Consumer, _with_callbacks(config, on_error, on_statistics))
+        self._errors = _Errors(on_error)
+        self._consumer = _client(Consumer, _with_callbacks(config, self._errors, on_statistics))
         self._errors_logged = 0
+        self._subscribed = False
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self._subscribed = True
         # librdkafka assigns what it offers once the callback returns (incrementally, with the
         # cooperative assignor), so the callbacks only pass the news on.
         self._consumer.subscribe(list(topics), on_assign=lambda _, ps: listener.assigned(_tps(ps)),
@@ -139,7 +222,12 @@ class ConfluentConsumer:
         return self._consumer.consumer_group_metadata()
 
     def topics(self, timeout_s: float) -> dict[str, int]:
-        return _topics(self._consumer, timeout_s)
+        try:
+            return _topics(self._consumer, timeout_s)
+        except BrokerError as exc:
+            if not self._subscribed:  # (a subscribed consumer's poll could hand out a message)
+                self._consumer.poll(0)  # serves the client's logs and errors, which say why
+            raise self._errors.explained(exc) from exc
 
     def close(self) -> None:
         self._consumer.close()
@@ -147,7 +235,8 @@ class ConfluentConsumer:
 
 class ConfluentProducer:
     def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None) -> None:
-        self._producer = _client(Producer, _with_callbacks(config, on_error))
+        self._errors = _Errors(on_error)
+        self._producer = _client(Producer, _with_callbacks(config, self._errors))
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 on_delivery: DeliveryCallback | None = None, headers: Headers | None = None) -> None:
@@ -189,7 +278,11 @@ class ConfluentProducer:
             raise broker_error(exc) from exc
 
     def topics(self, timeout_s: float) -> dict[str, int]:
-        return _topics(self._producer, timeout_s)
+        try:
+            return _topics(self._producer, timeout_s)
+        except BrokerError as exc:
+            self._producer.poll(0)  # serves the client's logs and errors, which say why
+            raise self._errors.explained(exc) from exc
 
 
 class ConfluentAdmin:

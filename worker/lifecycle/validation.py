@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.codecs.schemas import a_or_an
 from worker.errors import StartupError, WorkerError
 from worker.inference import Model, OnnxModel
 from worker.lifecycle.card import CardError, ModelCard, read_card
@@ -78,8 +79,8 @@ class Signature:
                     for name in self.outputs if name not in outputs]
         for name, kind in self.output_kinds:
             if name in outputs and _kind(outputs[name].dtype) != kind:
-                problems.append(f"output '{name}' is a {_kind(outputs[name].dtype)}, but the serving model's is a "
-                                f"{kind}")
+                problems.append(f"output '{name}' is {a_or_an(_kind(outputs[name].dtype))}, but the serving "
+                                f"model's is {a_or_an(kind)}")
         score = outputs.get(self.score_output)
         if score is not None and self.score_column is not None and score.width is not None \
                 and not 0 <= self.score_column < score.width:
@@ -154,6 +155,8 @@ def _card_problems(model: Model, card: ModelCard) -> list[str]:
 
 
 def _golden_note(model: Model, card: ModelCard, signature: Signature, policy: Policy) -> str:
+    if not card.data:
+        return "no model card beside the file (its checks, golden vectors included, skipped)"
     if not card.golden:
         logger.warning("model %s v%s: its card has no golden vectors, so that check is skipped "
                     "(`worker models golden` writes some from a trusted version)", model.name, model.version)

@@ -150,7 +150,7 @@ class Runner:
     def stop(self, *_: Any) -> None:
         if self.stopping:
             raise KeyboardInterrupt("second stop signal")
-        logger.info("stop requested; finishing the batch in flight")
+        logger.info("stopping: finishing the batch in flight, then committing (a second signal stops at once)")
         self.stopping = True
 
     def install_signal_handlers(self) -> None:
