@@ -190,12 +190,17 @@ def number(text: str, pattern: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def test_the_demo_runs_the_example_and_leaves_nothing_running(tmp_path: Path) -> None:
-    demo = subprocess.run([sys.executable, "-m", "worker", "demo", "--local", "--events", "400", "--rate", "0",
-                           "--poison", "0.01", "--workdir", str(tmp_path / "demo")], check=False,
+@pytest.mark.parametrize("config, label", [(None, "is_fraud"), ("deploy/config/eta-example.yaml", "late")],
+                         ids=["fraud", "eta"])
+def test_the_demo_runs_an_example_and_leaves_nothing_running(tmp_path: Path, config: str | None, label: str) -> None:
+    chosen = ["--config", config] if config else []
+    demo = subprocess.run([sys.executable, "-m", "worker", "demo", *chosen, "--local", "--events", "400", "--rate",
+                           "0", "--poison", "0.01", "--workdir", str(tmp_path / "demo")], check=False,
                           capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout
+    assert re.search(rf"predictions\s+400|predictions\s+[\d,]+, [\d,]+ with {label} true", out), out
+    assert "latency      event → scored p50" in out, "the config's own time fields give the latency"
     for step in ("Kafka", "Redis", "topics", "features", "worker", "events"):
         assert re.search(rf"^\[\d/6\] {step}", out, re.MULTILINE), step
     produced, scored, dead = (number(out, rf"{name}\s+([\d,]+)") for name in ("events", "predictions", "dead letters"))

@@ -1,19 +1,23 @@
-"""``worker demo``: the fraud example end to end, with one command.
+"""``worker demo``: an example end to end, with one command (the fraud example by default).
 
 Uses the Kafka and Redis of the config when they answer (or those given with
 --bootstrap-servers / --redis-url or the environment), and otherwise starts a local broker
 (tansu) and a redis-server on free ports. Then it creates the topics, loads the example's
 features, starts a worker (`worker run`, as a process of its own), produces example
-transactions (a few of them deliberately broken), shows the predictions and dead letters
+events (a few of them deliberately broken), shows the predictions and dead letters
 as they arrive, prints a summary and stops everything it started, also on Ctrl-C.
+
+The example data come from the generators named in the config's `demo` section (or given
+with --events-generator and --features-generator). Before writing feature hashes into a
+Redis it did not start, the demo asks if that database holds keys of anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,25 +29,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
-
 from worker.app.tools import create_topics, entity_matcher, make_sender, redis_client, topic_decoder, topic_reader
 from worker.cli.options import config_options, settings_from
-from worker.codecs.avro import Decoder
 from worker.config.compile import compile_settings
 from worker.config.settings import ENV_PREFIX, WorkerSettings
 from worker.devtools.console import ProgressLine, count
-from worker.devtools.loader import load_hashes
+from worker.devtools.loader import EntityMatcher, load_hashes
 from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis, kafka_address, port_open
+from worker.devtools.scoreboard import Roles, Scoreboard, percentiles
 from worker.devtools.sender import EventSender, Tally, send_all
 from worker.devtools.sources import generated
-from worker.errors import EventError, StartupError, ToolError
+from worker.errors import StartupError, ToolError
 from worker.features.redis_store import RedisAddress
 from worker.kafka.reader import TopicReader
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "fraud-example.yaml"
-EXAMPLE_DATA = REPO / "models" / "fraud" / "data.py"
+FRAUD_ROW = "{event_id:<15} {card_id:<9} {merchant_id:<8} {channel:<11} {amount:>9.2f} {currency:<3} {score:>6.3f}"
+FRAUD_HEADER = f"{'event':<15} {'card':<9} {'merchant':<8} {'channel':<11} {'amount':>13} {'score':>6}  {'':7} latency"
+UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 STEPS = 6
 IDLE_LIMIT_S = 30.0
 _PASSED_ON = {"input_topic": "--input-topic", "output_topic": "--output-topic", "dlq_topic": "--dlq-topic",
@@ -52,21 +56,26 @@ _PASSED_ON = {"input_topic": "--input-topic", "output_topic": "--output-topic", 
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("demo", help="run the fraud example end to end (starts what it needs)",
+    parser = sub.add_parser("demo", help="run an example end to end (starts what it needs)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_options(parser, _shown(EXAMPLE_CONFIG))
-    parser.add_argument("--events", type=int, default=2000, help="transactions to produce (default 2000)")
+    parser.add_argument("--events", type=int, default=2000, help="events to produce (default 2000)")
     parser.add_argument("--rate", type=float, default=500, help="events per second (default 500; 0: at once)")
     parser.add_argument("--poison", type=float, default=0.002, metavar="SHARE",
                         help="share of events sent as broken Avro, to show dead letters (default 0.002)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the example's event stream")
     parser.add_argument("--show", choices=["some", "all", "none"], default="some",
-                        help="predictions to print: the first ten and every flagged one (default), all, none")
+                        help="predictions to print: the first ten, then flagged ones up to fifty (default), all, "
+                             "none")
     parser.add_argument("--local", action="store_true", help="start a local broker and Redis even if some answer")
+    parser.add_argument("--yes", action="store_true", help="write the example's features into a Redis database "
+                        "that holds other keys without asking")
     parser.add_argument("--workdir", type=Path, default=Path(".demo"), help="logs go here (default .demo)")
-    parser.add_argument("--events-generator", default=f"{_shown(EXAMPLE_DATA)}:events", metavar="FILE.py:FN")
-    parser.add_argument("--features-generator", default=f"{_shown(EXAMPLE_DATA)}:features", metavar="FILE.py:FN")
-    parser.add_argument("--key", default="card.id", help="event field used as the message key (default card.id)")
+    parser.add_argument("--events-generator", metavar="FILE.py:FN",
+                        help="a function yielding the example's events (default: the config's demo.events)")
+    parser.add_argument("--features-generator", metavar="FILE.py:FN",
+                        help="a function yielding its feature hashes (default: the config's demo.features)")
+    parser.add_argument("--key", help="event field used as the message key (default: the config's demo.key)")
     parser.set_defaults(fn=cmd_demo)
 
 
@@ -77,16 +86,13 @@ def _shown(path: Path) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    for spec in (args.events_generator, args.features_generator):
-        if not Path(spec.rpartition(":")[0]).is_file():
-            raise ToolError(f"{spec.rpartition(':')[0]} not found: the demo runs from a clone of the repository "
-                            "(make demo)")
     settings = settings_from(args)
-    compile_settings(settings)  # every config problem, before anything starts
+    name = compile_settings(settings).model.name  # every config problem, before anything starts
+    _example_data(args, settings)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ExitStack() as stack:
-            return Demo(args, settings, stack).run()
+            return Demo(args, settings, stack, name).run()
     except KeyboardInterrupt:
         print("\ninterrupted; everything the demo started is stopped", file=sys.stderr)
         return 130
@@ -98,17 +104,45 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _example_data(args: argparse.Namespace, settings: WorkerSettings) -> None:
+    """The generators and key: given on the command line, else from the config's ``demo`` section."""
+    d = settings.demo
+    args.events_generator = args.events_generator or d.events
+    args.features_generator = args.features_generator or d.features
+    args.key = args.key or d.key
+    if not (args.events_generator and args.features_generator):
+        raise ToolError("the demo needs example data: name its generators in the config's demo section "
+                        "(demo.events, demo.features: path/to/file.py:function) or with --events-generator and "
+                        "--features-generator")
+    for spec in (args.events_generator, args.features_generator):
+        if not Path(spec.rpartition(":")[0]).is_file():
+            raise ToolError(f"{spec.rpartition(':')[0]} not found (the examples' generators are in a clone of the "
+                            "repository: make demo)")
+
+
+def roles(settings: WorkerSettings) -> Roles:
+    """Which output fields the demo reads the label, the scoring time and the event time from."""
+    fields = settings.output.fields
+    by_special = {f.special: name for name, f in fields.items() if f.special}
+    time_path = settings.telemetry.event_time_field
+    event_time = next((name for name, f in fields.items() if time_path and f.event == time_path), None)
+    fraud_table = set(re.findall(r"\{(\w+)", FRAUD_ROW)) <= set(fields)
+    return Roles(by_special.get("label"), by_special.get("scored_at"), event_time,
+                 UNIT_MS[settings.telemetry.event_time_unit], FRAUD_ROW if fraud_table else None, FRAUD_HEADER)
+
+
 class Demo:
-    def __init__(self, args: argparse.Namespace, settings: WorkerSettings, stack: ExitStack) -> None:
+    def __init__(self, args: argparse.Namespace, settings: WorkerSettings, stack: ExitStack, model: str) -> None:
         self.args = args
         self.settings = settings
         self.stack = stack
+        self.model = model
         self.workdir: Path = args.workdir
         self.step_no = 0
         self.worker_args = _passed_on(args)
 
     def run(self) -> int:
-        print(f"worker demo: the fraud example end to end (config {self.args.config})")
+        print(f"worker demo: the {self.model} example end to end (config {self.args.config})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kafka()
         self.redis()
@@ -148,6 +182,7 @@ class Demo:
         shown = address.redacted()
         explicit = self.args.redis_url is not None or f"{ENV_PREFIX}REDIS__URL" in os.environ
         if not self.args.local and (explicit or address.unix_path or port_open(address.host, address.port)):
+            self._may_write(shown)
             self.step("Redis", f"using {shown} ({'given' if explicit else 'configured, and it answers'})")
             return
         redis = self.start(LocalRedis(log_path=self.workdir / "redis.log", workdir=self.workdir))
@@ -155,6 +190,20 @@ class Demo:
         self.use("redis", url=redis.url)
         self.worker_args["--redis-url"] = [redis.url]
         self.step("Redis", f"started a local redis-server on {redis.url}")
+
+    def _may_write(self, shown: str) -> None:
+        """Ask before adding the example's hashes to a database that holds keys of something else."""
+        if self.args.yes:
+            return
+        others = foreign_keys(redis_client(self.settings), entity_matcher(self.settings))
+        if not others:
+            return
+        what = f"{shown} already holds keys that are not this example's ({', '.join(others)}, ...)"
+        if not sys.stdin.isatty():
+            raise ToolError(f"{what}; the demo would add its feature hashes there. Use --local for a Redis of its "
+                            "own, --redis-url for another database, or --yes to write anyway")
+        if input(f"{what}. Add the example's feature hashes to it? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise ToolError("stopped: nothing was written (--local starts a Redis of the demo's own)")
 
     def topics(self) -> None:
         lines = create_topics(self.settings, partitions=3)
@@ -188,9 +237,9 @@ class Demo:
         self.stack.callback(reader.close)
         sender = make_sender(self.settings, a.key, a.poison, a.seed)
         pace = f"{a.rate:,.0f}/s" if a.rate else "full speed"
-        self.step("events", f"producing {count(a.events)} example transactions to {sender.topic} "
+        self.step("events", f"producing {count(a.events)} example events to {sender.topic} "
                             f"at {pace}" + (f", {a.poison:.1%} of them broken" if a.poison else ""))
-        board = Scoreboard(topic_decoder(self.settings, k.output_topic), k.output_topic, a.show)
+        board = Scoreboard(topic_decoder(self.settings, k.output_topic), k.output_topic, a.show, roles(self.settings))
         producing = Producing(sender, generated(a.events_generator, n=a.events, seed=a.seed), a.rate)
         self.stack.callback(producing.stop)
         watch(reader, board, producing, worker)
@@ -242,63 +291,6 @@ class Producing:
         self._thread.join(10)
 
 
-class Scoreboard:
-    """Decodes what the worker publishes, keeps the numbers for the summary, and formats rows."""
-
-    COLUMNS = "{event_id:<15} {card_id:<9} {merchant_id:<8} {channel:<11} {amount:>9.2f} {currency:<3} {score:>6.3f}"
-
-    def __init__(self, decode: Decoder, output_topic: str, show: str) -> None:
-        self.decode = decode
-        self.output_topic = output_topic
-        self.show = show
-        self.scored = self.flagged = 0
-        self.dead: Counter[str] = Counter()
-        self.scored_ms: list[float] = []
-        self.read_ms: list[float] = []
-        self._rows = 0
-
-    def add(self, message: Any) -> list[str]:
-        """Take one message; returns the lines to print for it."""
-        if message.topic() != self.output_topic:
-            headers = {k: (v or b"").decode(errors="replace") for k, v in message.headers() or []}
-            self.dead[headers.get("dlq.error.stage", "?")] += 1
-            return [f"  dead letter  {headers.get('dlq.source.topic')}[{headers.get('dlq.source.partition')}]@"
-                    f"{headers.get('dlq.source.offset')}  {headers.get('dlq.error.stage')}: "
-                    f"{headers.get('dlq.error.reason', '')[:90]}"] if self.show != "none" else []
-        try:
-            prediction = self.decode(message.value(), message)
-        except EventError as exc:
-            return [f"  undecodable prediction at offset {message.offset()}: {exc.reason}"]
-        return self._prediction(prediction)
-
-    def _prediction(self, p: dict[str, Any]) -> list[str]:
-        self.scored += 1
-        flagged = bool(p.get("is_fraud"))
-        self.flagged += flagged
-        if "event_time" in p:
-            self.read_ms.append(time.time() * 1000 - p["event_time"])
-            if "scored_at" in p:
-                self.scored_ms.append(p["scored_at"] - p["event_time"])
-        wanted = self.show == "all" or (self.show == "some" and (self._rows < 10 or flagged))
-        if not wanted:
-            return []
-        self._rows += 1
-        lines = [self.header()] if self._rows == 1 else []
-        return [*lines, self.row(p, flagged)]
-
-    def header(self) -> str:
-        return (f"  {'event':<15} {'card':<9} {'merchant':<8} {'channel':<11} {'amount':>13} {'score':>6}  "
-                f"{'':5} {'latency':>8}")
-
-    def row(self, p: dict[str, Any], flagged: bool) -> str:
-        try:
-            text = self.COLUMNS.format(**p)
-        except (KeyError, ValueError):
-            return "  " + json.dumps(p, default=str)
-        latency = f"{p['scored_at'] - p['event_time']:>5} ms" if "scored_at" in p and "event_time" in p else ""
-        return f"  {text}  {'FRAUD' if flagged else '':5} {latency:>8}"
-
-
 def watch(reader: TopicReader, board: Scoreboard, producing: Producing, worker: LocalProcess) -> None:
     """Show what arrives until every produced event is accounted for (or nothing comes for a while)."""
     progress = ProgressLine()
@@ -310,26 +302,28 @@ def watch(reader: TopicReader, board: Scoreboard, producing: Producing, worker: 
             for line in board.add(message):
                 progress.above(line, sys.stdout)
         done = producing.done()
-        progress.update(f"produced {count(wanted.sent)} · scored {count(board.scored)} · flagged "
-                        f"{count(board.flagged)} · dead letters {count(sum(board.dead.values()))}")
+        flagged = f" · flagged {count(board.flagged)}" if board.roles.label else ""
+        progress.update(f"produced {count(wanted.sent)} · scored {count(board.scored)}{flagged} · dead letters "
+                        f"{count(board.dead_letters)}")
         if not worker.running():
             raise StartupError(f"the worker stopped (exit code {worker.stop()}); see {worker.log_path}")
-        if done and (board.scored + sum(board.dead.values()) >= wanted.sent or time.monotonic() - last > IDLE_LIMIT_S):
+        if done and (board.scored + board.dead_letters >= wanted.sent or time.monotonic() - last > IDLE_LIMIT_S):
             break
     progress.done()
 
 
 def summary(board: Scoreboard, tally: Tally, worker: LocalProcess) -> int:
-    dead = sum(board.dead.values())
+    dead = board.dead_letters
     missing = tally.sent - board.scored - dead
-    rate = board.flagged / board.scored if board.scored else 0.0
+    label = board.roles.label
+    flagged = f", {count(board.flagged)} with {label} true ({board.flagged / board.scored:.2%})" \
+        if label and board.scored else ""
     lines = [
         "summary",
         f"  events       {count(tally.sent)} produced ({count(tally.poisoned)} of them broken on purpose)",
-        f"  predictions  {count(board.scored)}, {count(board.flagged)} flagged as fraud ({rate:.2%})",
+        f"  predictions  {count(board.scored)}{flagged}",
         f"  dead letters {count(dead)}" + (f" ({_by_stage(board.dead)})" if dead else ""),
-        f"  latency      event → scored {_percentiles(board.scored_ms)}; event → prediction read "
-        f"{_percentiles(board.read_ms)}",
+        f"  latency      {_latency(board)}",
         f"  logs         {worker.log_path} (and the broker's and Redis' beside it when started here)",
     ]
     if missing > 0:
@@ -343,8 +337,20 @@ def _by_stage(dead: Counter[str]) -> str:
     return ", ".join(f"{stage}: {n}" for stage, n in dead.items())
 
 
-def _percentiles(values: list[float]) -> str:
-    if not values:
-        return "-"
-    p50, p99 = np.percentile(np.asarray(values), [50, 99])
-    return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+def _latency(board: Scoreboard) -> str:
+    if not board.read_ms:
+        return ("- (to see it, set telemetry.event_time_field and copy that field, and $scored_at, into the "
+                "output)")
+    return f"event → scored {percentiles(board.scored_ms)}; event → prediction read {percentiles(board.read_ms)}"
+
+
+def foreign_keys(client: Any, matcher: EntityMatcher, sample: int = 1000, shown: int = 3) -> list[str]:
+    """Up to ``shown`` keys among the first ``sample`` of the database that no configured entity owns."""
+    others = []
+    for n, key in enumerate(client.scan_iter(count=sample)):
+        text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        if matcher.match(text) is None:
+            others.append(text)
+        if len(others) >= shown or n >= sample:
+            break
+    return others
