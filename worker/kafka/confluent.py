@@ -107,7 +107,8 @@ def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
 
 class _Errors:
     """A client's error callback: remembers the last error (what a failed call is explained with)
-    and passes each on to the worker's listener, if any."""
+    and passes each on to the worker's listener, if any. Without a listener nothing more is logged:
+    librdkafka's own lines (``ClientLines``) already say the same, once a minute."""
 
     def __init__(self, listener: Callable[[Fault], None] | None) -> None:
         self.listener = listener
