@@ -42,12 +42,12 @@ from worker.devtools.sources import generated
 from worker.errors import StartupError, ToolError
 from worker.features.redis_store import RedisAddress
 from worker.kafka.reader import TopicReader
+from worker.telemetry.metrics import UNIT_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "fraud-example.yaml"
 FRAUD_ROW = "{event_id:<15} {card_id:<9} {merchant_id:<8} {channel:<11} {amount:>9.2f} {currency:<3} {score:>6.3f}"
 FRAUD_HEADER = f"{'event':<15} {'card':<9} {'merchant':<8} {'channel':<11} {'amount':>13} {'score':>6}  {'':7} latency"
-UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 STEPS = 6
 IDLE_LIMIT_S = 30.0
 _PASSED_ON = {"input_topic": "--input-topic", "output_topic": "--output-topic", "dlq_topic": "--dlq-topic",
@@ -128,7 +128,8 @@ def roles(settings: WorkerSettings) -> Roles:
     event_time = next((name for name, f in fields.items() if time_path and f.event == time_path), None)
     fraud_table = set(re.findall(r"\{(\w+)", FRAUD_ROW)) <= set(fields)
     return Roles(by_special.get("label"), by_special.get("scored_at"), event_time,
-                 UNIT_MS[settings.telemetry.event_time_unit], FRAUD_ROW if fraud_table else None, FRAUD_HEADER)
+                 UNIT_SECONDS[settings.telemetry.event_time_unit] * 1000, FRAUD_ROW if fraud_table else None,
+                 FRAUD_HEADER)
 
 
 class Demo:
