@@ -13,7 +13,6 @@ one, notices within a tenth of a second and raises ``KeyboardInterrupt``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,24 +21,18 @@ from worker.errors import StartupError
 logger = logging.getLogger(__name__)
 
 _STEP_S = 0.1
-_stop = threading.Event()
-_why: list[str] = []
+_why: list[str] = []  # the stop requests so far: one is enough
 
 
 def request_stop(why: str) -> None:
     """Stop starting (called from a signal handler: it only records the request)."""
     _why.append(why)
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
 
 
 def check_stop() -> None:
     """``KeyboardInterrupt`` (after one "stopping" line) if a stop was requested."""
-    if _stop.is_set():
-        logger.warning("stopping: %s while starting", _why[0] if _why else "asked")
+    if _why:
+        logger.warning("stopping: %s while starting", _why[0])
         raise KeyboardInterrupt
 
 

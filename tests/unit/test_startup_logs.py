@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 
@@ -62,7 +61,7 @@ def test_the_workers_own_lines_pass_untouched() -> None:
 
 def test_waiting_reports_the_address_attempt_and_time_left_then_at_most_every_ten_seconds(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(startup, "_stop", threading.Event())
+    monkeypatch.setattr(startup, "_why", [])
     clock = Clock()
     caplog.set_level(logging.INFO, "worker.startup")
 
@@ -77,7 +76,7 @@ def test_waiting_reports_the_address_attempt_and_time_left_then_at_most_every_te
 
 
 def test_ready_after_a_few_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(startup, "_stop", threading.Event())
+    monkeypatch.setattr(startup, "_why", [])
     clock = Clock()
     answers = iter(["down", "down", None])
 
@@ -88,7 +87,6 @@ def test_ready_after_a_few_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_stop_requested_while_waiting_ends_the_wait_with_one_line(caplog: pytest.LogCaptureFixture,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(startup, "_stop", threading.Event())
     monkeypatch.setattr(startup, "_why", [])
     clock = Clock()
 
