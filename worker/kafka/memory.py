@@ -21,7 +21,6 @@ Callbacks (rebalance, delivery) run in the thread that polls, outside the broker
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import zlib
@@ -41,7 +40,6 @@ _IDLE_WAIT_S = 0.001  # how long a poll that finds nothing sleeps (not its whole
 
 @dataclass
 class Transaction:
-    producer_id: int
     state: str = "open"  # open, committed, aborted
     offsets: dict[TP, int] = field(default_factory=dict)
     group: str | None = None
@@ -90,7 +88,6 @@ class MemoryBroker:
         self.reachable = True
         self.history: list[str] = []
         self._transactional: dict[str, MemoryProducer] = {}
-        self._ids = itertools.count(1)
 
     # --- admin ----------------------------------------------------------------------------------
 
@@ -127,7 +124,7 @@ class MemoryBroker:
 
     def producer(self, transactional_id: str | None = None,
                  on_error: Callable[[Fault], None] | None = None, max_queue: int = 100_000) -> MemoryProducer:
-        return MemoryProducer(self, next(self._ids), transactional_id, on_error, max_queue)
+        return MemoryProducer(self, transactional_id, on_error, max_queue)
 
     # --- what tests look at ---------------------------------------------------------------------
 
@@ -361,10 +358,9 @@ class MemoryProducer:
     """A producer of ``MemoryBroker``. Messages wait in flight until a delivery report is served
     (``poll``, ``flush``, ``deliver``); only an acknowledged message is in its topic."""
 
-    def __init__(self, broker: MemoryBroker, producer_id: int, transactional_id: str | None = None,
+    def __init__(self, broker: MemoryBroker, transactional_id: str | None = None,
                  on_error: Callable[[Fault], None] | None = None, max_queue: int = 100_000) -> None:
         self.broker = broker
-        self.producer_id = producer_id
         self.transactional_id = transactional_id
         self.on_error = on_error
         self.max_queue = max_queue
@@ -467,7 +463,7 @@ class MemoryProducer:
         self._call("begin_transaction")
         if self.transaction is not None:
             raise BrokerError(Fault("a transaction is already open", "_STATE"))
-        self.transaction = Transaction(self.producer_id)
+        self.transaction = Transaction()
         self.transactions.append(self.transaction)
 
     def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group: object, timeout_s: float) -> None:
