@@ -95,7 +95,7 @@ def broker_error(exc: KafkaException) -> BrokerError:
     return BrokerError(fault_of(error) if isinstance(error, KafkaError) else Fault(str(exc)))
 
 
-def _client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
+def new_client(kind: type[ClientT], config: dict[str, Any]) -> ClientT:
     """The client, logging through the worker's logger (at the level the worker logs at) unless the
     configuration says otherwise."""
     config = {"logger": CLIENT_LOG, "log_level": _syslog_level(CLIENT_LOG.getEffectiveLevel()), **config}
@@ -145,7 +145,7 @@ def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
 
-def _topics(client: Consumer | Producer | AdminClient, timeout_s: float) -> dict[str, int]:
+def listed_topics(client: Consumer | Producer | AdminClient, timeout_s: float) -> dict[str, int]:
     try:
         metadata = client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -159,7 +159,7 @@ class ConfluentConsumer:
     def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None,
                  on_statistics: Callable[[str], None] | None = None) -> None:
         self._errors = _Errors(on_error)
-        self._consumer = _client(Consumer, _with_callbacks(config, self._errors, on_statistics))
+        self._consumer = new_client(Consumer, _with_callbacks(config, self._errors, on_statistics))
         self._errors_logged = 0
         self._subscribed = False
 
@@ -224,7 +224,7 @@ class ConfluentConsumer:
 
     def topics(self, timeout_s: float) -> dict[str, int]:
         try:
-            return _topics(self._consumer, timeout_s)
+            return listed_topics(self._consumer, timeout_s)
         except BrokerError as exc:
             if not self._subscribed:  # (a subscribed consumer's poll could hand out a message)
                 self._consumer.poll(0)  # serves the client's logs and errors, which say why
@@ -237,7 +237,7 @@ class ConfluentConsumer:
 class ConfluentProducer:
     def __init__(self, config: Mapping[str, Any], on_error: Callable[[Fault], None] | None = None) -> None:
         self._errors = _Errors(on_error)
-        self._producer = _client(Producer, _with_callbacks(config, self._errors))
+        self._producer = new_client(Producer, _with_callbacks(config, self._errors))
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 on_delivery: DeliveryCallback | None = None, headers: Headers | None = None) -> None:
@@ -280,7 +280,7 @@ class ConfluentProducer:
 
     def topics(self, timeout_s: float) -> dict[str, int]:
         try:
-            return _topics(self._producer, timeout_s)
+            return listed_topics(self._producer, timeout_s)
         except BrokerError as exc:
             self._producer.poll(0)  # serves the client's logs and errors, which say why
             raise self._errors.explained(exc) from exc
@@ -288,10 +288,10 @@ class ConfluentProducer:
 
 class ConfluentAdmin:
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._admin = _client(AdminClient, dict(config))
+        self._admin = new_client(AdminClient, dict(config))
 
     def topics(self, timeout_s: float) -> dict[str, int]:
-        return _topics(self._admin, timeout_s)
+        return listed_topics(self._admin, timeout_s)
 
     def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
         new = [ConfluentNewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config or {}))

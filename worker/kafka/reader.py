@@ -11,7 +11,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-from worker.kafka.confluent import broker_error
+from worker.kafka.confluent import listed_topics, new_client
 from worker.kafka.port import BrokerError, Fault
 from worker.records import TP, Message
 
@@ -25,9 +25,9 @@ class TopicReader:
 
     def __init__(self, config: Mapping[str, Any], topics: Sequence[str], from_beginning: bool,
                  name: str = "worker-reader", fetch_wait_ms: int = 50) -> None:
-        self.consumer = Consumer({**config, "group.id": f"{name}-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                                  "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                                  "fetch.wait.max.ms": fetch_wait_ms})
+        self.consumer = new_client(Consumer, {
+            **config, "group.id": f"{name}-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": fetch_wait_ms})
         self.at_end: set[TP] = set()
         self._errors_logged = 0
         try:
@@ -39,16 +39,12 @@ class TopicReader:
             raise
 
     def _partitions(self, topics: Sequence[str]) -> set[TP]:
-        try:
-            listed = self.consumer.list_topics(timeout=10).topics
-        except KafkaException as exc:
-            raise broker_error(exc) from exc
+        listed = listed_topics(self.consumer, 10.0)
         out: set[TP] = set()
         for topic in topics:
-            found = listed.get(topic)
-            if found is None or found.error is not None or not found.partitions:
+            if not listed.get(topic):
                 raise BrokerError(Fault(f"topic {topic!r} does not exist", "UNKNOWN_TOPIC_OR_PART"))
-            out.update((topic, p) for p in found.partitions)
+            out.update((topic, p) for p in range(listed[topic]))
         return out
 
     def _end(self, topic: str, partition: int) -> int:
