@@ -138,6 +138,23 @@ class BatchResult:
     model_name: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The decoded events, in input order (telemetry reads event times from them)."""
+    scored: ScoredRows | None = None
+    """The model inputs and scores of the decoded events (drift monitoring reads them)."""
+    nulls: dict[str, int] = field(default_factory=dict)
+    """Per model-input event field, how many decoded events had it null."""
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """What the model saw and said for a batch's decoded events, one row each (no copies):
+    the input tensors by name, the score, which rows were published (the others failed), and
+    who scored each row: ``groups`` maps (model name, version) to its rows, or is None when
+    the active model scored them all."""
+
+    feeds: dict[str, Any]
+    scores: Any
+    published: Any
+    groups: dict[tuple[str, str], Any] | None = None
 
 
 class StageTiming(NamedTuple):

@@ -94,7 +94,7 @@ BROKEN = {
     "output schema field not fed": (
         {"output.fields.scored_at": DELETE}, "output.fields", "output schema field 'scored_at' is not fed"),
     "output field of an incompatible type": (
-        {"output.fields.score": "card_id"}, "output.fields.score", "a string cannot be written as double"),
+        {"output.fields.card_id": "amount"}, "output.fields.card_id", "a double cannot be written as string"),
     "special written to the wrong type": (
         {"output.fields.model_version": "$score"}, "output.fields.model_version",
         "$score cannot be written to a string field"),
@@ -108,6 +108,22 @@ BROKEN = {
         "int64 applies to output.key, which is not set"),
     "model.version differing from the model card's": (
         {"model.version": "2"}, "model.version", "'2' differs from '1' in the model card beside model.onnx"),
+    "labels without a schema": (
+        {"monitoring.labels.schema_file": DELETE}, "monitoring.labels.schema_file", "required with monitoring.labels"),
+    "labels schema missing": ({"monitoring.labels.schema_file": "/no/such/label.avsc"},
+                              "monitoring.labels.schema_file", "schema file not found"),
+    "label id field absent": ({"monitoring.labels.id_field": "txn_id"}, "monitoring.labels.id_field",
+                              "no field 'txn_id' in Label"),
+    "label field of the wrong type": ({"monitoring.labels.label_field": "event_id"}, "monitoring.labels.label_field",
+                                      "'event_id' is a string; expected boolean or int"),
+    "predictions lack the join id": ({"monitoring.prediction_id_field": "txn_id"}, "monitoring.prediction_id_field",
+                                     "the predictions have no field 'txn_id' to join labels on"),
+    "labels read from the output topic": ({"monitoring.labels.topic": "predictions"}, "monitoring.labels.topic",
+                                          "'predictions' is already used"),
+    "drift reference unreadable": ({"monitoring.reference": "__NOT_JSON__"}, "monitoring.reference",
+                                   "cannot read the drift reference"),
+    "drift window too small": ({"monitoring.window_events": 10}, "monitoring.window_events",
+                               "greater than or equal to 100"),
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from worker.app import lifecycle
 from worker.app.components import loop_settings, make_pipeline, make_store
 from worker.app.kafka import kafka_client, make_checkpointer, make_consumer, make_sink, required_topics
+from worker.app.monitoring import make_drift
 from worker.app.telemetry import Telemetry, make_telemetry
 from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
@@ -43,6 +44,9 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     # mode); should the sink replace a broken producer, shadow deliveries on the old one fail and are counted.
     observers = [*lifecycle.start(settings, compiled, pipeline.slot, sink.producer, kafka_client(settings)),
                  *observers]
+    drift = make_drift(settings, compiled)
+    if drift is not None:
+        observers.append(drift)
     if t.health is not None:
         t.health.checks["model"] = lambda: pipeline.slot.model is not None
     return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop_settings(settings),

@@ -26,14 +26,26 @@ from worker.codecs.schemas import (
     load_schema,
     top_fields,
 )
-from worker.config.settings import ColumnSettings, InputSettings, OutputFieldSettings, WorkerSettings
+from worker.config.settings import ColumnSettings, InputSettings, LabelSettings, OutputFieldSettings, WorkerSettings
 from worker.errors import ConfigError, StartupError
 from worker.features.fetcher import EntitySpec
 from worker.features.keys import KeyTemplate
 from worker.inference import Model, OnnxModel, TensorInfo
 from worker.lifecycle.card import card_path
 from worker.pipeline.assembly import NUMERIC_DTYPES, Column, ConstColumn, EventColumn, FeatureColumn, TensorSpec
-from worker.pipeline.output import Computed, Constant, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec, Source
+from worker.pipeline.output import (
+    Computed,
+    Constant,
+    FromEvent,
+    FromModel,
+    KeySpec,
+    OutputBuilder,
+    ScoreSpec,
+    Source,
+    Special,
+)
+from worker.quality import reference
+from worker.quality.bins import BinsError
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +77,8 @@ class Compiled:
     builder: OutputBuilder
     model: Model
     version_from: str = "the caller"
+    label_schema: Schema | None = None
+    """The labels' schema, when ``monitoring.labels.topic`` is set."""
     """Where the model's version comes from (see ``model_identity``)."""
 
 
@@ -127,9 +141,10 @@ def compile_settings(settings: WorkerSettings, model: Model | None = None) -> Co
     builder = _builder(settings, model, input_schema, output_schema, problems)
     _lifecycle(settings, problems)
     _event_time(settings, input_schema, problems)
+    label_schema = _monitoring(settings, builder, problems)
     problems.raise_if_any()
     return Compiled(input_schema, output_schema, input_text, output_text, entities, tensors, builder, model,
-                    version_from)
+                    version_from, label_schema)
 
 
 def _schema(path: Path, key: str, problems: Problems) -> tuple[Schema | None, str]:
@@ -415,3 +430,58 @@ def _lifecycle(settings: WorkerSettings, problems: Problems) -> None:
     if lc.control_topic and lc.control_topic in (k.output_topic, k.dlq_topic, *k.input_topics):
         problems.add("lifecycle.control_topic", f"'{lc.control_topic}' is already used as an input, output or "
                                                 "dead-letter topic")
+
+
+def prediction_field(builder: OutputBuilder, what: Special) -> str | None:
+    """The output field holding ``$score``, ``$model_version``, ... if any."""
+    return next((name for name, source in builder.fields.items()
+                 if isinstance(source, Computed) and source.what == what), None)
+
+
+def _monitoring(settings: WorkerSettings, builder: OutputBuilder, problems: Problems) -> Schema | None:
+    m, k = settings.monitoring, settings.kafka
+    if m.reference is not None:
+        try:
+            reference.from_file(m.reference)
+        except BinsError as exc:
+            problems.add("monitoring.reference", str(exc))
+    taken = {k.output_topic, k.dlq_topic, *k.input_topics}
+    for key, topic in (("monitoring.labels.topic", m.labels.topic), ("monitoring.joined_topic", m.joined_topic)):
+        if topic in taken:
+            problems.add(key, f"'{topic}' is already used as an input, output or dead-letter topic")
+    if m.labels.topic is None:
+        return None
+    schema = _label_schema(m.labels, problems)
+    predicted_id = m.prediction_id_field or m.labels.id_field
+    # Unset, the prediction's id field is the label's: not worth a second problem when that one is wrong.
+    if predicted_id not in builder.fields and (m.prediction_id_field or _has(schema, m.labels.id_field)):
+        problems.add("monitoring.prediction_id_field", f"the predictions have no field '{predicted_id}' to join "
+                                                       f"labels on (output fields: {', '.join(builder.fields)})")
+    if prediction_field(builder, "score") is None:
+        problems.add("output.fields", "the label join needs the score in the predictions: add a field fed by $score")
+    return schema
+
+
+def _has(schema: Schema | None, path: str) -> bool:
+    try:
+        return schema is not None and field_type(schema, path) is not None
+    except SchemaError:
+        return False
+
+
+def _label_schema(labels: LabelSettings, problems: Problems) -> Schema | None:
+    if labels.schema_file is None:
+        problems.add("monitoring.labels.schema_file", "required with monitoring.labels.topic")
+        return None
+    schema, _ = _schema(labels.schema_file, "monitoring.labels.schema_file", problems)
+    if schema is None:
+        return None
+    checks = ((labels.id_field, "id_field", ("string", "int", "long")),
+              (labels.label_field, "label_field", ("boolean", "int", "long", "float", "double")),
+              (labels.time_field, "time_field", ("long", "int", "double")))
+    for path, key, kinds in checks:
+        found = _check_path(schema, path, f"monitoring.labels.{key}", problems) if path else None
+        if found is not None and found.kind not in kinds:
+            problems.add(f"monitoring.labels.{key}", f"'{path}' is {a_or_an(found.describe())}; expected "
+                                                     f"{' or '.join(kinds)}")
+    return schema

@@ -418,6 +418,59 @@ class TelemetrySettings(_Section):
     """Distributed tracing through Kafka."""
 
 
+class LabelSettings(_Section):
+    """Where ground truth comes from, for ``worker monitor``."""
+
+    topic: str | None = None
+    """Topic of labels (ground truth, known some time after scoring); unset: no accuracy monitoring."""
+    schema_file: Path | None = None
+    """Avro schema (.avsc) of a label; required with ``topic``."""
+    framing: Literal["plain", "confluent"] | None = None
+    """Framing of label values; default ``avro.framing``."""
+    id_field: str = "event_id"
+    """Label field naming the event it labels; predictions carry the same id in ``monitoring.prediction_id_field``."""
+    label_field: str = "label"
+    """Label field holding the truth: a boolean, or a number (non-zero is positive)."""
+    time_field: str | None = None
+    """Label field holding when the truth became known (epoch ms); unset uses the label's arrival."""
+    wait_hours: float = Field(default=168.0, gt=0)
+    """How long after scoring a label still counts (7 days); a later one is counted late and left out of accuracy."""
+    unmatched_after_s: float = Field(default=3600.0, gt=0)
+    """A label may come before its prediction; one whose prediction has not come this long after it is unmatched."""
+
+
+class MonitoringSettings(_Section):
+    drift: bool = True
+    """Watch feature and score drift in ``worker run`` (PSI against the reference, per model version);
+    on only where the model has reference bins (its card's, or ``reference``)."""
+    reference: Path | None = None
+    """Reference file written by ``worker monitor reference``; unset uses each model version's card
+    (``reference_stats.<feature>.bins`` and ``score_stats.bins``)."""
+    window_events: int = Field(default=10_000, ge=100)
+    """Drift is measured over the last this many published events, per model version."""
+    min_window_events: int = Field(default=1000, ge=1)
+    """PSI is exported once the window holds this many events (fewer give noisy figures)."""
+    window_labels: int = Field(default=10_000, ge=10)
+    """Accuracy is measured over the last this many labelled predictions, per model version."""
+    labels: LabelSettings = LabelSettings()
+    """The ground truth joined to predictions by ``worker monitor``."""
+    prediction_id_field: str | None = None
+    """Prediction field holding the event id; default ``labels.id_field``."""
+    joined_topic: str | None = None
+    """Topic for joined records (prediction + label, JSON), for retraining; unset: none published."""
+    group_id: str | None = None
+    """Consumer group of ``worker monitor``; default ``kafka.group_id`` + ``-monitor``."""
+    redis_url: str | None = None
+    """Redis keeping the join state, accuracy windows and the history the report draws (shared by
+    every monitor replica, kept across restarts); default ``redis.url`` (its password and CA too)."""
+    key_prefix: str = "monitor:"
+    """Prefix of every key the monitoring keeps in Redis."""
+    snapshot_interval_s: float = Field(default=60.0, gt=0)
+    """How often drift and accuracy snapshots are added to the history (for ``worker monitor report``)."""
+    history_entries: int = Field(default=10_080, ge=10)
+    """Snapshots kept per kind (a week at one a minute)."""
+
+
 class DemoSettings(_Section):
     """Read by ``worker demo`` only (``worker run`` ignores it): where an example's data come from."""
 
@@ -466,6 +519,8 @@ class WorkerSettings(BaseSettings):
     """Metrics, health probes and tracing."""
     demo: DemoSettings = DemoSettings()
     """The example data ``worker demo`` produces for this configuration."""
+    monitoring: MonitoringSettings = MonitoringSettings()
+    """Model quality: drift in ``worker run``, ground truth and accuracy in ``worker monitor``."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -542,8 +597,11 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
 
     demo = settings.demo.model_copy(update={"events": function_at(settings.demo.events),
                                             "features": function_at(settings.demo.features)})
+    m = settings.monitoring
+    labels = m.labels.model_copy(update={"schema_file": at(m.labels.schema_file)})
+    monitoring = m.model_copy(update={"reference": at(m.reference), "labels": labels})
     return settings.model_copy(update={"avro": avro, "model": model, "redis": redis, "lifecycle": lifecycle,
-                                       "demo": demo})
+                                       "demo": demo, "monitoring": monitoring})
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

@@ -73,6 +73,8 @@ class Assembled:
     feeds: dict[str, np.ndarray]
     bad: dict[int, EventError] = field(default_factory=dict)
     defaulted: dict[str, int] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)
+    """Per event field feeding a column, the events where it was null."""
 
 
 class _EntityConstants:
@@ -205,6 +207,7 @@ def _event_column(column: EventColumn, kind: Any) -> ColumnFn:
 
     def build(ctx: _BatchContext) -> np.ndarray:
         values = list(map(getter, ctx.records))
+        ctx.result.nulls[column.path] = values.count(None)
         if mapping is not None:
             values = _mapped(ctx, column, values)
         elif default is not None:

@@ -25,7 +25,17 @@ from worker.features.fetcher import FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
 from worker.pipeline.output import OutputBuilder, ScoredBatch, select
-from worker.records import BatchResult, DeadLetter, Message, ModelRun, Output, Record, ShadowComparison, StageTiming
+from worker.records import (
+    BatchResult,
+    DeadLetter,
+    Message,
+    ModelRun,
+    Output,
+    Record,
+    ScoredRows,
+    ShadowComparison,
+    StageTiming,
+)
 from worker.serving import ModelSlot, Serving, canary_mask
 
 logger = logging.getLogger(__name__)
@@ -59,10 +69,11 @@ class Pipeline:
         with stage(result, "assemble"):
             assembled = self.assembler.assemble(events, lookups)
             keys = self.builder.keys(events, sources)
-        result.feature_defaults = assembled.defaulted
+        result.feature_defaults, result.nulls = assembled.defaulted, assembled.nulls
         with stage(result, "inference"):
             scored, failed = self._score(serving, assembled.feeds, keys, result)
         bad = {**assembled.bad, **failed}
+        result.scored = self._scored_rows(serving, assembled.feeds, scored, bad)
         scored.degraded = degraded
         with stage(result, "encode"):
             self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters)
@@ -83,6 +94,20 @@ class Pipeline:
             else:
                 sources.append(message)
         return events, sources
+
+    def _scored_rows(self, serving: Serving, feeds: dict[str, np.ndarray], scored: ScoredBatch,
+                     bad: dict[int, EventError]) -> ScoredRows:
+        score = self.builder.score
+        scores = select(scored.outputs[score.output], score.column)
+        published = np.ones(len(scores), dtype=bool)
+        published[list(bad)] = False
+        canary, active = serving.canary, serving.active
+        if scored.row_versions is None or canary is None or canary.version == active.version:
+            return ScoredRows(feeds, scores, published)
+        to_canary = np.asarray(scored.row_versions, dtype=object) == canary.version
+        groups = {(active.name, active.version): np.flatnonzero(~to_canary),
+                  (canary.name, canary.version): np.flatnonzero(to_canary)}
+        return ScoredRows(feeds, scores, published, groups)
 
     def _score(self, serving: Serving, feeds: dict[str, np.ndarray], keys: list[bytes | None],
                result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
