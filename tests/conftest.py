@@ -135,10 +135,10 @@ def start_worker(request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path:
     workers: list[WorkerProcess] = []
     logs = request.node.stash.setdefault(_WORKER_LOGS, [])
 
-    def start(config: Path, topics: Topics, redis_url: str, *extra_args: str) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(workers) + 1}.log"
+    def start(config: Path, topics: Topics, redis_url: str, *extra_args: str, verb: str = "run") -> WorkerProcess:
+        log_path = tmp_path / f"{'worker' if verb == 'run' else verb}-{len(workers) + 1}.log"
         logs.append(log_path)
-        worker = WorkerProcess(config, kafka_bootstrap, redis_url, topics, log_path, extra_args)
+        worker = WorkerProcess(config, kafka_bootstrap, redis_url, topics, log_path, extra_args, verb)
         workers.append(worker)
         return worker
 

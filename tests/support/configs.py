@@ -30,6 +30,9 @@ def fraud_config() -> dict[str, Any]:
     base = FRAUD_CONFIG.parent
     for section, key in (("avro", "input_schema"), ("avro", "output_schema"), ("model", "path")):
         data[section][key] = str((base / data[section][key]).resolve())
+    labels = data.get("monitoring", {}).get("labels", {})
+    if labels.get("schema_file"):
+        labels["schema_file"] = str((base / labels["schema_file"]).resolve())
     return data
 
 

@@ -16,12 +16,13 @@ from tests.support.kafka_io import Topics
 
 
 class WorkerProcess:
-    """``python -m worker run`` on one config, with its log (stdout and stderr) in a file."""
+    """``python -m worker run`` (or another long-running ``verb``: ``monitor``) on one config, with its
+    log (stdout and stderr) in a file."""
 
     def __init__(self, config: Path, bootstrap: str, redis_url: str, topics: Topics, log_path: Path,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), verb: str = "run") -> None:
         self.log_path = log_path
-        self.command = [sys.executable, "-m", "worker", "run", "--config", str(config),
+        self.command = [sys.executable, "-m", "worker", verb, "--config", str(config),
                         "--bootstrap-servers", bootstrap, "--redis-url", redis_url,
                         "--input-topic", topics.input, "--output-topic", topics.output,
                         "--dlq-topic", topics.dlq, "--group-id", topics.group, *extra_args]

@@ -32,8 +32,11 @@ from worker.kafka.reader import TopicReader
 
 
 def create_topics(settings: WorkerSettings, partitions: int = 3, replication_factor: int = 1) -> list[str]:
-    """Create the configured topics that do not exist yet; returns one report line per topic."""
-    return admin.create_topics(make_admin(settings), required_topics(settings), settings.kafka.bootstrap_servers,
+    """Create the configured topics that do not exist yet (the monitor's labels and joined topics too);
+    returns one report line per topic."""
+    m = settings.monitoring
+    topics = [*required_topics(settings), *[t for t in (m.labels.topic, m.joined_topic) if t]]
+    return admin.create_topics(make_admin(settings), list(dict.fromkeys(topics)), settings.kafka.bootstrap_servers,
                                partitions, replication_factor)
 
 

@@ -46,6 +46,8 @@ def _stop_starting(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from worker.app import monitoring
+
     settings = settings_from(args)
     compiled = compile_settings(settings)
     k = settings.kafka
@@ -59,6 +61,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  features {entities or 'none'}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
     print(f"  telemetry {describe_telemetry(settings)}")
+    print(f"  monitoring {monitoring.describe(settings, compiled)}")
     return 0
 
 

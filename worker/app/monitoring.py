@@ -1,0 +1,337 @@
+"""Model quality from settings: drift in ``worker run``, the label join in ``worker monitor``."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from prometheus_client import REGISTRY
+
+from worker.app.components import loop_settings, make_codecs, make_pipeline, make_registry, make_store
+from worker.app.kafka import make_checkpointer, make_consumer, make_producer
+from worker.app.tools import topic_reader
+from worker.codecs.avro import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
+from worker.codecs.schemas import Schema
+from worker.config.compile import Compiled, compile_settings, prediction_field
+from worker.config.settings import WorkerSettings
+from worker.errors import FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
+from worker.features.redis_store import RedisAddress, wait_for_redis
+from worker.kafka.admin import wait_for_topics
+from worker.kafka.sink import Sink
+from worker.lifecycle.card import CardError, read_card
+from worker.lifecycle.repository import ModelRepository
+from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
+from worker.monitoring.metrics import MonitorMetrics
+from worker.monitoring.store import JoinTimes, MonitorStore, redis_errors
+from worker.pipeline.output import select
+from worker.quality import reference
+from worker.quality.bins import Bins, BinsError
+from worker.quality.reference import Reference
+from worker.runner.loop import Runner
+from worker.runner.observer import Observer
+from worker.startup import wait_until_ready
+from worker.telemetry.drift import DriftMonitor, ReferenceOf, WatchedColumn, watched_columns
+
+logger = logging.getLogger(__name__)
+
+
+def monitor_store(settings: WorkerSettings) -> MonitorStore:
+    """The monitoring's Redis (``monitoring.redis_url``, else the feature store's)."""
+    m, r = settings.monitoring, settings.redis
+    url = m.redis_url or r.url
+    password = r.password.get_secret_value() if r.password else None
+    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
+    try:
+        RedisAddress.from_url(url, password)
+        client = redis.Redis.from_url(url, password=password, socket_timeout=r.timeout_s,
+                                      socket_connect_timeout=r.timeout_s, **extra)
+    except ValueError as exc:
+        raise StartupError(f"monitoring.redis_url: {exc}") from exc
+    times = JoinTimes(int(m.labels.wait_hours * 3_600_000), int(m.labels.unmatched_after_s * 1000), m.window_labels)
+    return MonitorStore(client, m.key_prefix, times, m.history_entries)
+
+
+def card_of(settings: WorkerSettings, compiled: Compiled) -> Callable[[str, str], dict[str, Any]]:
+    """The card of a model version (the repository's, or the configured file's), cached."""
+    repository, configured = settings.model.repository, settings.model.path
+
+    @functools.cache
+    def card(name: str, version: str) -> dict[str, Any]:
+        path = ModelRepository(repository).path(name, version) if repository else configured
+        if path is None:
+            return {}
+        try:
+            return read_card(path).data
+        except CardError as exc:
+            logger.warning("%s", exc)
+            return {}
+
+    return card
+
+
+def reference_of(settings: WorkerSettings, compiled: Compiled) -> ReferenceOf:
+    """Each version's drift reference: ``monitoring.reference`` for all, else its card's."""
+    if settings.monitoring.reference is not None:
+        fixed = reference.from_file(settings.monitoring.reference)
+        return lambda name, version: fixed
+    card = card_of(settings, compiled)
+
+    def of(name: str, version: str) -> Reference | None:
+        try:
+            return reference.from_card(card(name, version), f"the card of {name} v{version}")
+        except BinsError as exc:
+            logger.warning("drift not monitored: %s", exc)
+            return None
+
+    return of
+
+
+def make_drift(settings: WorkerSettings, compiled: Compiled) -> DriftMonitor | None:
+    """The drift observer, registered for ``/metrics``; None when off or nothing has a reference."""
+    m = settings.monitoring
+    if not m.drift:
+        return None
+    of = reference_of(settings, compiled)
+    model = compiled.model
+    if of(model.name, model.version) is None:
+        logger.info("drift monitoring off: %s v%s has no reference bins (its card's reference_stats, or "
+                    "monitoring.reference)", model.name, model.version)
+        return None
+    columns = watched(settings, compiled)
+    widths = {e.name: len(e.fields) for e in compiled.entities}
+    drift = DriftMonitor(columns, of, m.window_events, m.min_window_events, widths,
+                         publish=_drift_history(settings), snapshot_interval_s=m.snapshot_interval_s)
+    return drift.register(REGISTRY)
+
+
+def _drift_history(settings: WorkerSettings) -> Callable[[list[dict[str, Any]]], None]:
+    store = monitor_store(settings)
+    replica = f"{socket.gethostname()}-{os.getpid()}"
+
+    def publish(snapshots: list[dict[str, Any]]) -> None:
+        try:
+            store.append("drift", {"replica": replica, "windows": snapshots})
+        except redis_errors() as exc:
+            logger.warning("drift snapshot not kept, Redis failed: %s", exc)
+
+    return publish
+
+
+def holdout_auc_of(settings: WorkerSettings, compiled: Compiled) -> Callable[[str, str], float | None]:
+    card = card_of(settings, compiled)
+
+    def of(name: str, version: str) -> float | None:
+        value = (card(name, version).get("training") or {}).get("holdout_auc")
+        return float(value) if isinstance(value, int | float) else None
+
+    return of
+
+
+def monitor_settings(settings: WorkerSettings) -> WorkerSettings:
+    """The worker's settings as the monitor runs them: its own group, reading predictions and labels."""
+    m, k = settings.monitoring, settings.kafka
+    if m.labels.topic is None:
+        raise StartupError("worker monitor joins labels to predictions: set monitoring.labels.topic")
+    kafka = k.model_copy(update={"group_id": m.group_id or f"{k.group_id}-monitor",
+                                 "input_topics": [k.output_topic, m.labels.topic],
+                                 "output_topic": m.joined_topic or "", "transactional_id": None})
+    return settings.model_copy(update={"kafka": kafka, "processing_guarantee": "at-least-once"})
+
+
+def label_decoder(settings: WorkerSettings, schema: Schema) -> Decoder:
+    framing = settings.monitoring.labels.framing or settings.avro.framing
+    if framing == "plain":
+        return PlainAvroDecoder(schema, settings.avro.max_value_bytes)
+    return ConfluentAvroDecoder(make_registry(settings), schema, settings.avro.max_value_bytes)
+
+
+def prediction_decoder(settings: WorkerSettings, compiled: Compiled) -> Decoder:
+    if settings.avro.framing == "plain":
+        return PlainAvroDecoder(compiled.output_schema, settings.avro.max_value_bytes)
+    make_codecs(settings, compiled)  # the registry must answer, as for the worker
+    return ConfluentAvroDecoder(make_registry(settings), compiled.output_schema, settings.avro.max_value_bytes)
+
+
+def join_processor(settings: WorkerSettings, compiled: Compiled, store: MonitorStore) -> JoinProcessor:
+    m, b = settings.monitoring, compiled.builder
+    assert compiled.label_schema is not None and m.labels.topic is not None
+    fields = PredictionFields(m.prediction_id_field or m.labels.id_field, prediction_field(b, "score") or "",
+                              prediction_field(b, "model_name"), prediction_field(b, "model_version"),
+                              prediction_field(b, "scored_at"))
+    label_fields = LabelFields(m.labels.id_field, m.labels.label_field, m.labels.time_field)
+    return JoinProcessor(store, m.labels.topic, RecordReader(prediction_decoder(settings, compiled), vars(fields)),
+                         RecordReader(label_decoder(settings, compiled.label_schema), vars(label_fields)),
+                         (compiled.model.name, compiled.model.version), m.joined_topic is not None)
+
+
+def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
+    """``worker monitor``: the join on the worker's loop, with its own group and sink."""
+    run_as = monitor_settings(settings)
+    compiled = compile_settings(settings)
+    store = monitor_store(run_as)
+    where = RedisAddress.from_url(run_as.monitoring.redis_url or run_as.redis.url).redacted()
+    wait_until_ready(lambda: _problem(store), "the monitor's Redis", where, run_as.redis.startup_timeout_s)
+    k = run_as.kafka
+    consumer = make_consumer(run_as)
+    topics = [*k.input_topics, *([k.output_topic] if k.output_topic else []), k.dlq_topic]
+    wait_for_topics(consumer, topics, k.startup_timeout_s, k.bootstrap_servers)
+    sink = Sink(lambda on_error: make_producer(run_as, None, on_error), k.output_topic, k.dlq_topic, k.group_id,
+                run_as.batch.max_in_flight_events, run_as.batch.max_in_flight_mb * (1 << 20) // 2)
+    metrics = MonitorMetrics(store, run_as.model.threshold, holdout_auc_of(run_as, compiled)).register(REGISTRY)
+    ticker = MonitorTicker(store, metrics.threshold, run_as.monitoring.snapshot_interval_s)
+    processor = join_processor(run_as, compiled, store)
+    return Runner(consumer, list(k.input_topics), processor, sink, make_checkpointer(run_as, consumer, sink),
+                  loop_settings(run_as), [ticker, *observers], probe=_probe(store))
+
+
+def _problem(store: MonitorStore) -> str | None:
+    try:
+        store.ping()
+    except redis_errors() as exc:
+        return str(exc)
+    return None
+
+
+def _probe(store: MonitorStore) -> Callable[[], None]:
+    def probe() -> None:
+        try:
+            store.ping()
+        except redis_errors() as exc:
+            raise FeatureStoreUnavailable(f"the monitor's Redis: {exc}") from exc
+
+    return probe
+
+
+def watched(settings: WorkerSettings, compiled: Compiled) -> list[WatchedColumn]:
+    model = compiled.model
+    order = card_of(settings, compiled)(model.name, model.version).get("feature_order")
+    return watched_columns(compiled.tensors, order if isinstance(order, list) else None)
+
+
+def reference_from_data(settings: WorkerSettings, path: Path) -> tuple[Reference, int]:
+    """Bins of every model input in a data file, and of the scores the model gives them: a ``.npz``
+    holding each model input by name (or ``features`` for a model with one input), or a ``.csv``
+    with a column per watched feature (named as in the card's ``feature_order``)."""
+    compiled = compile_settings(settings)
+    columns = watched(settings, compiled)
+    feeds = _data_feeds(path, compiled, columns)
+    scores = _scores(compiled, feeds)
+    values = {c.name: _values(feeds[c.tensor], c.column) for c in columns}
+    return _reference(values, scores), len(scores)
+
+
+def reference_from_topic(settings: WorkerSettings, events: int,
+                         progress: Callable[[int], None] | None = None) -> tuple[Reference, int]:
+    """Bins of what the model saw and said for the oldest ``events`` events of the input topics: they
+    go through the worker's own pipeline (decode, Redis features, assembly, model); nothing is
+    published."""
+    compiled = compile_settings(settings)
+    columns = watched(settings, compiled)
+    store = make_store(settings)
+    wait_for_redis(store, settings.redis.startup_timeout_s)
+    pipeline = make_pipeline(settings, compiled, store)
+    reader = topic_reader(settings, list(settings.kafka.input_topics), from_beginning=True)
+    values: dict[str, list[np.ndarray]] = {c.name: [] for c in columns}
+    scores: list[np.ndarray] = []
+    seen = 0
+    try:
+        while seen < events and not reader.caught_up:
+            batch = reader.read(min(1000, events - seen))
+            scored = pipeline.process(batch).scored if batch else None
+            seen += len(batch)
+            if scored is not None:
+                kept = np.flatnonzero(scored.published)
+                scores.append(np.asarray(scored.scores)[kept])
+                for c in columns:
+                    values[c.name].append(_values(scored.feeds[c.tensor], c.column)[kept])
+            if progress and batch:
+                progress(seen)
+    finally:
+        reader.close()
+    if not scores:
+        raise ToolError(f"no events could be scored from {', '.join(settings.kafka.input_topics)}")
+    joined = {name: np.concatenate(parts) for name, parts in values.items()}
+    return _reference(joined, np.concatenate(scores)), sum(len(s) for s in scores)
+
+
+def _reference(values: dict[str, np.ndarray], scores: np.ndarray) -> Reference:
+    try:
+        return Reference({name: Bins.of_values(v) for name, v in values.items()}, Bins.of_values(scores))
+    except BinsError as exc:
+        raise ToolError(f"cannot make reference bins: {exc}") from exc
+
+
+def _values(tensor: Any, column: int | None) -> np.ndarray:
+    array = np.asarray(tensor, dtype=np.float64)
+    return array if column is None else array[:, column]
+
+
+def _data_feeds(path: Path, compiled: Compiled, columns: list[WatchedColumn]) -> dict[str, np.ndarray]:
+    tensors = {t.name: t for t in compiled.tensors}
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                found = {name: np.asarray(data[name]) for name in data.files}
+            if len(tensors) == 1 and "features" in found and next(iter(tensors)) not in found:
+                found = {next(iter(tensors)): found["features"]}
+        elif path.suffix == ".csv":
+            found = _csv_feeds(path, tensors, columns)
+        else:
+            raise ToolError(f"{path}: expected a .npz or .csv data file")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ToolError(f"cannot read {path}: {exc}") from exc
+    missing = [name for name in tensors if name not in found]
+    if missing:
+        raise ToolError(f"{path} lacks the model input(s) {', '.join(missing)} (it has {', '.join(found) or 'none'})")
+    return {name: found[name].astype(tensors[name].numpy_dtype, copy=False) for name in tensors}
+
+
+def _csv_feeds(path: Path, tensors: dict[str, Any], columns: list[WatchedColumn]) -> dict[str, np.ndarray]:
+    """Each model input from the CSV's columns named like its watched features (a header row)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = set(rows[0]) if rows else set()
+    out = {}
+    for name, spec in tensors.items():
+        wanted = [c.name for c in columns if c.tensor == name]
+        absent = [w for w in wanted if w not in header]
+        if absent or len(wanted) != (1 if spec.rank == 1 else len(spec.columns)):
+            raise ToolError(f"{path}: no column {', '.join(absent or wanted)} for model input {name}")
+        table = np.array([[float(row[w] or "nan") for w in wanted] for row in rows], dtype=np.float64)
+        out[name] = table[:, 0] if spec.rank == 1 else table
+    return out
+
+
+def _scores(compiled: Compiled, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    score = compiled.builder.score
+    try:
+        outputs = compiled.model.run(feeds, [score.output])
+    except ModelRunError as exc:
+        raise ToolError(f"the model cannot score the data: {exc}") from exc
+    return select(outputs[0], score.column)
+
+
+def describe(settings: WorkerSettings, compiled: Compiled) -> str:
+    """One line for ``check-config``: what drift and the label join will watch."""
+    m, model = settings.monitoring, compiled.model
+    if not m.drift:
+        drift = "drift off"
+    else:
+        found = reference_of(settings, compiled)(model.name, model.version)
+        where = str(m.reference) if m.reference else "the model card"
+        drift = ("drift off (no reference bins: add them to the card or run worker monitor reference)" if found is None
+                 else f"drift of {len(found.features)} features{' and the score' if found.score else ''} against "
+                      f"{where} over {m.window_events} events")
+    labels = m.labels
+    join = (f"labels from {labels.topic} joined on {m.prediction_id_field or labels.id_field} "
+            f"(wait {labels.wait_hours:g} h)" + (f" -> {m.joined_topic}" if m.joined_topic else "")
+            if labels.topic else "no labels (monitoring.labels.topic unset)")
+    return f"{drift}; {join}"
