@@ -1,14 +1,15 @@
 # The two commands of README.md: `make demo` runs the example end to end, `make test` runs
 # the checks and the test suite (CI runs exactly `make test`, through .ci/run); `make bench`
 # runs the benchmark. Each sets up .venv first: a virtualenv with the project installed in
-# editable mode, redone when pyproject.toml changes.
+# editable mode, redone when pyproject.toml changes; and promtool if missing (see its target).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup promtool clean
 
 demo: $(INSTALLED)
 	$(BIN)/worker demo $(DEMO_ARGS)
@@ -25,10 +26,32 @@ bench: $(INSTALLED)
 
 setup: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# promtool is order-only: checked on every way through $(INSTALLED), without redoing the venv.
+$(INSTALLED): pyproject.toml | promtool
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,dev,bench]'
 	touch $@
+
+# tests/unit/test_alert_rules.py checks and unit-tests deploy/prometheus-alerts.yml with promtool, from
+# Debian's prometheus package when `command -v promtool` fails. Only the tool is wanted: a policy-rc.d
+# that refuses every start (if the machine has none) keeps the package from starting its server, and
+# under systemd the unit is disabled and stopped. Without apt-get, put a Prometheus release's promtool
+# on PATH by hand.
+promtool:
+	@command -v promtool >/dev/null && exit 0; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "promtool not found and no apt-get: put a Prometheus release's promtool on PATH" >&2; exit 0; \
+	fi; \
+	set -ex; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+		printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+		$(SUDO) chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	$(SUDO) apt-get update; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus; fi; \
+	promtool --version
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
