@@ -9,6 +9,9 @@ merchants and devices, and its transactions labelled by the generator's fraud me
 The model is scikit-learn's gradient boosting, exported to ONNX with one float input
 ``features [N, 17]`` (columns in ``data.FEATURE_ORDER``) and one output
 ``probabilities [N, 2]`` (no ZipMap, so the worker reads column 1 as the score).
+
+The card's drift references, ``reference_stats.<feature>.bins`` (decile bins of every input over
+the training rows) and ``score_stats`` (of the holdout scores), come from ``worker.quality.bins``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worker.quality.bins import Bins
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -97,14 +102,23 @@ def metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
 
 
 def reference_stats(x: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per feature: what the model saw in training, to compare live traffic with (drift)."""
+    """Per feature: what the model saw in training, to compare live traffic with (drift):
+    summary statistics and the decile ``bins`` (edges and the training rows' share per bin)."""
     stats = {}
     for j, name in enumerate(data.FEATURE_ORDER):
         col = x[:, j].astype(np.float64)
         stats[name] = {"mean": round(float(col.mean()), 6), "std": round(float(col.std()), 6),
                        "min": float(col.min()), "max": float(col.max()),
-                       "quantiles": {f"p{round(q * 100):02d}": float(np.quantile(col, q)) for q in QUANTILES}}
+                       "quantiles": {f"p{round(q * 100):02d}": float(np.quantile(col, q)) for q in QUANTILES},
+                       "bins": Bins.of_values(col).to_json()}
     return stats
+
+
+def score_stats(scores: np.ndarray) -> dict[str, Any]:
+    """The holdout scores (column 1 of the probabilities): the reference for score drift."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return {"mean": round(float(scores.mean()), 6), "std": round(float(scores.std()), 6),
+            "bins": Bins.of_values(scores).to_json()}
 
 
 def golden(x: np.ndarray, y: np.ndarray, probabilities: np.ndarray, seed: int, n: int = 20) -> list[dict[str, Any]]:
@@ -139,6 +153,7 @@ def card(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, holdout: slice,
                      "versions": {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
                                   "onnx": onnx.__version__, "opsets": opsets}},
         "reference_stats": reference_stats(x),
+        "score_stats": score_stats(p),
     }
 
 

@@ -1,4 +1,5 @@
-"""The fraud example's parts agree: model file, model card, data generator and config."""
+"""The fraud example's parts agree: model file, model card, data generator and config; both
+example cards carry well-formed drift references (bins)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from worker.config.compile import compile_settings
 from worker.config.settings import load_settings
 from worker.pipeline.assembly import ConstColumn, EventColumn, FeatureColumn
+from worker.quality.bins import Bins
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "fraud" / "1"
+ETA_CARD = REPO / "models" / "eta" / "1" / "model-card.json"
 CONFIG = REPO / "deploy" / "config" / "fraud-example.yaml"
 
 
@@ -32,6 +35,23 @@ def load_data_module() -> ModuleType:
 
 
 data = load_data_module()
+
+
+def load_train_module() -> ModuleType:
+    """``models/fraud/train.py`` (it puts its directory on sys.path to import ``data``; undone here)."""
+    spec = importlib.util.spec_from_file_location("fraud_example_train", REPO / "models" / "fraud" / "train.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    path, previous = list(sys.path), sys.modules.get("data")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+        if previous is None:
+            sys.modules.pop("data", None)
+        else:
+            sys.modules["data"] = previous
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +146,57 @@ def test_reference_statistics_cover_every_feature(card: dict[str, Any]) -> None:
         q = list(s["quantiles"].values())
         assert s["min"] <= q[0] <= q[-1] <= s["max"], name
         assert q == sorted(q), name
+
+
+@pytest.mark.parametrize("path", [MODEL_DIR / "model-card.json", ETA_CARD], ids=["fraud", "eta"])
+def test_every_feature_and_the_score_have_well_formed_bins(path: Path) -> None:
+    card = json.loads(path.read_text())
+    for name in card.get("feature_order", []):
+        bins = Bins.parse(card["reference_stats"][name].get("bins"), f"reference_stats.{name}.bins")
+        assert float(bins.shares.sum()) == pytest.approx(1.0, abs=1e-9), name
+        assert bins.size >= 2, name
+    if "feature_order" in card or "score_stats" in card:
+        score = Bins.parse(card["score_stats"].get("bins"), "score_stats.bins")
+        assert float(score.shares.sum()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_eta_card_has_no_per_feature_reference_to_carry() -> None:
+    """Several named inputs, one of them strings, and no feature_order: no per-feature bins
+    (README); if the card gains a feature_order, the test above wants bins for it."""
+    card = json.loads(ETA_CARD.read_text())
+    assert "feature_order" not in card and len(card["inputs"]) > 1
+    assert any(i["dtype"] == "string" for i in card["inputs"])
+
+
+@pytest.fixture(scope="module")
+def training_sample(card: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """The rows train.py trained and held out on, regenerated from the card's seed (~1 s), and the cut."""
+    train = load_train_module()
+    x, _ = train.labelled(card["training"]["rows"], card["training"]["seed"])
+    return x, len(x) - card["training"]["holdout_rows"]
+
+
+def test_the_feature_bins_are_the_training_rows_deciles(card: dict[str, Any],
+                                                        training_sample: tuple[np.ndarray, int]) -> None:
+    x, _ = training_sample
+    assert x.shape == (card["training"]["rows"], len(card["feature_order"]))
+    for j, name in enumerate(card["feature_order"]):
+        expected = Bins.of_values(x[:, j])
+        recorded = Bins.parse(card["reference_stats"][name]["bins"], name)
+        np.testing.assert_allclose(recorded.edges, expected.edges, rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(recorded.shares, expected.shares, rtol=0, atol=1e-9, err_msg=name)
+
+
+def test_the_score_bins_are_the_holdout_scores_deciles(card: dict[str, Any], session: ort.InferenceSession,
+                                                       training_sample: tuple[np.ndarray, int]) -> None:
+    x, cut = training_sample
+    probabilities = session.run([card["output"]["name"]], {card["input"]["name"]: x[cut:]})[0]
+    scores = probabilities[:, card["output"]["score_column"]]
+    expected, stats = Bins.of_values(scores), card["score_stats"]
+    recorded = Bins.parse(stats["bins"], "score_stats.bins")
+    # ONNX Runtime may differ in the last float32 bits between machines (the golden vectors allow 1e-6):
+    # an edge can move that much and a handful of the 16,000 holdout rows change bins.
+    np.testing.assert_allclose(recorded.edges, expected.edges, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(recorded.shares, expected.shares, rtol=0, atol=1e-3)
+    assert stats["mean"] == pytest.approx(float(scores.mean()), abs=1e-5)
+    assert stats["std"] == pytest.approx(float(scores.std()), abs=1e-5)
