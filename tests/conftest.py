@@ -78,6 +78,14 @@ def redis_db_url(redis_url: str) -> str:
 
 
 @pytest.fixture
+def redis_client(redis_db_url: str) -> Iterator[redis.Redis]:
+    """A client of this test's own, emptied, Redis database."""
+    client = redis.Redis.from_url(redis_db_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
     """Starts Redis servers this test owns (stop/start them at will); ``args`` adds server options."""
     servers: list[RedisServer] = []

@@ -132,11 +132,11 @@ class Quality:
     """One test's worker and monitor on the fraud workload, with labels and joined topics."""
 
     def __init__(self, gen: ModuleType, bootstrap: str, redis_url: str, topics: Topics, start: StartWorker,
-                 tmp_path: Path) -> None:
+                 tmp_path: Path, create_joined: bool = True) -> None:
         self.gen, self.bootstrap, self.redis_url, self.topics, self.start = gen, bootstrap, redis_url, topics, start
         uid = uuid.uuid4().hex[:8]
         self.labels = create_topic(bootstrap, f"labels-{uid}", 2)
-        self.joined = create_topic(bootstrap, f"joined-{uid}", 1)
+        self.joined = create_topic(bootstrap, f"joined-{uid}", 1) if create_joined else f"joined-{uid}"
         self.port = free_port()
         base = changed(fraud_config(), **{
             "monitoring.labels.topic": self.labels, "monitoring.joined_topic": self.joined,
@@ -221,10 +221,11 @@ def test_labels_that_come_before_their_predictions_are_all_matched(
     gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_db_url}))
     events = fraud_events(gen, args)
     q = Quality(gen, kafka_bootstrap, redis_db_url, kafka_topics(partitions=1, prefix="early"), start_worker,
-                tmp_path)
+                tmp_path, create_joined=False)
     produce(kafka_bootstrap, q.labels, label_messages(gen, events.good, labels_of(gen, args, events.good)))
     monitor = q.monitor()
     q.figures(monitor, matched=0)
+    monitor.wait_for_log(f"created  {q.joined}")  # its own output topic: made when missing
     q.worker()
     produce(kafka_bootstrap, q.topics.input, events.messages)
     samples = q.figures(monitor, matched=len(events.good))

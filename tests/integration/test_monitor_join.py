@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import fastavro
 import pytest
@@ -19,7 +19,7 @@ from worker.codecs.schemas import parse_schema
 from worker.errors import FeatureStoreUnavailable
 from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
 from worker.monitoring.metrics import MonitorMetrics
-from worker.monitoring.store import JoinTimes, Label, MonitorStore, Prediction
+from worker.monitoring.store import KEPT_MS, JoinTimes, Label, MonitorStore, Prediction
 from worker.records import InputMessage
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,8 @@ TIMES = JoinTimes(wait_ms=10_000, unmatched_after_ms=1_000, window=3)
 
 
 @pytest.fixture
-def store(redis_db_url: str) -> Iterator[MonitorStore]:
-    client = redis.Redis.from_url(redis_db_url)
-    yield MonitorStore(client, "q:", TIMES)
-    client.close()
+def store(redis_client: redis.Redis) -> MonitorStore:
+    return MonitorStore(redis_client, "q:", TIMES)
 
 
 def p(event_id: str, score: float = 0.9, at: int = 1000, version: str = "1") -> Prediction:
@@ -49,11 +47,11 @@ def lab(event_id: str, positive: bool = True, at: int = 2000) -> Label:
 
 
 def test_a_join_is_made_once_whichever_half_comes_first_and_whatever_is_read_twice(store: MonitorStore) -> None:
-    assert store.add([p("a")], [lab("b")], now_ms=0) == [None, None]  # each waits for its other half
-    joined = store.add([p("b", 0.2)], [lab("a", False), lab("a", False)], now_ms=0)
+    assert store.add([p("a")], [lab("b")]) == [None, None]  # each waits for its other half
+    joined = store.add([p("b", 0.2)], [lab("a", False), lab("a", False)])
     assert [(j.event_id, j.state, j.replay) for j in joined if j] == [("b", "matched", False), ("a", "matched", False),
                                                                       ("a", "matched", True)]
-    again = store.add([p("a"), p("b", 0.2)], [lab("b")], now_ms=0)
+    again = store.add([p("a"), p("b", 0.2)], [lab("b")])
     assert all(j is not None and j.replay for j in again), "read again after a crash: republished, not recounted"
     assert store.totals() == {"received": 2, "matched": 2, "late": 0, "unmatched": 0}
     scores, labels = store.window("fraud", "1")
@@ -61,24 +59,37 @@ def test_a_join_is_made_once_whichever_half_comes_first_and_whatever_is_read_twi
 
 
 def test_late_labels_count_late_and_stay_out_of_the_window(store: MonitorStore) -> None:
-    (joined,) = [j for j in store.add([p("x", at=1000)], [lab("x", at=1000 + TIMES.wait_ms + 1)], 0) if j]
+    (joined,) = [j for j in store.add([p("x", at=1000)], [lab("x", at=1000 + TIMES.wait_ms + 1)]) if j]
     assert joined.state == "late"
     assert store.totals()["late"] == 1 and store.versions() == []
 
 
-def test_a_label_without_its_prediction_is_unmatched_after_the_wait_and_dropped(store: MonitorStore) -> None:
-    store.add([], [lab("ghost")], now_ms=5000)
-    assert store.sweep(now_ms=5000 + TIMES.unmatched_after_ms - 1) == 0
-    assert store.sweep(now_ms=5000 + TIMES.unmatched_after_ms) == 1
-    assert store.sweep(now_ms=99_999) == 0, "counted once"
-    assert store.add([p("ghost")], [], now_ms=99_999) == [None], "a prediction after that does not join"
+def test_a_label_is_unmatched_once_later_predictions_came_without_its_own(store: MonitorStore) -> None:
+    store.add([], [lab("ghost", at=5000)])
+    assert store.sweep() == 0, "no prediction read yet: a backlog may still hold it"
+    store.add([p("other", at=5000 + TIMES.unmatched_after_ms - 1)], [])
+    assert store.sweep() == 0
+    store.add([p("another", at=5000 + TIMES.unmatched_after_ms)], [])
+    assert store.sweep() == 1
+    assert store.sweep() == 0, "counted once"
+    assert store.add([p("ghost", at=99_999)], []) == [None], "a prediction after that does not join"
     assert store.totals() == {"received": 1, "matched": 0, "late": 0, "unmatched": 1}
+
+
+def test_joined_records_and_windows_expire(store: MonitorStore, redis_client: redis.Redis) -> None:
+    store.add([p("a")], [lab("a")])
+    store.add([p("held")], [])
+    assert 0 < redis_client.pttl("q:e:a") <= KEPT_MS, "joined: kept only to recognise a replay"
+    assert TIMES.wait_ms < redis_client.pttl("q:e:held") <= 2 * TIMES.wait_ms, "unjoined: kept twice the wait"
+    assert 0 < redis_client.pttl("q:w:fraud|1") <= TIMES.wait_ms, "a retired version's window goes away"
+    redis_client.delete("q:w:fraud|1")
+    assert store.versions() == [] and not redis_client.smembers("q:versions")
 
 
 def test_the_window_keeps_the_last_joins_per_version(store: MonitorStore) -> None:
     ids = [f"e{i}" for i in range(5)]
-    store.add([p(e, score=i / 10) for i, e in enumerate(ids)], [lab(e) for e in ids], 0)
-    store.add([p("v2", version="2")], [lab("v2")], 0)
+    store.add([p(e, score=i / 10) for i, e in enumerate(ids)], [lab(e) for e in ids])
+    store.add([p("v2", version="2")], [lab("v2")])
     assert store.window("fraud", "1")[0].tolist() == [0.4, 0.3, 0.2]
     assert store.versions() == [("fraud", "1"), ("fraud", "2")]
 
@@ -97,7 +108,7 @@ def processor(store: MonitorStore, publish: bool = True) -> JoinProcessor:
 
 
 def message(topic: str, value: bytes) -> InputMessage:
-    return InputMessage(value, None, topic, 0, 0)
+    return InputMessage(value, None, topic, 0)
 
 
 def test_the_processor_publishes_joins_and_dead_letters_bad_records(store: MonitorStore) -> None:
@@ -121,7 +132,7 @@ def test_redis_down_holds_the_batch_and_the_figures_go_quiet(make_redis_server: 
                          retry=Retry(NoBackoff(), 0))
     store = MonitorStore(client, "q:", TIMES)
     metrics = MonitorMetrics(store, 0.5, lambda name, version: 0.9)
-    store.add([p("a")], [lab("a")], 0)
+    store.add([p("a")], [lab("a")])
     names = {m.name for m in metrics.collect()}
     assert {"worker_labels_matched", "worker_model_auc", "worker_model_holdout_auc"} <= names
     server.stop()

@@ -27,10 +27,8 @@ def store_for(url: str, timeout_s: float = 2.0, password: str | None = None) -> 
 
 
 @pytest.fixture
-def client(redis_db_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_db_url)
-    yield c
-    c.close()
+def client(redis_client: redis.Redis) -> redis.Redis:
+    return redis_client
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ BROKEN = {
     "output field of an incompatible type": (
         {"output.fields.card_id": "amount"}, "output.fields.card_id", "a double cannot be written as string"),
     "special written to the wrong type": (
-        {"output.fields.model_version": "$score"}, "output.fields.model_version",
+        {"output.fields.card_id": "$score"}, "output.fields.card_id",
         "$score cannot be written to a string field"),
     "unknown special": ({"output.fields.is_fraud": "$lable"}, "output.fields.is_fraud", "unknown '$lable'"),
     "output key path absent": ({"output.key": "card"}, "output.key", "no field 'card'"),
@@ -120,6 +120,10 @@ BROKEN = {
                                      "the predictions have no field 'txn_id' to join labels on"),
     "labels read from the output topic": ({"monitoring.labels.topic": "predictions"}, "monitoring.labels.topic",
                                           "'predictions' is already used"),
+    "joins read back as labels": ({"monitoring.joined_topic": "labels"}, "monitoring.joined_topic",
+                                  "would read its own joins as labels"),
+    "predictions without their version": ({"output.fields.model_version": "__CONST__"}, "output.fields",
+                                          "add a field fed by $model_version"),
     "drift reference unreadable": ({"monitoring.reference": "__NOT_JSON__"}, "monitoring.reference",
                                    "cannot read the drift reference"),
     "drift window too small": ({"monitoring.window_events": 10}, "monitoring.window_events",
@@ -130,7 +134,8 @@ BROKEN = {
 def broken_config(tmp_path: Path, base: dict[str, Any], changes: dict[str, Any]) -> Path:
     not_json = tmp_path / "not-json.bin"
     not_json.write_bytes(b"\x00not json, not onnx")
-    resolved = {k: str(not_json) if v == "__NOT_JSON__" else v for k, v in changes.items()}
+    constants = {"__NOT_JSON__": str(not_json), "__CONST__": {"const": "v1"}}
+    resolved = {k: constants.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
     return write_config(tmp_path / "broken.yaml", changed(base, **resolved))
 
 

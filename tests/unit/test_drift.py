@@ -17,7 +17,7 @@ from worker.quality.bins import Bins, psi
 from worker.quality.reference import Reference
 from worker.records import BatchResult, Delivery
 from worker.serving import Serving, canary_mask
-from worker.telemetry.drift import SCORE, DriftMonitor, WatchedColumn, watched_columns
+from worker.telemetry.drift import RETIRED_AFTER_S, SCORE, DriftMonitor, WatchedColumn, watched_columns
 
 AMOUNT = Bins(np.array([50.0, 100.0, 150.0]), np.array([0.25, 0.25, 0.25, 0.25]))
 COUNT = Bins(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.3, 0.3, 0.3]))
@@ -110,3 +110,15 @@ def test_snapshots_are_published_on_their_interval_with_counts_and_bins() -> Non
     assert window["events"] == 30 and set(window["columns"]) == {"amount", "card.count", SCORE}
     assert sum(window["columns"]["amount"]["counts"]) == 30
     assert window["columns"]["amount"]["bins"] == AMOUNT.to_json()
+
+
+def test_a_version_that_stopped_scoring_is_no_longer_exported() -> None:
+    now = [0.0]
+    monitor = DriftMonitor(COLUMNS, lambda name, version: REFERENCE, 1000, 10, {"card": 1}, clock=lambda: now[0])
+    run(monitor, Serving(versioned("1", 1.0)), [payment(i) for i in range(30)])
+    now[0] = RETIRED_AFTER_S / 2
+    run(monitor, Serving(versioned("2", 1.0)), [payment(i) for i in range(30)])  # promoted: v1 scores no more
+    now[0] = RETIRED_AFTER_S + 1
+    versions = {dict(labels)["model_version"] for name, labels in samples(monitor) if name == "worker_feature_psi"}
+    assert versions == {"2"}
+    assert [s["model_version"] for s in monitor.snapshot()] == ["2"]

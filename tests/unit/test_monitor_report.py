@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,8 @@ FIGURES_PER_VERSION = 4  # reference vs current, PSI over time, accuracy over ti
 
 
 @pytest.fixture
-def client(redis_db_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_db_url)
-    yield c
-    c.close()
+def client(redis_client: redis.Redis) -> redis.Redis:
+    return redis_client
 
 
 @pytest.fixture
@@ -102,7 +99,7 @@ def _join(store: MonitorStore, rng: np.random.Generator) -> None:
             predictions.append(Prediction(event, "fraud", version, float(score), START_MS))
             labels.append(Label(event, bool(rng.random() < score), START_MS + MINUTE))
     labels.append(Label("lost", True, START_MS))  # never joined
-    store.add(predictions, labels, START_MS + MINUTE)
+    store.add(predictions, labels)
 
 
 def _xadd(client: redis.Redis, kind: str, at: int, entry: dict[str, Any]) -> None:

@@ -118,3 +118,16 @@ def test_a_reference_file_round_trips_and_a_card_gives_feature_and_score_bins(tm
     assert from_card({"reference_stats": {"mcc": {"mean": 2}}}) is None
     with pytest.raises(BinsError, match=r"reference_stats\.amount\.bins"):
         from_card({"reference_stats": {"amount": {"bins": {"edges": [1.0], "shares": [1.0]}}}})
+
+
+def test_few_values_get_a_bin_each_and_a_spike_gets_its_own_bin() -> None:
+    counts = np.repeat([0.0, 1.0, 2.0, 5.0], [70, 20, 5, 5])
+    few = Bins.of_values(counts)
+    assert few.edges.tolist() == [0.0, 1.0, 2.0, 5.0] and few.shares.tolist() == [0.0, 0.7, 0.2, 0.05, 0.05]
+    rng = np.random.default_rng(4)
+    mostly_zero = np.where(rng.random(10_000) < 0.8, 0.0, rng.exponential(10.0, 10_000) + 0.01)
+    spiked = Bins.of_values(mostly_zero)
+    zero_bin = spiked.index(np.array([0.0]))[0]
+    assert spiked.shares[zero_bin] == pytest.approx(0.8, abs=0.02), "the zeros alone in their bin"
+    shifted = np.where(rng.random(10_000) < 0.5, 0.0, rng.exponential(10.0, 10_000) + 0.01)
+    assert psi(np.bincount(spiked.index(shifted), minlength=spiked.size), spiked.shares) > 0.2

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,15 @@ import redis
 from prometheus_client import REGISTRY
 
 from worker.app.components import loop_settings, make_codecs, make_pipeline, make_registry, make_store
-from worker.app.kafka import make_checkpointer, make_consumer, make_producer
+from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer
 from worker.app.tools import topic_reader
 from worker.codecs.avro import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
 from worker.codecs.schemas import Schema
 from worker.config.compile import Compiled, compile_settings, prediction_field
 from worker.config.settings import WorkerSettings
-from worker.errors import FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
+from worker.errors import ConfigError, FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
 from worker.features.redis_store import RedisAddress, wait_for_redis
-from worker.kafka.admin import wait_for_topics
+from worker.kafka.admin import create_topics, topic_partitions, wait_for_topics
 from worker.kafka.sink import Sink
 from worker.lifecycle.card import CardError, read_card
 from worker.lifecycle.repository import ModelRepository
@@ -38,13 +39,15 @@ from worker.quality.reference import Reference
 from worker.runner.loop import Runner
 from worker.runner.observer import Observer
 from worker.startup import wait_until_ready
-from worker.telemetry.drift import DriftMonitor, ReferenceOf, WatchedColumn, watched_columns
+from worker.telemetry.drift import DriftMonitor, ReferenceOf, WatchedColumn, coverage, watched_columns
 
 logger = logging.getLogger(__name__)
 
 
 def monitor_store(settings: WorkerSettings) -> MonitorStore:
-    """The monitoring's Redis (``monitoring.redis_url``, else the feature store's)."""
+    """The monitoring's Redis (``monitoring.redis_url``, else the feature store's), for the worker's
+    settings (the key prefix derives from the worker's group, which ``worker run`` and ``worker
+    monitor`` share)."""
     m, r = settings.monitoring, settings.redis
     url = m.redis_url or r.url
     password = r.password.get_secret_value() if r.password else None
@@ -56,7 +59,7 @@ def monitor_store(settings: WorkerSettings) -> MonitorStore:
     except ValueError as exc:
         raise StartupError(f"monitoring.redis_url: {exc}") from exc
     times = JoinTimes(int(m.labels.wait_hours * 3_600_000), int(m.labels.unmatched_after_s * 1000), m.window_labels)
-    return MonitorStore(client, m.key_prefix, times, m.history_entries)
+    return MonitorStore(client, m.key_prefix or f"monitor:{settings.kafka.group_id}:", times, m.history_entries)
 
 
 def card_of(settings: WorkerSettings, compiled: Compiled) -> Callable[[str, str], dict[str, Any]]:
@@ -101,11 +104,15 @@ def make_drift(settings: WorkerSettings, compiled: Compiled) -> DriftMonitor | N
         return None
     of = reference_of(settings, compiled)
     model = compiled.model
-    if of(model.name, model.version) is None:
+    found = of(model.name, model.version)
+    if found is None:
         logger.info("drift monitoring off: %s v%s has no reference bins (its card's reference_stats, or "
                     "monitoring.reference)", model.name, model.version)
         return None
     columns = watched(settings, compiled)
+    covered, missing = coverage(columns, found)
+    logger.info("drift: %d of %d model inputs have reference bins%s", len(covered), len(columns),
+                f" (none for {', '.join(missing)})" if missing else "")
     widths = {e.name: len(e.fields) for e in compiled.entities}
     drift = DriftMonitor(columns, of, m.window_events, m.min_window_events, widths,
                          publish=_drift_history(settings), snapshot_interval_s=m.snapshot_interval_s)
@@ -113,14 +120,27 @@ def make_drift(settings: WorkerSettings, compiled: Compiled) -> DriftMonitor | N
 
 
 def _drift_history(settings: WorkerSettings) -> Callable[[list[dict[str, Any]]], None]:
+    """Keeps drift snapshots in Redis from a thread of their own (a slow or unreachable Redis must
+    never hold the loop), one replica per interval and version (the history stays a snapshot an
+    interval whatever the number of replicas); a snapshot due while the last is still being
+    written is skipped."""
     store = monitor_store(settings)
     replica = f"{socket.gethostname()}-{os.getpid()}"
+    interval_ms = int(settings.monitoring.snapshot_interval_s * 1000)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-history")
+    last: list[Future[None]] = []
 
-    def publish(snapshots: list[dict[str, Any]]) -> None:
+    def keep(snapshots: list[dict[str, Any]]) -> None:
         try:
-            store.append("drift", {"replica": replica, "windows": snapshots})
+            for window in snapshots:
+                if store.claim(f"drift:{window['model_name']}|{window['model_version']}", interval_ms):
+                    store.append("drift", {"replica": replica, "windows": [window]})
         except redis_errors() as exc:
             logger.warning("drift snapshot not kept, Redis failed: %s", exc)
+
+    def publish(snapshots: list[dict[str, Any]]) -> None:
+        if not last or last[0].done():
+            last[:] = [writer.submit(keep, snapshots)]
 
     return publish
 
@@ -139,11 +159,14 @@ def monitor_settings(settings: WorkerSettings) -> WorkerSettings:
     """The worker's settings as the monitor runs them: its own group, reading predictions and labels."""
     m, k = settings.monitoring, settings.kafka
     if m.labels.topic is None:
-        raise StartupError("worker monitor joins labels to predictions: set monitoring.labels.topic")
+        raise ConfigError.at("monitoring.labels.topic", "worker monitor joins labels to predictions: set the "
+                                                        "labels topic (and monitoring.labels.schema_file)")
     kafka = k.model_copy(update={"group_id": m.group_id or f"{k.group_id}-monitor",
                                  "input_topics": [k.output_topic, m.labels.topic],
                                  "output_topic": m.joined_topic or "", "transactional_id": None})
-    return settings.model_copy(update={"kafka": kafka, "processing_guarantee": "at-least-once"})
+    # While Redis is down the monitor can only wait: it has no "degraded" way to join.
+    faults = settings.faults.model_copy(update={"on_redis_down": "pause"})
+    return settings.model_copy(update={"kafka": kafka, "faults": faults, "processing_guarantee": "at-least-once"})
 
 
 def label_decoder(settings: WorkerSettings, schema: Schema) -> Decoder:
@@ -176,13 +199,14 @@ def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = ()) 
     """``worker monitor``: the join on the worker's loop, with its own group and sink."""
     run_as = monitor_settings(settings)
     compiled = compile_settings(settings)
-    store = monitor_store(run_as)
+    store = monitor_store(settings)
     where = RedisAddress.from_url(run_as.monitoring.redis_url or run_as.redis.url).redacted()
     wait_until_ready(lambda: _problem(store), "the monitor's Redis", where, run_as.redis.startup_timeout_s)
     k = run_as.kafka
     consumer = make_consumer(run_as)
-    topics = [*k.input_topics, *([k.output_topic] if k.output_topic else []), k.dlq_topic]
-    wait_for_topics(consumer, topics, k.startup_timeout_s, k.bootstrap_servers)
+    predictions = settings.kafka.output_topic
+    wait_for_topics(consumer, [predictions, k.dlq_topic], k.startup_timeout_s, k.bootstrap_servers)
+    _create_own_topics(run_as, predictions)
     sink = Sink(lambda on_error: make_producer(run_as, None, on_error), k.output_topic, k.dlq_topic, k.group_id,
                 run_as.batch.max_in_flight_events, run_as.batch.max_in_flight_mb * (1 << 20) // 2)
     metrics = MonitorMetrics(store, run_as.model.threshold, holdout_auc_of(run_as, compiled)).register(REGISTRY)
@@ -190,6 +214,19 @@ def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = ()) 
     processor = join_processor(run_as, compiled, store)
     return Runner(consumer, list(k.input_topics), processor, sink, make_checkpointer(run_as, consumer, sink),
                   loop_settings(run_as), [ticker, *observers], probe=_probe(store))
+
+
+def _create_own_topics(run_as: WorkerSettings, predictions: str) -> None:
+    """The labels and joined topics are the monitor's own: made when missing, partitioned like the
+    predictions (so that a labels producer started after the monitor finds its topic)."""
+    m, k = run_as.monitoring, run_as.kafka
+    admin = make_admin(run_as)
+    partitions = topic_partitions(admin, predictions, k.bootstrap_servers)
+    wanted = [t for t in (m.labels.topic, m.joined_topic) if t]
+    # -1: the brokers' default replication factor (KIP-464), as a topic made by a producer would get.
+    for line in create_topics(admin, wanted, k.bootstrap_servers, partitions, replication_factor=-1):
+        if line.startswith("created"):
+            logger.info("%s", line.replace("replication factor -1", "the brokers' default replication factor"))
 
 
 def _problem(store: MonitorStore) -> str | None:
@@ -319,6 +356,13 @@ def _scores(compiled: Compiled, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return select(outputs[0], score.column)
 
 
+def _drift_line(covered: tuple[list[str], list[str]], found: Reference, where: str, window: int) -> str:
+    have, missing = covered
+    line = (f"drift of {len(have)} model inputs{' and the score' if found.score else ''} against {where} over "
+            f"{window} events")
+    return line + (f" (no bins for {', '.join(missing)})" if missing else "")
+
+
 def describe(settings: WorkerSettings, compiled: Compiled) -> str:
     """One line for ``check-config``: what drift and the label join will watch."""
     m, model = settings.monitoring, compiled.model
@@ -328,10 +372,27 @@ def describe(settings: WorkerSettings, compiled: Compiled) -> str:
         found = reference_of(settings, compiled)(model.name, model.version)
         where = str(m.reference) if m.reference else "the model card"
         drift = ("drift off (no reference bins: add them to the card or run worker monitor reference)" if found is None
-                 else f"drift of {len(found.features)} features{' and the score' if found.score else ''} against "
-                      f"{where} over {m.window_events} events")
+                 else _drift_line(coverage(watched(settings, compiled), found), found, where, m.window_events))
     labels = m.labels
     join = (f"labels from {labels.topic} joined on {m.prediction_id_field or labels.id_field} "
             f"(wait {labels.wait_hours:g} h)" + (f" -> {m.joined_topic}" if m.joined_topic else "")
             if labels.topic else "no labels (monitoring.labels.topic unset)")
     return f"{drift}; {join}"
+
+
+def draw_report(settings: WorkerSettings, out: Path, since_ms: int | None, until_ms: int | None) -> Path:
+    """``worker monitor report``: what the worker and the monitor kept in Redis, drawn to ``out``."""
+    try:
+        from worker.monitoring.report import render
+    except ImportError as exc:  # matplotlib is an extra
+        raise ToolError(str(exc)) from exc
+    try:
+        return render(monitor_store(settings), out, since_ms, until_ms)
+    except ImportError as exc:
+        raise ToolError(str(exc)) from exc
+    except ValueError as exc:
+        raise ToolError(f"--out {out}: {exc}") from exc
+    except OSError as exc:
+        raise ToolError(f"cannot write {out}: {exc}") from exc
+    except redis_errors() as exc:
+        raise StartupError(f"cannot read the monitoring's Redis: {exc}") from exc

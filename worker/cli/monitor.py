@@ -82,21 +82,11 @@ def _stop_starting(signum: int, frame: FrameType | None) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from worker.app.monitoring import monitor_store
+    from worker.app.monitoring import draw_report
 
-    try:
-        from worker.monitoring.report import render
-    except ImportError as exc:
-        raise ToolError(str(exc)) from exc
     settings = settings_from(args)
     now = datetime.now(UTC)
-    since, until = parse_when(args.since, now), parse_when(args.until, now)
-    try:
-        out = render(monitor_store(settings), args.out, since, until)
-    except ImportError as exc:
-        raise ToolError(str(exc)) from exc
-    except ValueError as exc:
-        raise ToolError(f"--out {args.out}: {exc}") from exc
+    out = draw_report(settings, args.out, parse_when(args.since, now), parse_when(args.until, now))
     print(f"report written to {out}")
     return 0
 
@@ -131,7 +121,10 @@ def _reference(args: argparse.Namespace) -> int:
     else:
         raise ToolError("worker monitor reference needs --data FILE or --from-topic")
     data = reference.to_json(source=source, rows=rows, made_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    try:
+        args.out.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as exc:
+        raise ToolError(f"cannot write {args.out}: {exc}") from exc
     print(f"reference of {len(reference.features)} features and the score from {rows} rows of {source} written to "
           f"{args.out}; point monitoring.reference at it")
     return 0

@@ -12,8 +12,8 @@ from worker.errors import ToolError
 
 def register(sub: Any) -> None:
     topics = sub.add_parser("topics", help="manage the configured topics").add_subparsers(dest="action", required=True)
-    p = command(topics, "create", "create the input, output and dead-letter topics (existing ones are kept)",
-                cmd_topics_create, only=(*KAFKA, *TOPICS))
+    p = command(topics, "create", "create the input, output and dead-letter topics, and the monitor's labels and "
+                "joined topics (existing ones are kept)", cmd_topics_create, only=(*KAFKA, *TOPICS))
     p.add_argument("--partitions", type=int, default=3, help="partitions of each new topic (default 3)")
     p.add_argument("--replication-factor", type=int, default=1, help="replicas of each new topic (default 1)")
 

@@ -77,9 +77,9 @@ class Compiled:
     builder: OutputBuilder
     model: Model
     version_from: str = "the caller"
+    """Where the model's version comes from (see ``model_identity``)."""
     label_schema: Schema | None = None
     """The labels' schema, when ``monitoring.labels.topic`` is set."""
-    """Where the model's version comes from (see ``model_identity``)."""
 
 
 @dataclass(frozen=True)
@@ -449,6 +449,8 @@ def _monitoring(settings: WorkerSettings, builder: OutputBuilder, problems: Prob
     for key, topic in (("monitoring.labels.topic", m.labels.topic), ("monitoring.joined_topic", m.joined_topic)):
         if topic in taken:
             problems.add(key, f"'{topic}' is already used as an input, output or dead-letter topic")
+    if m.joined_topic is not None and m.joined_topic == m.labels.topic:
+        problems.add("monitoring.joined_topic", "the monitor would read its own joins as labels: use another topic")
     if m.labels.topic is None:
         return None
     schema = _label_schema(m.labels, problems)
@@ -457,8 +459,12 @@ def _monitoring(settings: WorkerSettings, builder: OutputBuilder, problems: Prob
     if predicted_id not in builder.fields and (m.prediction_id_field or _has(schema, m.labels.id_field)):
         problems.add("monitoring.prediction_id_field", f"the predictions have no field '{predicted_id}' to join "
                                                        f"labels on (output fields: {', '.join(builder.fields)})")
-    if prediction_field(builder, "score") is None:
-        problems.add("output.fields", "the label join needs the score in the predictions: add a field fed by $score")
+    needed: tuple[tuple[Special, str], ...] = (
+        ("score", "the label join needs the score in the predictions"),
+        ("model_version", "each version's accuracy is its own only if the predictions say which version scored them"))
+    for what, why in needed:
+        if prediction_field(builder, what) is None:
+            problems.add("output.fields", f"{why}: add a field fed by ${what}")
     return schema
 
 

@@ -463,10 +463,12 @@ class MonitoringSettings(_Section):
     redis_url: str | None = None
     """Redis keeping the join state, accuracy windows and the history the report draws (shared by
     every monitor replica, kept across restarts); default ``redis.url`` (its password and CA too)."""
-    key_prefix: str = "monitor:"
-    """Prefix of every key the monitoring keeps in Redis."""
+    key_prefix: str | None = None
+    """Prefix of every key the monitoring keeps in Redis; default ``monitor:`` + ``kafka.group_id`` + ``:``
+    (so that two deployments sharing a Redis keep apart)."""
     snapshot_interval_s: float = Field(default=60.0, gt=0)
-    """How often drift and accuracy snapshots are added to the history (for ``worker monitor report``)."""
+    """How often drift and accuracy snapshots are added to the history (for ``worker monitor report``);
+    one replica per interval and model version writes each."""
     history_entries: int = Field(default=10_080, ge=10)
     """Snapshots kept per kind (a week at one a minute)."""
 

@@ -96,17 +96,17 @@ class JoinProcessor:
             except EventError as exc:
                 result.dead_letters.append(_dead(message, exc))
         if predictions or labels:
-            joined = self._add(predictions, labels, now)
+            joined = self._add(predictions, labels)
             sources = [m for _, m in predictions] + [m for _, m in labels]
             if self.publish_joined:
                 result.outputs = [Output(j.event_id.encode(), json.dumps(j.to_json()).encode(), source)
                                   for j, source in zip(joined, sources, strict=True) if j is not None]
         return result
 
-    def _add(self, predictions: list[tuple[Prediction, Message]], labels: list[tuple[Label, Message]],
-             now: int) -> list[Joined | None]:
+    def _add(self, predictions: list[tuple[Prediction, Message]],
+             labels: list[tuple[Label, Message]]) -> list[Joined | None]:
         try:
-            return self.store.add([p for p, _ in predictions], [label for label, _ in labels], now)
+            return self.store.add([p for p, _ in predictions], [label for label, _ in labels])
         except redis_errors() as exc:
             raise FeatureStoreUnavailable(f"the monitor's Redis: {exc}") from exc
 
@@ -115,15 +115,16 @@ class JoinProcessor:
         score = f["score"]
         if not isinstance(score, int | float) or not math.isfinite(score):
             raise JoinError(f"the prediction's score is {score!r}, not a number", message)
+        scored_at = _millis(f["scored_at"], message, now)
         return Prediction(_id(f, message), str(f["model_name"] or self.model[0]),
-                          str(f["model_version"] or self.model[1]), float(score), _millis(f["scored_at"], now))
+                          str(f["model_version"] or self.model[1]), float(score), scored_at)
 
     def _label(self, message: Message, now: int) -> Label:
         f = self.labels.read(message)
         truth = f["label"]
         if not isinstance(truth, bool | int | float):
             raise JoinError(f"the label is {truth!r}, not a boolean or a number", message)
-        return Label(_id(f, message), bool(truth), _millis(f["labelled_at"], now))
+        return Label(_id(f, message), bool(truth), _millis(f["labelled_at"], message, now))
 
 
 def _dead(message: Message, exc: EventError) -> DeadLetter:
@@ -137,10 +138,13 @@ def _id(fields: dict[str, Any], message: Message) -> str:
     return str(event_id)
 
 
-def _millis(value: Any, default: int) -> int:
+def _millis(value: Any, message: Message, now: int) -> int:
+    """A record's time: its own field, else the message's timestamp (when it was produced: reading a
+    backlog later must not make labels late), else now."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
-    return default
+    kind, stamp = message.timestamp()
+    return stamp if kind and stamp > 0 else now
 
 
 class MonitorTicker(Observer):
@@ -166,7 +170,7 @@ class MonitorTicker(Observer):
         try:
             if now >= self._next_sweep:
                 self._next_sweep = now + SWEEP_INTERVAL_S
-                unmatched = self.store.sweep(int(now * 1000))
+                unmatched = self.store.sweep()
                 if unmatched:
                     logger.info("%d labels found no prediction in time: counted unmatched", unmatched)
             if now >= self._next_snapshot:

@@ -10,13 +10,17 @@ Keys (``p`` is ``monitoring.key_prefix``):
 
 - ``p e:<event id>``: hash of the prediction (``s`` score, ``m`` model, ``v`` version, ``t``
   scored at) and the label (``y`` 1/0, ``l`` labelled at), and ``j`` once joined (``matched`` or
-  ``late``). Expires twice the wait after it was last written, so that a label after the
-  wait is still recognised as late rather than unknown.
-- ``p pending``: sorted set of labels waiting for their prediction, by arrival; one still
-  waiting ``unmatched_after`` later is counted unmatched and dropped (``sweep``).
+  ``late``). Until joined it expires twice the wait after it was last written, so that a label
+  after the wait is still recognised as late rather than unknown; once joined, ``KEPT_MS`` later
+  (long enough to recognise a record read again after a crash).
+- ``p pending``: sorted set of labels waiting for their prediction, by label time; one is counted
+  unmatched and dropped (``sweep``) once predictions scored ``unmatched_after`` after it have been
+  seen (``p watermark``, the latest ``scored_at`` read) and its own has not. Event time, not the
+  clock: a monitor catching up on a backlog of predictions does not give up on labels too early.
 - ``p n:received|matched|late|unmatched``: the group's totals.
-- ``p w:<model>|<version>``: the last ``window`` joined (score, label) pairs of a version, newest first;
-  ``p versions`` lists the versions that have one.
+- ``p w:<model>|<version>``: the last ``window`` joined (score, label) pairs of a version, newest first,
+  expiring a wait after its last join (a retired version's figures go away); ``p versions`` lists
+  the versions that had one.
 - ``p h:drift``, ``p h:accuracy``: streams of JSON snapshots (capped), and ``p lock:<kind>``
   so that one replica per interval writes a snapshot.
 
@@ -38,6 +42,7 @@ import redis
 logger = logging.getLogger(__name__)
 
 TOTALS = ("received", "matched", "late", "unmatched")
+KEPT_MS = 86_400_000
 
 _RESULT = """
 local function joined(key, state, replay)
@@ -48,7 +53,8 @@ end
 
 _JOIN = _RESULT + """
 local p, kind, id = ARGV[1], ARGV[2], ARGV[3]
-local now, ttl, wait, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local at, ttl, wait, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local kept = tonumber(ARGV[8])
 local key = p .. 'e:' .. id
 local mine = (kind == 'p') and 's' or 'y'
 if redis.call('HEXISTS', key, mine) == 1 then
@@ -57,34 +63,39 @@ if redis.call('HEXISTS', key, mine) == 1 then
   return {'duplicate'}
 end
 if kind == 'p' then
-  redis.call('HSET', key, 's', ARGV[8], 'm', ARGV[9], 'v', ARGV[10], 't', ARGV[11])
+  redis.call('HSET', key, 's', ARGV[9], 'm', ARGV[10], 'v', ARGV[11], 't', at)
+  local mark = tonumber(redis.call('GET', p .. 'watermark') or '0')
+  if at > mark then redis.call('SET', p .. 'watermark', at) end
 else
   redis.call('INCR', p .. 'n:received')
-  redis.call('HSET', key, 'y', ARGV[8], 'l', ARGV[9])
+  redis.call('HSET', key, 'y', ARGV[9], 'l', at)
 end
 redis.call('PEXPIRE', key, ttl)
 local h = redis.call('HMGET', key, 's', 'm', 'v', 't', 'y', 'l')
 if not h[1] or not h[5] then
-  if kind == 'l' then redis.call('ZADD', p .. 'pending', now, id) end
+  if kind == 'l' then redis.call('ZADD', p .. 'pending', at, id) end
   return {'held'}
 end
 redis.call('ZREM', p .. 'pending', id)
 local state = 'matched'
 if tonumber(h[6]) - tonumber(h[4]) > wait then state = 'late' end
 redis.call('HSET', key, 'j', state)
+redis.call('PEXPIRE', key, kept)
 redis.call('INCR', p .. 'n:' .. state)
 if state == 'matched' then
   local version = h[2] .. '|' .. h[3]
   redis.call('LPUSH', p .. 'w:' .. version, h[1] .. ' ' .. h[5])
   redis.call('LTRIM', p .. 'w:' .. version, 0, window - 1)
+  redis.call('PEXPIRE', p .. 'w:' .. version, wait)
   redis.call('SADD', p .. 'versions', version)
 end
 return joined(key, state, 'new')
 """
 
 _SWEEP = """
-local p, cutoff, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', p .. 'pending', '-inf', cutoff, 'LIMIT', 0, limit)
+local p, after, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local mark = tonumber(redis.call('GET', p .. 'watermark') or '0')
+local ids = redis.call('ZRANGEBYSCORE', p .. 'pending', '-inf', mark - after, 'LIMIT', 0, limit)
 local unmatched = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', p .. 'pending', id)
@@ -162,33 +173,41 @@ class MonitorStore:
     def ping(self) -> None:
         self.client.ping()
 
-    def add(self, predictions: Sequence[Prediction], labels: Sequence[Label], now_ms: int) -> list[Joined | None]:
+    def add(self, predictions: Sequence[Prediction], labels: Sequence[Label]) -> list[Joined | None]:
         """Records predictions then labels (one round trip); per record, in that order, the join it
         completed, or None (held for its other half, or a duplicate)."""
         t = self.times
-        common = [self.prefix]
-        timing = [now_ms, 2 * t.wait_ms, t.wait_ms, t.window]
+        timing = [2 * t.wait_ms, t.wait_ms, t.window, KEPT_MS]
         pipe = self.client.pipeline(transaction=False)
         for p in predictions:
-            self._join(args=[*common, "p", p.event_id, *timing, repr(p.score), p.model, p.version, p.scored_at],
+            self._join(args=[self.prefix, "p", p.event_id, p.scored_at, *timing, repr(p.score), p.model, p.version],
                        client=pipe)
         for label in labels:
-            self._join(args=[*common, "l", label.event_id, *timing, int(label.positive), label.labelled_at],
+            self._join(args=[self.prefix, "l", label.event_id, label.labelled_at, *timing, int(label.positive)],
                        client=pipe)
         ids = [p.event_id for p in predictions] + [label.event_id for label in labels]
         return [_joined(event_id, reply) for event_id, reply in zip(ids, pipe.execute(), strict=True)]
 
-    def sweep(self, now_ms: int, limit: int = 10_000) -> int:
+    def sweep(self, limit: int = 10_000) -> int:
         """Counts as unmatched the labels whose prediction has not come in time; returns how many."""
-        return int(self._sweep(args=[self.prefix, now_ms - self.times.unmatched_after_ms, limit]))
+        return int(self._sweep(args=[self.prefix, self.times.unmatched_after_ms, limit]))
 
     def totals(self) -> dict[str, int]:
         values = self.client.mget([f"{self.prefix}n:{name}" for name in TOTALS])
         return {name: int(v or 0) for name, v in zip(TOTALS, values, strict=True)}
 
     def versions(self) -> list[tuple[str, str]]:
+        """The versions with a window (a retired version's expires a wait after its last join)."""
         members = sorted(m.decode() for m in self.client.smembers(f"{self.prefix}versions"))
-        return [(m.rpartition("|")[0], m.rpartition("|")[2]) for m in members]
+        pipe = self.client.pipeline(transaction=False)
+        for member in members:
+            pipe.exists(f"{self.prefix}w:{member}")
+        alive = pipe.execute() if members else []
+        gone = [m for m, present in zip(members, alive, strict=True) if not present]
+        if gone:
+            self.client.srem(f"{self.prefix}versions", *gone)
+        return [(m.rpartition("|")[0], m.rpartition("|")[2]) for m, present in zip(members, alive, strict=True)
+                if present]
 
     def window(self, model: str, version: str) -> tuple[np.ndarray, np.ndarray]:
         """The version's last joined scores and labels (newest first)."""

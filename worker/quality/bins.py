@@ -21,6 +21,7 @@ import numpy as np
 
 FLOOR = 1e-4
 DECILES = np.linspace(0.1, 0.9, 9)
+MAX_DISTINCT = 10
 
 
 class BinsError(ValueError):
@@ -67,14 +68,29 @@ class Bins:
 
     @classmethod
     def of_values(cls, values: np.ndarray) -> Bins:
-        """Decile bins of ``values`` (the distinct deciles as edges) and their shares."""
+        """Bins of ``values`` and their shares: the distinct deciles as edges, except that a feature
+        with at most ``MAX_DISTINCT`` distinct values gets a bin per value, and a value holding more
+        than a tenth of the rows gets a bin of its own (else a feature that is mostly 0, say, would
+        put nearly everything in one bin, and its PSI could not move)."""
         values = np.asarray(values, dtype=np.float64)
-        finite = values[np.isfinite(values)]
+        finite = np.sort(values[np.isfinite(values)])
         if not len(finite):
             raise BinsError("no finite values to make bins from")
-        edges = np.unique(np.quantile(finite, DECILES))
+        distinct = np.unique(finite)
+        edges = distinct if len(distinct) <= MAX_DISTINCT else _split_spikes(finite, np.unique(
+            np.quantile(finite, DECILES)))
         counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
         return cls(edges, counts / counts.sum())
+
+
+def _split_spikes(ordered: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Adds, after each edge holding more than a tenth of the (sorted) values, the next value above it."""
+    extra = []
+    for edge in edges:
+        start, end = np.searchsorted(ordered, edge, side="left"), np.searchsorted(ordered, edge, side="right")
+        if end - start > 0.1 * len(ordered) and end < len(ordered):
+            extra.append(ordered[end])
+    return np.unique(np.concatenate([edges, extra])) if extra else edges
 
 
 def psi(counts: np.ndarray, shares: np.ndarray, floor: float = FLOOR) -> float:

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,9 @@ from worker.records import BatchResult, Delivery, Message, ScoredRows
 from worker.runner.observer import Observer
 
 logger = logging.getLogger(__name__)
+
+RETIRED_AFTER_S = 900.0
+"""A version that scored nothing for this long is no longer exported."""
 
 SCORE = "$score"
 """The score's name among a window's columns (never a feature name: those have no ``$``)."""
@@ -96,8 +99,8 @@ class VersionWindow:
 
 def watched_columns(tensors: Sequence[TensorSpec], feature_order: Sequence[str] | None) -> list[WatchedColumn]:
     """Every numeric model-input column, named as the card's ``feature_order`` when the model has
-    one 2-D input of that width, else by its source (``amount``, ``card.txn_count_1h``);
-    constants are not watched."""
+    one 2-D input of that width, else by its source (``amount``, ``card.txn_count_1h``; a source
+    feeding several inputs is named ``source@input`` in each); constants are not watched."""
     numeric = [t for t in tensors if t.dtype != "string"]
     if feature_order and len(numeric) == 1 and numeric[0].rank == 2 and len(numeric[0].columns) == len(feature_order):
         return [WatchedColumn(numeric[0].name, j, name) for j, name in enumerate(feature_order)]
@@ -108,7 +111,14 @@ def watched_columns(tensors: Sequence[TensorSpec], feature_order: Sequence[str] 
                 continue
             name = column.path if isinstance(column, EventColumn) else f"{column.entity}.{column.field}"
             watched.append(WatchedColumn(tensor.name, j if tensor.rank == 2 else None, name))
-    return watched
+    seen = Counter(c.name for c in watched)
+    return [c if seen[c.name] == 1 else WatchedColumn(c.tensor, c.column, f"{c.name}@{c.tensor}") for c in watched]
+
+
+def coverage(columns: Sequence[WatchedColumn], reference: Reference) -> tuple[list[str], list[str]]:
+    """The watched features the reference has bins for, and those it has none for."""
+    names = [c.name for c in columns]
+    return [n for n in names if n in reference.features], [n for n in names if n not in reference.features]
 
 
 def _column(tensor: Any, column: int | None, rows: np.ndarray) -> np.ndarray:
@@ -162,6 +172,7 @@ class DriftMonitor(Observer, Collector):
         self.publish = publish
         self.snapshot_interval_s = snapshot_interval_s
         self._clock = clock
+        self._seen: dict[tuple[str, str], float] = {}
         self._last_snapshot = clock()
         self._lock = threading.Lock()
 
@@ -187,6 +198,7 @@ class DriftMonitor(Observer, Collector):
         self._maybe_publish()
 
     def _window(self, key: tuple[str, str]) -> VersionWindow | None:
+        self._seen[key] = self._clock()
         if key not in self.windows:
             reference = self.reference_of(*key)
             self.windows[key] = None if reference is None else VersionWindow(self.columns, reference, self.capacity)
@@ -202,11 +214,18 @@ class DriftMonitor(Observer, Collector):
                               if (w := self.entity_widths.get(e))})
         self.nulls.add(n, {k: float(v) for k, v in result.nulls.items()})
 
+    def live(self) -> list[tuple[tuple[str, str], VersionWindow]]:
+        """The windows of versions that scored lately: a retired version's figures (a canary rolled
+        back, the version before a promotion) stop being exported, so its alerts clear."""
+        now = self._clock()
+        return [(key, window) for key, window in self.windows.items()
+                if window is not None and now - self._seen[key] <= RETIRED_AFTER_S]
+
     def snapshot(self) -> list[dict[str, Any]]:
-        """Every version's window: counts per bin, bins and PSI per column."""
+        """Every live version's window: counts per bin, bins and PSI per column."""
         with self._lock:
             return [{"model_name": name, "model_version": version, **window.snapshot()}
-                    for (name, version), window in self.windows.items() if window is not None]
+                    for (name, version), window in self.live()]
 
     def _maybe_publish(self) -> None:
         now = self._clock()
@@ -224,9 +243,7 @@ class DriftMonitor(Observer, Collector):
         families = _families()
         feature, score, events = families["feature"], families["score"], families["events"]
         with self._lock:
-            for (name, version), window in self.windows.items():
-                if window is None:
-                    continue
+            for (name, version), window in self.live():
                 events.add_metric([name, version], window.events)
                 if window.events < self.min_events:
                     continue
