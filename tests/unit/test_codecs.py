@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from worker.codecs.avro import ConfluentAvroDecoder, ConfluentAvroEncoder, PlainAvroDecoder, PlainAvroEncoder
 from worker.codecs.registry import InMemorySchemaRegistry
 from worker.codecs.schemas import parse_schema
+from worker.codecs.writer import compile_writer
 from worker.errors import DecodeError, EncodeError
 from worker.records import InputMessage
 
@@ -308,3 +309,28 @@ def test_the_size_limit_applies_to_framed_values(message: InputMessage) -> None:
     with pytest.raises(DecodeError, match="-byte limit"):
         ConfluentAvroDecoder(registry, parse_schema(READER_V2), 40)(value, message)
     assert ConfluentAvroDecoder(registry, parse_schema(READER_V2), len(value))(value, message)["id"] == 1
+
+
+EXPLAINED = {"type": "record", "name": "Explained", "fields": [
+    {"name": "score", "type": "double"},
+    {"name": "reasons", "type": {"type": "array", "items": "string"}},
+    {"name": "contributions", "type": {"type": "map", "values": "double"}},
+    {"name": "counts", "type": ["null", {"type": "array", "items": "long"}]}]}
+explained = st.fixed_dictionaries({
+    "score": st.floats(allow_nan=False), "reasons": st.lists(st.text(max_size=12), max_size=5),
+    "contributions": st.dictionaries(st.text(max_size=12), st.floats(allow_nan=False), max_size=5),
+    "counts": st.none() | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(explained)
+def test_arrays_and_maps_are_written_as_fastavro_writes_them(record: dict[str, Any]) -> None:
+    schema = parse_schema(EXPLAINED)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+
+    assert compile_writer(schema) is not None, "arrays and maps need no fallback to fastavro"
+    value = PlainAvroEncoder(schema)(record, InputMessage(None))
+
+    assert value == buf.getvalue()
+    assert PlainAvroDecoder(schema)(value, InputMessage(value)) == record
