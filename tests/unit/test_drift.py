@@ -13,17 +13,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_model_router import pipeline_with, versioned
 from tests.unit.test_pipeline import POISON_AMOUNT, payment
 from worker.pipeline.assembly import ConstColumn, EventColumn, FeatureColumn, TensorSpec
+from worker.pipeline.names import NamedColumn, named_columns
 from worker.quality.bins import Bins, psi
 from worker.quality.reference import Reference
 from worker.records import BatchResult, Delivery
 from worker.serving import Serving, canary_mask
-from worker.telemetry.drift import RETIRED_AFTER_S, SCORE, DriftMonitor, WatchedColumn, watched_columns
+from worker.telemetry.drift import RETIRED_AFTER_S, SCORE, DriftMonitor
 
 AMOUNT = Bins(np.array([50.0, 100.0, 150.0]), np.array([0.25, 0.25, 0.25, 0.25]))
 COUNT = Bins(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.3, 0.3, 0.3]))
 SCORES = Bins(np.array([0.5, 0.9]), np.array([0.2, 0.4, 0.4]))
 REFERENCE = Reference({"amount": AMOUNT, "card.count": COUNT}, SCORES)
-COLUMNS = [WatchedColumn("x", 0, "amount"), WatchedColumn("x", 1, "card.count")]
+COLUMNS = [NamedColumn("x", 0, "amount"), NamedColumn("x", 1, "card.count")]
 
 
 def samples(monitor: DriftMonitor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,11 +44,11 @@ def test_features_are_named_by_the_card_or_by_their_source() -> None:
     tensors = [TensorSpec("x", "float32", (EventColumn("amount"), FeatureColumn("card", "count", 0),
                                            ConstColumn(1.0))),
                TensorSpec("tier", "string", (EventColumn("tier"),)), TensorSpec("n", "int64", (EventColumn("n"),), 1)]
-    assert [(c.tensor, c.column, c.name) for c in watched_columns(tensors, None)] == [
+    assert [(c.tensor, c.column, c.name) for c in named_columns(tensors, None)] == [
         ("x", 0, "amount"), ("x", 1, "card.count"), ("n", None, "n")]
     single = tensors[:1]
-    assert [c.name for c in watched_columns(single, ["a", "b", "c"])] == ["a", "b", "c"]
-    assert [c.name for c in watched_columns(single, ["a", "b"])] == ["amount", "card.count"], "widths differ"
+    assert [c.name for c in named_columns(single, ["a", "b", "c"])] == ["a", "b", "c"]
+    assert [c.name for c in named_columns(single, ["a", "b"])] == ["amount", "card.count"], "widths differ"
 
 
 def test_each_version_has_its_own_window_of_the_rows_it_scored() -> None:

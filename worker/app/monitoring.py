@@ -32,6 +32,7 @@ from worker.lifecycle.repository import ModelRepository
 from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
 from worker.monitoring.metrics import MonitorMetrics
 from worker.monitoring.store import JoinTimes, MonitorStore, redis_errors
+from worker.pipeline.names import NamedColumn, named_columns
 from worker.pipeline.output import select
 from worker.quality import reference
 from worker.quality.bins import Bins, BinsError
@@ -39,7 +40,7 @@ from worker.quality.reference import Reference
 from worker.runner.loop import Runner
 from worker.runner.observer import Observer
 from worker.startup import wait_until_ready
-from worker.telemetry.drift import DriftMonitor, ReferenceOf, WatchedColumn, coverage, watched_columns
+from worker.telemetry.drift import DriftMonitor, ReferenceOf, coverage
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +248,10 @@ def _probe(store: MonitorStore) -> Callable[[], None]:
     return probe
 
 
-def watched(settings: WorkerSettings, compiled: Compiled) -> list[WatchedColumn]:
+def watched(settings: WorkerSettings, compiled: Compiled) -> list[NamedColumn]:
     model = compiled.model
     order = card_of(settings, compiled)(model.name, model.version).get("feature_order")
-    return watched_columns(compiled.tensors, order if isinstance(order, list) else None)
+    return named_columns(compiled.tensors, order if isinstance(order, list) else None)
 
 
 def reference_from_data(settings: WorkerSettings, path: Path) -> tuple[Reference, int]:
@@ -311,7 +312,7 @@ def _values(tensor: Any, column: int | None) -> np.ndarray:
     return array if column is None else array[:, column]
 
 
-def _data_feeds(path: Path, compiled: Compiled, columns: list[WatchedColumn]) -> dict[str, np.ndarray]:
+def _data_feeds(path: Path, compiled: Compiled, columns: list[NamedColumn]) -> dict[str, np.ndarray]:
     tensors = {t.name: t for t in compiled.tensors}
     try:
         if path.suffix == ".npz":
@@ -331,7 +332,7 @@ def _data_feeds(path: Path, compiled: Compiled, columns: list[WatchedColumn]) ->
     return {name: found[name].astype(tensors[name].numpy_dtype, copy=False) for name in tensors}
 
 
-def _csv_feeds(path: Path, tensors: dict[str, Any], columns: list[WatchedColumn]) -> dict[str, np.ndarray]:
+def _csv_feeds(path: Path, tensors: dict[str, Any], columns: list[NamedColumn]) -> dict[str, np.ndarray]:
     """Each model input from the CSV's columns named like its watched features (a header row)."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))

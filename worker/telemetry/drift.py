@@ -21,9 +21,8 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.pipeline.assembly import ConstColumn, EventColumn, TensorSpec
+from worker.pipeline.names import NamedColumn
 from worker.quality.reference import Reference
 from worker.quality.window import SlidingBins
 from worker.records import BatchResult, Delivery, Message, ScoredRows
@@ -46,15 +45,6 @@ SCORE = "$score"
 """The score's name among a window's columns (never a feature name: those have no ``$``)."""
 
 
-@dataclass(frozen=True)
-class WatchedColumn:
-    """A model-input column to watch: its tensor, its column (None for a 1-D tensor) and its name."""
-
-    tensor: str
-    column: int | None
-    name: str
-
-
 ReferenceOf = Callable[[str, str], Reference | None]
 """The reference of a model (name, version), or None when it has none."""
 
@@ -62,7 +52,7 @@ ReferenceOf = Callable[[str, str], Reference | None]
 class VersionWindow:
     """The drift window of one model version: the columns it has bins for, and their counts."""
 
-    def __init__(self, columns: list[WatchedColumn], reference: Reference, capacity: int) -> None:
+    def __init__(self, columns: list[NamedColumn], reference: Reference, capacity: int) -> None:
         self.columns = [c for c in columns if c.name in reference.features]
         self.bins = [reference.features[c.name] for c in self.columns]
         self.score = reference.score
@@ -97,25 +87,7 @@ class VersionWindow:
             for name, c, b in zip(self.names, counts, self.all_bins, strict=True)}}
 
 
-def watched_columns(tensors: Sequence[TensorSpec], feature_order: Sequence[str] | None) -> list[WatchedColumn]:
-    """Every numeric model-input column, named as the card's ``feature_order`` when the model has
-    one 2-D input of that width, else by its source (``amount``, ``card.txn_count_1h``; a source
-    feeding several inputs is named ``source@input`` in each); constants are not watched."""
-    numeric = [t for t in tensors if t.dtype != "string"]
-    if feature_order and len(numeric) == 1 and numeric[0].rank == 2 and len(numeric[0].columns) == len(feature_order):
-        return [WatchedColumn(numeric[0].name, j, name) for j, name in enumerate(feature_order)]
-    watched = []
-    for tensor in numeric:
-        for j, column in enumerate(tensor.columns):
-            if isinstance(column, ConstColumn):
-                continue
-            name = column.path if isinstance(column, EventColumn) else f"{column.entity}.{column.field}"
-            watched.append(WatchedColumn(tensor.name, j if tensor.rank == 2 else None, name))
-    seen = Counter(c.name for c in watched)
-    return [c if seen[c.name] == 1 else WatchedColumn(c.tensor, c.column, f"{c.name}@{c.tensor}") for c in watched]
-
-
-def coverage(columns: Sequence[WatchedColumn], reference: Reference) -> tuple[list[str], list[str]]:
+def coverage(columns: Sequence[NamedColumn], reference: Reference) -> tuple[list[str], list[str]]:
     """The watched features the reference has bins for, and those it has none for."""
     names = [c.name for c in columns]
     return [n for n in names if n in reference.features], [n for n in names if n not in reference.features]
@@ -158,7 +130,7 @@ class BatchShares:
 class DriftMonitor(Observer, Collector):
     """Watches the batches (an ``Observer``) and exports PSI when scraped (a ``Collector``)."""
 
-    def __init__(self, columns: Sequence[WatchedColumn], reference_of: ReferenceOf, window_events: int,
+    def __init__(self, columns: Sequence[NamedColumn], reference_of: ReferenceOf, window_events: int,
                  min_events: int, entity_widths: dict[str, int], *, publish: Callable[[list[dict[str, Any]]], None]
                  | None = None, snapshot_interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.columns = list(columns)
