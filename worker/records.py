@@ -142,6 +142,10 @@ class BatchResult:
     """The model inputs and scores of the decoded events (drift monitoring reads them)."""
     nulls: dict[str, int] = field(default_factory=dict)
     """Per model-input event field, how many decoded events had it null."""
+    explained: int = 0
+    """Predictions given reasons."""
+    explain_failures: int = 0
+    """Predictions that should have had reasons and went out without, because explaining failed."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [  # lowest first; a room imports only from its own lay
     {"errors"},
     {"startup"},
     {"codecs", "features", "inference", "quality"},
-    {"serving"},
+    {"serving", "explain"},
     {"pipeline"},
     {"kafka"},
     {"runner"},

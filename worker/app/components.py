@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from worker.app.explain import make_explainer
 from worker.codecs.avro import (
     ConfluentAvroDecoder,
     ConfluentAvroEncoder,
@@ -61,7 +62,7 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
                   clock: Callable[[], int] = time.perf_counter_ns) -> Pipeline:
     decoder, encoder = make_codecs(settings, compiled)
     return Pipeline(decoder, FeatureFetcher(store, compiled.entities), Assembler(compiled.tensors),
-                    ModelSlot(compiled.model), compiled.builder, encoder, clock)
+                    ModelSlot(compiled.model), compiled.builder, encoder, clock, make_explainer(settings, compiled))
 
 
 def loop_settings(settings: WorkerSettings) -> LoopSettings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ import numpy as np
 import redis
 from prometheus_client import REGISTRY
 
+from worker.app.cards import card_of
 from worker.app.components import loop_settings, make_codecs, make_pipeline, make_registry, make_store
 from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer
 from worker.app.tools import topic_reader
@@ -27,8 +27,6 @@ from worker.errors import ConfigError, FeatureStoreUnavailable, ModelRunError, S
 from worker.features.redis_store import RedisAddress, wait_for_redis
 from worker.kafka.admin import create_topics, topic_partitions, wait_for_topics
 from worker.kafka.sink import Sink
-from worker.lifecycle.card import CardError, read_card
-from worker.lifecycle.repository import ModelRepository
 from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
 from worker.monitoring.metrics import MonitorMetrics
 from worker.monitoring.store import JoinTimes, MonitorStore, redis_errors
@@ -61,24 +59,6 @@ def monitor_store(settings: WorkerSettings) -> MonitorStore:
         raise StartupError(f"monitoring.redis_url: {exc}") from exc
     times = JoinTimes(int(m.labels.wait_hours * 3_600_000), int(m.labels.unmatched_after_s * 1000), m.window_labels)
     return MonitorStore(client, m.key_prefix or f"monitor:{settings.kafka.group_id}:", times, m.history_entries)
-
-
-def card_of(settings: WorkerSettings, compiled: Compiled) -> Callable[[str, str], dict[str, Any]]:
-    """The card of a model version (the repository's, or the configured file's), cached."""
-    repository, configured = settings.model.repository, settings.model.path
-
-    @functools.cache
-    def card(name: str, version: str) -> dict[str, Any]:
-        path = ModelRepository(repository).path(name, version) if repository else configured
-        if path is None:
-            return {}
-        try:
-            return read_card(path).data
-        except CardError as exc:
-            logger.warning("%s", exc)
-            return {}
-
-    return card
 
 
 def reference_of(settings: WorkerSettings, compiled: Compiled) -> ReferenceOf:

@@ -23,6 +23,7 @@ from worker.codecs.schemas import (
     a_or_an,
     assignable,
     field_type,
+    kind_of,
     load_schema,
     top_fields,
 )
@@ -406,7 +407,9 @@ def _output_source(key: str, source: OutputFieldSettings, target: Any, input_sch
 
 _SPECIAL_KINDS = {"score": ("float", "double"), "label": ("boolean", "int", "long"),
                   "model_version": ("string",), "model_name": ("string",), "scored_at": ("long",),
-                  "degraded": ("boolean", "int", "long")}
+                  "degraded": ("boolean", "int", "long"), "reasons": ("array",), "contributions": ("map",)}
+_SPECIAL_ITEMS = {"reasons": ("items", ("string",), "an array of strings"),
+                  "contributions": ("values", ("double", "float"), "a map of doubles")}
 
 
 def _special(key: str, source: OutputFieldSettings, target: Any, problems: Problems) -> Source | None:
@@ -416,6 +419,12 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
         problems.add(key, f"${source.special} cannot be written to {a_or_an(kind)} field "
                           f"(use {' or '.join(_SPECIAL_KINDS[source.special])})")
         return None
+    if source.special in _SPECIAL_ITEMS and kind != "union":
+        part, kinds, wanted = _SPECIAL_ITEMS[source.special]
+        item = kind_of(target[part]) if isinstance(target, dict) else None
+        if item not in kinds:
+            problems.add(key, f"${source.special} is written to {wanted}, not {a_or_an(kind)} of {item}s")
+            return None
     return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))
 
 

@@ -221,7 +221,7 @@ class ModelSettings(_Section):
         return self.repository / self.name / self.version / "model.onnx"
 
 
-SPECIALS = ("score", "label", "model_version", "model_name", "scored_at", "degraded")
+SPECIALS = ("score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons", "contributions")
 
 
 class OutputFieldSettings(_Section):
@@ -231,9 +231,12 @@ class OutputFieldSettings(_Section):
 
     event: str | None = None
     """Event field path (``user.id``)."""
-    special: Literal["score", "label", "model_version", "model_name", "scored_at", "degraded"] | None = None
+    special: Literal["score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
+                     "contributions"] | None = None
     """``score``, ``label`` (score >= threshold), ``model_version``, ``model_name``, ``scored_at`` (epoch ms),
-    ``degraded`` (true when scored with default features because Redis was down)."""
+    ``degraded`` (true when scored with default features because Redis was down), ``reasons`` (an array of
+    strings: the features pushing the score up most, first first) and ``contributions`` (a map of double:
+    feature → signed contribution), for the events ``explain.when`` selects, empty for the others."""
     model_output: str | None = None
     """A model output name, for values other than the score."""
     column: int | None = None
@@ -418,6 +421,19 @@ class TelemetrySettings(_Section):
     """Distributed tracing through Kafka."""
 
 
+class ExplainSettings(_Section):
+    """Reason codes for predictions (``$reasons``, ``$contributions`` output fields)."""
+
+    when: Literal["flagged", "all", "never"] = "flagged"
+    """Which events are explained: ``flagged`` (the label is true), ``all``, or ``never``."""
+    top_k: int = Field(default=3, ge=1)
+    """How many reasons: the features with the largest positive contributions."""
+    method: Literal["occlusion", "tree_shap"] = "occlusion"
+    """``occlusion`` (any model: the score minus the score with that feature at its reference median,
+    one model call per batch) or ``tree_shap`` (exact Shapley values of a tree ensemble's raw output,
+    log-odds for a classifier, against the card's background rows)."""
+
+
 class LabelSettings(_Section):
     """Where ground truth comes from, for ``worker monitor``."""
 
@@ -521,6 +537,8 @@ class WorkerSettings(BaseSettings):
     """Metrics, health probes and tracing."""
     demo: DemoSettings = DemoSettings()
     """The example data ``worker demo`` produces for this configuration."""
+    explain: ExplainSettings = ExplainSettings()
+    """Explanations: which predictions carry reason codes, and how they are computed."""
     monitoring: MonitoringSettings = MonitoringSettings()
     """Model quality: drift in ``worker run``, ground truth and accuracy in ``worker monitor``."""
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from worker.records import Message, Record, path_getter
 
-Special = Literal["score", "label", "model_version", "model_name", "scored_at", "degraded"]
+Special = Literal["score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
+                  "contributions"]
+EXPLAINED: tuple[Special, ...] = ("reasons", "contributions")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class ScoredBatch:
     scored_at_ms: int
     row_versions: list[str] | None = None
     degraded: bool = False  # scored with default features because the feature store was down
+    reasons: list[list[str]] | None = None
+    """Per row, the explained rows' reasons (empty lists for the others); None: nothing explained."""
+    contributions: list[dict[str, float]] | None = None
 
 
 def select(output: Any, column: int | None) -> np.ndarray:
@@ -92,6 +97,11 @@ class OutputBuilder:
         self.score = score
         self.key = key
         self._key_getter = path_getter(key.path) if key.path else None
+
+    @property
+    def explains(self) -> bool:
+        """Whether any field carries reasons or contributions."""
+        return any(isinstance(s, Computed) and s.what in EXPLAINED for s in self.fields.values())
 
     def model_outputs(self) -> list[str]:
         """The model outputs the records need, score first."""
@@ -124,6 +134,10 @@ class OutputBuilder:
             return (labels.astype(np.int64) if source.as_int else labels).tolist()  # type: ignore[no-any-return]
         if source.what == "model_version" and scored.row_versions is not None:
             return scored.row_versions
+        if source.what == "reasons":
+            return scored.reasons if scored.reasons is not None else [[] for _ in range(n)]
+        if source.what == "contributions":
+            return scored.contributions if scored.contributions is not None else [{} for _ in range(n)]
         single = {"model_version": scored.model_version, "model_name": scored.model_name,
                   "scored_at": scored.scored_at_ms,
                   "degraded": int(scored.degraded) if source.as_int else scored.degraded}[source.what]

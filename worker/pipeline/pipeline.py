@@ -21,6 +21,7 @@ import numpy as np
 
 from worker.codecs.avro import Decoder, Encoder
 from worker.errors import EventError, InferenceError, ModelRunError
+from worker.explain.explainer import Explainer
 from worker.features.fetcher import FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
@@ -43,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 class Pipeline:
     def __init__(self, decoder: Decoder, fetcher: FeatureFetcher, assembler: Assembler, slot: ModelSlot,
-                 builder: OutputBuilder, encoder: Encoder, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+                 builder: OutputBuilder, encoder: Encoder, clock: Callable[[], int] = time.perf_counter_ns,
+                 explainer: Explainer | None = None) -> None:
+        self.explainer = explainer
         self.decoder = decoder
         self.fetcher = fetcher
         self.assembler = assembler
@@ -74,6 +77,9 @@ class Pipeline:
             scored, failed = self._score(serving, assembled.feeds, keys, result)
         bad = {**assembled.bad, **failed}
         result.scored = self._scored_rows(serving, assembled.feeds, scored, bad)
+        if self.explainer is not None:
+            with stage(result, "explain"):
+                self._explain(self.explainer, serving, result.scored, scored, result)
         scored.degraded = degraded
         with stage(result, "encode"):
             self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters)
@@ -108,6 +114,28 @@ class Pipeline:
         groups = {(active.name, active.version): np.flatnonzero(~to_canary),
                   (canary.name, canary.version): np.flatnonzero(to_canary)}
         return ScoredRows(feeds, scores, published, groups)
+
+    def _explain(self, explainer: Explainer, serving: Serving, rows: ScoredRows, scored: ScoredBatch,
+                 result: BatchResult) -> None:
+        """Reasons for the rows ``explain.when`` picks, by the model that scored each; a failure here
+        leaves those rows unexplained, never unpublished."""
+        scores = np.asarray(rows.scores, dtype=np.float64)
+        chosen = explainer.rows(scores, np.asarray(rows.published))
+        if not len(chosen):
+            return
+        reasons: list[list[str]] = [[] for _ in scores]
+        contributions: list[dict[str, float]] = [{} for _ in scores]
+        for model, group in _by_model(serving, rows.groups, chosen):
+            try:
+                found = explainer.contributions(model, _take(rows.feeds, group), scores[group])
+            except Exception as exc:  # any failure of any method: the prediction goes out without reasons
+                result.explain_failures += len(group)
+                _explain_failed(model, exc)
+                continue
+            for row, (why, parts) in zip(group.tolist(), explainer.describe(found), strict=True):
+                reasons[row], contributions[row] = why, parts
+            result.explained += len(group)
+        scored.reasons, scored.contributions = reasons, contributions
 
     def _score(self, serving: Serving, feeds: dict[str, np.ndarray], keys: list[bytes | None],
                result: BatchResult) -> tuple[ScoredBatch, dict[int, EventError]]:
@@ -207,6 +235,32 @@ class Pipeline:
             yield
         finally:
             result.timings.append(StageTiming(name, start, self._clock()))
+
+
+def _by_model(serving: Serving, groups: dict[tuple[str, str], Any] | None,
+              chosen: np.ndarray) -> list[tuple[Model, np.ndarray]]:
+    """The chosen rows of each model that scored some (the active model's and a canary's apart)."""
+    if groups is None:
+        return [(serving.active, chosen)]
+    models = {(m.name, m.version): m for m in (serving.active, serving.canary) if m is not None}
+    out = []
+    for key, rows in groups.items():
+        mine = np.intersect1d(chosen, rows)
+        if len(mine):
+            out.append((models[key], mine))
+    return out
+
+
+_last_explain_warning = [0.0]
+
+
+def _explain_failed(model: Model, exc: Exception) -> None:
+    """Logged at most once a minute: a broken explainer fails every batch the same way."""
+    now = time.monotonic()
+    if now - _last_explain_warning[0] >= 60:
+        _last_explain_warning[0] = now
+        logger.warning("explaining failed; predictions go out without reasons: %s: %s", type(exc).__name__, exc,
+                       extra={"model": model.name, "model_version": model.version})
 
 
 def _take(feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

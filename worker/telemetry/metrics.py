@@ -216,6 +216,9 @@ class Metrics(Observer):
                           "model_version"], registry=registry)
         self.spans = Counter("worker_trace_spans", "Spans by export outcome (dropped: the export queue was full)",
                              ["outcome"], registry=registry)
+        self.explanations = Counter("worker_explanations", "Predictions given reasons (explained), and those that "
+                                    "went out without because explaining failed (failed)", ["outcome"],
+                                    registry=registry)
         self.lag = ConsumerLag(registry)
         self._stages: dict[str, Histogram] = {}
         self._model: tuple[str, str] | None = None
@@ -241,6 +244,10 @@ class Metrics(Observer):
         for entity, count in result.feature_defaults.items():
             if count:
                 self.feature_defaults.labels(entity).inc(count)
+        if result.explained:
+            self.explanations.labels("explained").inc(result.explained)
+        if result.explain_failures:
+            self.explanations.labels("failed").inc(result.explain_failures)
         if self._model != (result.model_name, result.model_version):
             self._serving(result.model_name, result.model_version)
         self._observe_ages(batch, result)
