@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 
-from worker.app.components import make_registry
+from worker.app.components import make_registry, make_store
+from worker.app.explain import make_explainer
 from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
 from worker.codecs.avro import (
     ConfluentAvroDecoder,
@@ -18,17 +21,22 @@ from worker.codecs.avro import (
     PlainAvroDecoder,
     PlainAvroEncoder,
 )
+from worker.codecs.explain import mismatch
 from worker.codecs.schemas import Schema, SchemaError, field_type, load_schema
+from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
 from worker.devtools.loader import EntityMatcher
 from worker.devtools.sender import EventSender
 from worker.errors import StartupError, ToolError
-from worker.features.redis_store import RedisAddress
+from worker.features.fetcher import FeatureFetcher
+from worker.features.redis_store import RedisAddress, wait_for_redis
 from worker.kafka import admin
 from worker.kafka.config import producer_config
 from worker.kafka.confluent import ConfluentProducer
 from worker.kafka.port import BrokerError
 from worker.kafka.reader import TopicReader
+from worker.pipeline.assembly import Assembler
+from worker.pipeline.output import select
 
 
 def create_topics(settings: WorkerSettings, partitions: int = 3, replication_factor: int = 1) -> list[str]:
@@ -108,3 +116,40 @@ def redis_client(settings: WorkerSettings) -> Any:
     except redis.RedisError as exc:
         raise StartupError(f"cannot reach Redis at {where}: {exc}") from exc
     return client
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One event's score, reasons and every feature's contribution (largest magnitude first)."""
+
+    score: float
+    flagged: bool
+    reasons: list[str]
+    contributions: list[tuple[str, float]]
+    method: str
+
+
+def explain_event(settings: WorkerSettings, record: Any) -> Explained:
+    """``worker explain``: one event (a JSON object in the input schema), its features from Redis,
+    assembled, scored and explained as the worker would (whatever ``explain.when`` says)."""
+    if not isinstance(record, dict):
+        raise ToolError(f"an event must be a JSON object, not {type(record).__name__}")
+    compiled = compile_settings(settings)
+    problem = mismatch(record, compiled.input_schema)
+    if problem is not None:
+        raise ToolError(f"the event does not fit the input schema: {problem}")
+    explainer = make_explainer(settings, compiled, always=True)
+    assert explainer is not None
+    store = make_store(settings)
+    wait_for_redis(store, settings.redis.startup_timeout_s)
+    assembled = Assembler(compiled.tensors).assemble([record], FeatureFetcher(store, compiled.entities).fetch([record]))
+    if assembled.bad:
+        raise ToolError(f"the event cannot be scored: {assembled.bad[0]}")
+    score = compiled.builder.score
+    (output,) = compiled.model.run(assembled.feeds, [score.output])
+    scores = np.asarray(select(output, score.column), dtype=np.float64)
+    ((reasons, parts),) = explainer.describe(explainer.contributions(compiled.model, assembled.feeds, scores))
+    ordered = sorted(parts.items(), key=lambda item: -abs(item[1]))
+    units = {"occlusion": "occlusion, in score units", "tree_shap": "tree_shap, in the raw output's units "
+             "(log-odds for a classifier)"}[settings.explain.method]
+    return Explained(float(scores[0]), bool(scores[0] >= settings.model.threshold), reasons, ordered, units)

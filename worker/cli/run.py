@@ -46,7 +46,7 @@ def _stop_starting(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from worker.app import monitoring
+    from worker.app import explain, monitoring
 
     settings = settings_from(args)
     compiled = compile_settings(settings)
@@ -61,6 +61,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  features {entities or 'none'}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
     print(f"  telemetry {describe_telemetry(settings)}")
+    print(f"  explain {explain.describe(settings, compiled)}")
     print(f"  monitoring {monitoring.describe(settings, compiled)}")
     return 0
 
