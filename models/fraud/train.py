@@ -130,6 +130,13 @@ def golden(x: np.ndarray, y: np.ndarray, probabilities: np.ndarray, seed: int, n
              "fraud": bool(y[i])} for i in sorted(picks.tolist())]
 
 
+def background(holdout: np.ndarray, seed: int, n: int = 100) -> list[list[float]]:
+    """``n`` holdout rows: what explain.method tree_shap compares an event with (interventional
+    Shapley values are averages over such reference rows)."""
+    picks = np.random.default_rng(seed + 1).choice(len(holdout), n, replace=False)
+    return [[float(v) for v in holdout[i]] for i in sorted(picks.tolist())]
+
+
 def card(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, holdout: slice, p: np.ndarray,
          threshold: float, diff: float, opsets: dict[str, int]) -> dict[str, Any]:
     import onnx
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     threshold = best_threshold(y[cut:], probabilities[:, 1])
     model_card = card(args, x, y, slice(cut, None), probabilities[:, 1], threshold, diff, opsets)
     model_card["golden"] = golden(x[cut:], y[cut:], probabilities, args.seed)
+    model_card["background"] = background(x[cut:], args.seed)
     (out / "model-card.json").write_text(json.dumps(model_card, indent=1) + "\n")
     summary = {k: model_card["training"][k] for k in ("rows", "positive_rate", "holdout_auc",
                                                       "holdout_average_precision")}
