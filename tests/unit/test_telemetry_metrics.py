@@ -59,7 +59,9 @@ def test_counts_are_exact_per_batch_stage_and_reason() -> None:
     first, second = batch_of(100), batch_of(7, first_offset=100)
     dead = [DeadLetter(second[0], "decode", "bad", "EOFError"), DeadLetter(second[3], "features", "bad", "ValueError")]
     feed(metrics, first, result_for(first, defaults={"card": 3, "merchant": 0}))
-    feed(metrics, second, result_for(second, dead, defaults={"card": 2}))
+    explained = result_for(second, dead, defaults={"card": 2})
+    explained.explained, explained.explain_failures = 4, 1
+    feed(metrics, second, explained)
     metrics.checkpoint_done(StageTiming("commit", 0, 2_000_000), committed=False)
 
     s = samples(registry)
@@ -76,6 +78,8 @@ def test_counts_are_exact_per_batch_stage_and_reason() -> None:
     assert total(s, "worker_feature_defaults_total", entity="card") == 5
     assert ("worker_feature_defaults_total", (("entity", "merchant"),)) not in s
     assert total(s, "worker_commit_failures_total") == 1
+    assert total(s, "worker_explanations_total", outcome="explained") == 4
+    assert total(s, "worker_explanations_total", outcome="failed") == 1
     assert total(s, "worker_info", worker_version="0.1.0", model_name="m", model_version="1") == 1
     assert total(s, "process_cpu_seconds_total") > 0
 
