@@ -8,8 +8,9 @@ time of scoring, or a constant. Fields are built a column at a time for the whol
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,9 @@ from worker.records import Message, Record, path_getter
 Special = Literal["score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
                   "contributions"]
 EXPLAINED: tuple[Special, ...] = ("reasons", "contributions")
+NO_REASONS: Sequence[str] = ()
+NO_CONTRIBUTIONS: Mapping[str, float] = MappingProxyType({})
+"""What an unexplained row carries: one shared, immutable empty value (a batch is mostly unexplained)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,9 @@ class ScoredBatch:
     scored_at_ms: int
     row_versions: list[str] | None = None
     degraded: bool = False  # scored with default features because the feature store was down
-    reasons: list[list[str]] | None = None
-    """Per row, the explained rows' reasons (empty lists for the others); None: nothing explained."""
-    contributions: list[dict[str, float]] | None = None
+    reasons: list[Sequence[str]] | None = None
+    """Per row, the explained rows' reasons (``NO_REASONS`` for the others); None: nothing explained."""
+    contributions: list[Mapping[str, float]] | None = None
 
 
 def select(output: Any, column: int | None) -> np.ndarray:
@@ -135,9 +139,9 @@ class OutputBuilder:
         if source.what == "model_version" and scored.row_versions is not None:
             return scored.row_versions
         if source.what == "reasons":
-            return scored.reasons if scored.reasons is not None else [[] for _ in range(n)]
+            return scored.reasons if scored.reasons is not None else [NO_REASONS] * n
         if source.what == "contributions":
-            return scored.contributions if scored.contributions is not None else [{} for _ in range(n)]
+            return scored.contributions if scored.contributions is not None else [NO_CONTRIBUTIONS] * n
         single = {"model_version": scored.model_version, "model_name": scored.model_name,
                   "scored_at": scored.scored_at_ms,
                   "degraded": int(scored.degraded) if source.as_int else scored.degraded}[source.what]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ from worker.explain.explainer import Explainer
 from worker.features.fetcher import FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
-from worker.pipeline.output import OutputBuilder, ScoredBatch, select
+from worker.pipeline.output import NO_CONTRIBUTIONS, NO_REASONS, OutputBuilder, ScoredBatch, select
 from worker.records import (
     BatchResult,
     DeadLetter,
@@ -123,8 +123,8 @@ class Pipeline:
         chosen = explainer.rows(scores, np.asarray(rows.published))
         if not len(chosen):
             return
-        reasons: list[list[str]] = [[] for _ in scores]
-        contributions: list[dict[str, float]] = [{} for _ in scores]
+        reasons: list[Sequence[str]] = [NO_REASONS] * len(scores)
+        contributions: list[Mapping[str, float]] = [NO_CONTRIBUTIONS] * len(scores)
         for model, group in _by_model(serving, rows.groups, chosen):
             try:
                 found = explainer.contributions(model, _take(rows.feeds, group), scores[group])
