@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ BROKEN = {
     "special written to the wrong type": (
         {"output.fields.card_id": "$score"}, "output.fields.card_id",
         "$score cannot be written to a string field"),
+    "reasons written to a string": (
+        {"output.fields.card_id": "$reasons"}, "output.fields.card_id", "$reasons cannot be written to a string field"),
     "unknown special": ({"output.fields.is_fraud": "$lable"}, "output.fields.is_fraud", "unknown '$lable'"),
     "output key path absent": ({"output.key": "card"}, "output.key", "no field 'card'"),
     "int64 key encoding of a string field": (
@@ -450,3 +453,18 @@ def test_the_command_line_entry_point(tmp_path: Path, base: dict[str, Any]) -> N
     assert (broken.returncode, broken.stdout) == (2, "")
     assert broken.stderr == ("config error: kafka.bootstrap_server: unknown key (did you mean "
                              "'bootstrap_servers'?)\n")
+
+
+@pytest.mark.parametrize(("special", "node", "reason"), [
+    ("$reasons", {"type": "array", "items": "long"}, "$reasons is written to an array of strings, not an array of longs"),
+    ("$contributions", {"type": "map", "values": "string"}, "$contributions is written to a map of doubles"),
+])
+def test_explanations_need_arrays_of_strings_and_maps_of_doubles(tmp_path: Path, base: dict[str, Any], special: str,
+                                                                node: dict[str, Any], reason: str) -> None:
+    schema = json.loads(Path(base["avro"]["output_schema"]).read_text())
+    schema["fields"].append({"name": "why", "type": node})
+    (tmp_path / "prediction.avsc").write_text(json.dumps(schema))
+    config = write_config(tmp_path / "c.yaml", changed(base, **{"avro.output_schema": str(tmp_path / "prediction.avsc"),
+                                                                  "output.fields.why": special}))
+    key, found = only_problem(config)
+    assert key == "output.fields.why" and found.startswith(reason)
