@@ -456,7 +456,8 @@ def test_the_command_line_entry_point(tmp_path: Path, base: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize(("special", "node", "reason"), [
-    ("$reasons", {"type": "array", "items": "long"}, "$reasons is written to an array of strings, not an array of longs"),
+    ("$reasons", {"type": "array", "items": "long"},
+     "$reasons is written to an array of strings, not an array of longs"),
     ("$contributions", {"type": "map", "values": "string"}, "$contributions is written to a map of doubles"),
 ])
 def test_explanations_need_arrays_of_strings_and_maps_of_doubles(tmp_path: Path, base: dict[str, Any], special: str,
