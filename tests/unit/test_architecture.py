@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [  # lowest first; a room imports only from its own lay
     {"pipeline"},
     {"kafka"},
     {"runner"},
-    {"telemetry", "lifecycle", "devtools", "monitoring"},
+    {"telemetry", "lifecycle", "devtools", "monitoring", "batch"},
     {"config"},
     {"app"},
     {"cli"},

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from worker import __version__
-from worker.cli import demo, explain, features, models, monitor, produce, reference, run, tail, topics
+from worker.cli import batch, demo, explain, features, models, monitor, produce, reference, run, tail, topics
 from worker.cli.options import EXIT_CODES, EXIT_CONFIG, EXIT_FENCED, EXIT_INTERRUPTED, EXIT_STARTUP
 from worker.errors import ConfigError, ProducerFenced, StartupError, WorkerError
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"worker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (run, monitor, explain, topics, features, produce, tail, demo, reference, models):
+    for module in (run, batch, monitor, explain, topics, features, produce, tail, demo, reference, models):
         module.register(sub)
     return parser
 

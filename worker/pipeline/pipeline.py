@@ -59,11 +59,20 @@ class Pipeline:
     def process(self, messages: Sequence[Message], degraded: bool = False) -> BatchResult:
         """``degraded``: the feature store is down; score with every feature at its default."""
         result = BatchResult()
+        with self._stage(result, "decode"):
+            events, sources = self._decode(messages, result)
+        return self._scored(events, sources, result, degraded)
+
+    def process_records(self, records: list[Record], sources: Sequence[Message]) -> BatchResult:
+        """Events already decoded (batch scoring reads files of records); ``sources[i]`` stands for
+        ``records[i]`` in outputs and dead letters."""
+        return self._scored(records, list(sources), BatchResult(), False)
+
+    def _scored(self, events: list[Record], sources: list[Message], result: BatchResult,
+                degraded: bool) -> BatchResult:
         serving = self.slot.serving  # one snapshot: every event of this batch is scored by these models
         result.model_version, result.model_name = serving.active.version, serving.active.name
         stage = self._stage
-        with stage(result, "decode"):
-            events, sources = self._decode(messages, result)
         result.events = events
         if not events:
             return result

@@ -1,0 +1,154 @@
+"""``worker batch`` on the shared fraud workload, with a real Redis (and a real broker for topic
+ranges): every score as gen.py expects it, bad rows in the dead-letter file, nothing missing or
+repeated, also after an interrupted run resumed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.configs import FRAUD_CONFIG
+from tests.support.fraud import decode_prediction, fraud_events, population
+from tests.support.infra import repo_root
+from tests.support.kafka_io import TopicReader, Topics, produce
+from worker.cli.main import main
+
+pytestmark = pytest.mark.integration
+
+Expected = dict[str, float]
+
+
+def workload(gen: ModuleType, redis_url: str, n: int, seed: int = 11) -> tuple[list[dict[str, Any]], Expected]:
+    args = population(n=n, seed=seed)
+    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_url}))
+    records = [r for _, _, r in gen.event_stream(args)]
+    scores = gen.expected_scores(records, args)
+    return records, {r["event_id"]: float(s) for r, s in zip(records, scores.tolist(), strict=True)}
+
+
+def batch(redis_url: str, *args: str) -> int:
+    return main(["batch", "--config", str(FRAUD_CONFIG), "--redis-url", redis_url, *args])
+
+
+def assert_scored(found: list[dict[str, Any]], expected: Expected) -> None:
+    by_id = {r["event_id"]: r["score"] for r in found}
+    assert len(by_id) == len(found), "a prediction twice"
+    assert set(by_id) == set(expected), "missing or unexpected predictions"
+    assert max(abs(by_id[e] - s) for e, s in expected.items()) < 1e-5
+
+
+def test_an_avro_file_is_scored_as_gen_expects_into_each_format(gen: ModuleType, redis_db_url: str,
+                                                                tmp_path: Path) -> None:
+    records, expected = workload(gen, redis_db_url, 3000)
+    with (tmp_path / "events.avro").open("wb") as f:
+        fastavro.writer(f, gen.TXN, records)
+    for out in ("out.avro", "out.jsonl", "out.parquet"):
+        assert batch(redis_db_url, "--input", str(tmp_path / "events.avro"), "--output", str(tmp_path / out)) == 0
+    with (tmp_path / "out.avro").open("rb") as f:
+        container = fastavro.reader(f)
+        assert container.writer_schema["name"] == "workload.fraud.Prediction"  # type: ignore[index]
+        assert_scored(list(container), expected)  # type: ignore[arg-type]
+    assert_scored([json.loads(line) for line in (tmp_path / "out.jsonl").open()], expected)
+    assert_scored(pq.read_table(tmp_path / "out.parquet").to_pylist(), expected)
+    assert (tmp_path / "out.avro.dead-letters.jsonl").read_text() == ""
+    assert not (tmp_path / "out.avro.progress.json").exists(), "a finished run leaves nothing to resume"
+
+
+def test_bad_json_lines_become_dead_letters_and_the_exit_code_says_so(gen: ModuleType, redis_db_url: str,
+                                                                      tmp_path: Path) -> None:
+    records, expected = workload(gen, redis_db_url, 1000)
+    lines = [json.dumps(r) for r in records]
+    bad = {5: "{not json", 50: json.dumps({**records[50], "amount": "lots"}), 500: "[1, 2]"}
+    for row, line in bad.items():
+        lines[row] = line
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    code = batch(redis_db_url, "--input", str(tmp_path / "events.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+                 "--dead-letters", str(tmp_path / "dead.jsonl"))
+    assert code == 1
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").open()]
+    assert [d["row"] for d in dead] == sorted(bad) and all(d["stage"] == "decode" for d in dead)
+    assert "amount" in dead[1]["reason"] and dead[0]["value"] is not None
+    assert_scored([json.loads(line) for line in (tmp_path / "out.jsonl").open()],
+                  {e: s for i, (e, s) in enumerate(expected.items()) if i not in bad})
+
+
+def test_a_parquet_file_in(gen: ModuleType, redis_db_url: str, tmp_path: Path) -> None:
+    records, expected = workload(gen, redis_db_url, 500)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "events.parquet")
+    assert batch(redis_db_url, "--input", str(tmp_path / "events.parquet"), "--output", str(tmp_path / "o.jsonl")) == 0
+    assert_scored([json.loads(line) for line in (tmp_path / "o.jsonl").open()], expected)
+
+
+def test_a_topic_range_is_read_without_joining_a_group(gen: ModuleType, redis_db_url: str, kafka_bootstrap: str,
+                                                       kafka_topics: Callable[..., Topics],
+                                                       topic_reader: Callable[..., TopicReader],
+                                                       tmp_path: Path) -> None:
+    args = population(n=2000, seed=13)
+    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_db_url}))
+    events = fraud_events(gen, args, poison_every=100)
+    topics = kafka_topics(partitions=3, prefix="batch")
+    produce(kafka_bootstrap, topics.input, events.messages)
+    expected = {r["event_id"]: float(s) for r, s in zip(events.good, gen.expected_scores(events.good, args).tolist(),
+                                                         strict=True)}
+    code = main(["batch", "--config", str(FRAUD_CONFIG), "--redis-url", redis_db_url, "--bootstrap-servers",
+                 kafka_bootstrap, "--input", f"kafka:{topics.input}", "--output", f"kafka:{topics.output}",
+                 "--dead-letters", str(tmp_path / "dead.jsonl")])
+    assert code == 1, "poison in the range"
+    reader = topic_reader(topics.output)
+    assert reader.read_until(lambda r: r.count(topics.output) >= len(expected), 30)
+    assert_scored([decode_prediction(gen, m.value) for m in reader.on(topics.output)], expected)
+    assert len((tmp_path / "dead.jsonl").read_text().splitlines()) == len(events.poison)
+
+
+def test_an_interrupted_run_resumed_gives_every_row_exactly_once(gen: ModuleType, redis_db_url: str,
+                                                                  tmp_path: Path) -> None:
+    records, expected = workload(gen, redis_db_url, 60_000, seed=17)
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    command = [sys.executable, "-m", "worker", "batch", "--config", str(FRAUD_CONFIG), "--redis-url", redis_db_url,
+               "--input", str(tmp_path / "events.jsonl"), "--output", str(tmp_path / "out.avro")]
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "WORKER_BATCH__MAX_EVENTS": "500"}  # small chunks
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    progress = tmp_path / "out.avro.progress.json"
+    deadline = time.monotonic() + 60
+    while not (progress.exists() and json.loads(progress.read_text())["rows"] >= 10_000):
+        assert first.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_before = json.loads(progress.read_text())["rows"]
+    assert 0 < done_before < len(records)
+    resumed = subprocess.run([*command, "--resume"], check=False, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    with (tmp_path / "out.avro").open("rb") as f:
+        assert_scored(list(fastavro.reader(f)), expected)  # type: ignore[arg-type]
+
+
+def test_bad_invocations_are_one_clear_line(gen: ModuleType, redis_db_url: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "events.csv").write_text("a,b\n")
+    assert batch(redis_db_url, "--input", str(tmp_path / "events.csv"), "--output", str(tmp_path / "o.avro")) == 1
+    assert "format follows the extension" in capsys.readouterr().err
+    assert batch(redis_db_url, "--input", str(tmp_path / "none.avro"), "--output", str(tmp_path / "o.avro")) == 1
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "e.jsonl").write_text("{}\n")
+    assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
+                 "--resume") == 1
+    assert "cannot resume" in capsys.readouterr().err
+    assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
+                 "--model-version", "2") == 2, "a model file, not a repository: a configuration error"
+

@@ -1,0 +1,299 @@
+"""Files of events in, files of predictions out: Avro object container files (``.avro``), JSON
+lines (``.jsonl``) and Parquet (``.parquet``, with pyarrow: ``pip install 'inference-worker[parquet]'``).
+
+Readers yield ``Row``s: a record (or the reason it is not one) and, for the dead-letter file,
+what the row was (its line, or the record). Writers take the pipeline's encoded outputs (plain
+Avro bytes of the output schema): the container writer writes them as they are, in blocks, so
+that the file costs no second encoding; the others decode them back into records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import fastavro
+
+from worker.codecs.explain import mismatch
+from worker.codecs.schemas import Schema
+from worker.codecs.writer import encode_long
+from worker.errors import ToolError
+from worker.records import Message
+
+FORMATS = (".avro", ".jsonl", ".parquet")
+MAGIC = b"Obj\x01"
+PARQUET_EXTRA = "Parquet needs pyarrow: pip install 'inference-worker[parquet]'"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: its record, or why it is not one (``problem``), and what it was."""
+
+    record: dict[str, Any] | None
+    problem: str | None = None
+    line: bytes | None = None
+    message: Message | None = None
+    """A message read from a topic (still to decode), instead of a record."""
+
+
+class Reader(Protocol):
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        """Every row after the first ``skip``."""
+
+    def done(self) -> float | None:
+        """The share of the input read so far, when it can be told."""
+
+
+class Writer(Protocol):
+    def write(self, values: list[bytes]) -> None: ...
+
+    def flush(self) -> int:
+        """Everything written reaches the file; returns its size (a resumable point)."""
+
+    def close(self) -> None: ...
+
+
+def format_of(path: Path, what: str) -> str:
+    if path.suffix not in FORMATS:
+        raise ToolError(f"{what} {path}: the format follows the extension, one of {', '.join(FORMATS)} "
+                        "(or kafka:TOPIC)")
+    return path.suffix
+
+
+def open_reader(path: Path, schema: Schema) -> Reader:
+    if not path.is_file():
+        raise ToolError(f"--input {path}: no such file")
+    suffix = format_of(path, "--input")
+    if suffix == ".avro":
+        return AvroFileReader(path, schema)
+    if suffix == ".jsonl":
+        return JsonLinesReader(path, schema)
+    return ParquetReader(path, schema)
+
+
+def open_writer(path: Path, schema: Schema, append_at: int | None = None) -> Writer:
+    """A writer of ``path``; with ``append_at``, the file is cut back to that size and continued."""
+    suffix = format_of(path, "--output")
+    if suffix == ".avro":
+        return AvroFileWriter(path, schema, append_at)
+    if suffix == ".jsonl":
+        return JsonLinesWriter(path, schema, append_at)
+    if append_at is not None:
+        raise ToolError("--resume continues .avro or .jsonl outputs; a Parquet file is written in one go")
+    return ParquetWriter(path, schema)
+
+
+class _Sized:
+    """Tells how far into its file a reader is."""
+
+    def __init__(self, path: Path) -> None:
+        self.size = max(path.stat().st_size, 1)
+        self.file: IO[bytes] | None = None
+
+    def done(self) -> float | None:
+        return None if self.file is None or self.file.closed else min(1.0, float(self.file.tell()) / self.size)
+
+
+class AvroFileReader(_Sized):
+    def __init__(self, path: Path, schema: Schema) -> None:
+        super().__init__(path)
+        self.path, self.schema = path, schema
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        with self.path.open("rb") as self.file:
+            try:
+                records = fastavro.reader(self.file, reader_schema=self.schema)
+            except (ValueError, fastavro.read.SchemaResolutionError) as exc:
+                raise ToolError(f"{self.path} cannot be read as {self.schema.get('name')}: {exc}") from exc
+            for n, record in enumerate(records):
+                if n >= skip:
+                    yield Row(record)  # type: ignore[arg-type]
+
+
+class JsonLinesReader(_Sized):
+    def __init__(self, path: Path, schema: Schema) -> None:
+        super().__init__(path)
+        self.path, self.schema = path, schema
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        with self.path.open("rb") as self.file:
+            n = 0
+            for line in self.file:
+                if not line.strip():
+                    continue
+                n += 1
+                if n > skip:
+                    yield self._row(line.rstrip(b"\r\n"))
+
+    def _row(self, line: bytes) -> Row:
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            return Row(None, f"not JSON: {exc}", line)
+        if not isinstance(record, dict):
+            return Row(None, f"an event must be a JSON object, not {type(record).__name__}", line)
+        problem = mismatch(record, self.schema)
+        return Row(None, problem, line) if problem else Row(record, None, line)
+
+
+class ParquetReader:
+    def __init__(self, path: Path, schema: Schema) -> None:
+        pq = _pyarrow_parquet()
+        self.file = pq.ParquetFile(path)
+        self.schema = schema
+        self.total = max(int(self.file.metadata.num_rows), 1)
+        self.read = 0
+
+    def rows(self, skip: int = 0) -> Iterator[Row]:
+        for batch in self.file.iter_batches(batch_size=10_000):
+            for record in batch.to_pylist():
+                self.read += 1
+                if self.read > skip:
+                    problem = mismatch(record, self.schema)
+                    yield Row(None, problem) if problem else Row(record)
+
+    def done(self) -> float | None:
+        return self.read / self.total
+
+
+class AvroFileWriter:
+    """An Avro object container file (codec null) written from encoded records, a block per call."""
+
+    def __init__(self, path: Path, schema: Schema, append_at: int | None) -> None:
+        self.path = path
+        self.file: IO[bytes]
+        if append_at is None:
+            self.file = path.open("wb")
+            self.sync = os.urandom(16)
+            self.file.write(_container_header(schema, self.sync))
+        else:
+            self.sync = _sync_marker(path)
+            self.file = _cut(path, append_at)
+
+    def write(self, values: list[bytes]) -> None:
+        if values:
+            block = b"".join(values)
+            self.file.write(b"".join((encode_long(len(values)), encode_long(len(block)), block, self.sync)))
+
+    def flush(self) -> int:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JsonLinesWriter:
+    def __init__(self, path: Path, schema: Schema, append_at: int | None) -> None:
+        self.schema = schema
+        self.file: IO[bytes] = path.open("wb") if append_at is None else _cut(path, append_at)
+
+    def write(self, values: list[bytes]) -> None:
+        schema = self.schema
+        lines = [json.dumps(fastavro.schemaless_reader(io.BytesIO(v), schema), default=str) for v in values]
+        if lines:
+            self.file.write(("\n".join(lines) + "\n").encode())
+
+    def flush(self) -> int:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ParquetWriter:
+    def __init__(self, path: Path, schema: Schema) -> None:
+        self.pa, self.pq = _pyarrow(), _pyarrow_parquet()
+        self.path, self.schema = path, schema
+        self.writer: Any = None
+
+    def write(self, values: list[bytes]) -> None:
+        records = [fastavro.schemaless_reader(io.BytesIO(v), self.schema) for v in values]
+        if not records:
+            return
+        table = self.pa.Table.from_pylist(records)
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def flush(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _container_header(schema: Schema, sync: bytes) -> bytes:
+    plain = {k: v for k, v in schema.items() if not k.startswith("__")}
+    meta = {"avro.schema": json.dumps(plain).encode(), "avro.codec": b"null"}
+    parts = [MAGIC, encode_long(len(meta))]
+    for key, value in meta.items():
+        parts += [encode_long(len(key)), key.encode(), encode_long(len(value)), value]
+    return b"".join([*parts, b"\x00", sync])
+
+
+def _sync_marker(path: Path) -> bytes:
+    """The sync marker of a container file this module wrote: the 16 bytes that end its header."""
+    with path.open("rb") as f:
+        if f.read(4) != MAGIC:
+            raise ToolError(f"cannot resume: {path} is not an Avro container file")
+        _skip_map(f)
+        return f.read(16)
+
+
+def _skip_map(f: IO[bytes]) -> None:
+    """Reads past the header's metadata map (blocks of string keys and bytes values)."""
+    while (count := _read_long(f)) != 0:
+        if count < 0:  # a block with its size in bytes after the count
+            _read_long(f)
+            count = -count
+        for _ in range(2 * count):
+            f.read(_read_long(f))
+
+
+def _read_long(f: IO[bytes]) -> int:
+    shift = result = 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            raise ToolError("cannot resume: the output file's header is cut short")
+        result |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            return (result >> 1) ^ -(result & 1)
+
+
+def _cut(path: Path, size: int) -> IO[bytes]:
+    """``path`` cut back to ``size`` bytes (dropping what an interrupted run wrote after its last
+    completed chunk), open for appending."""
+    if not path.is_file() or path.stat().st_size < size:
+        raise ToolError(f"cannot resume: {path} is shorter than the progress file says; start over without --resume")
+    f = path.open("r+b")
+    f.truncate(size)
+    f.seek(size)
+    return f
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError as exc:
+        raise ToolError(PARQUET_EXTRA) from exc
+    return pyarrow
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ToolError(PARQUET_EXTRA) from exc
+    return pyarrow.parquet
