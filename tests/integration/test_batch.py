@@ -152,3 +152,14 @@ def test_bad_invocations_are_one_clear_line(gen: ModuleType, redis_db_url: str, 
     assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
                  "--model-version", "2") == 2, "a model file, not a repository: a configuration error"
 
+
+
+def test_a_file_written_with_another_compatible_schema_is_read_through_resolution(gen: ModuleType, redis_db_url: str,
+                                                                                   tmp_path: Path) -> None:
+    records, expected = workload(gen, redis_db_url, 300)
+    wider = json.loads((Path(gen.HERE) / "transaction.avsc").read_text())
+    wider["fields"].append({"name": "note", "type": "string", "default": ""})
+    with (tmp_path / "events.avro").open("wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(wider), [{**r, "note": "x"} for r in records])
+    assert batch(redis_db_url, "--input", str(tmp_path / "events.avro"), "--output", str(tmp_path / "o.jsonl")) == 0
+    assert_scored([json.loads(line) for line in (tmp_path / "o.jsonl").open()], expected)
