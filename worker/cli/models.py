@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from worker.app import lifecycle
@@ -26,6 +27,7 @@ from worker.app.kafka import kafka_client
 from worker.cli.options import KAFKA, Command, config_options, settings_from
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
+from worker.devtools.console import ProgressLine, count
 from worker.errors import ConfigError, WorkerError
 from worker.inference import OnnxModel
 from worker.lifecycle.card import card_path, read_card, write_card
@@ -58,7 +60,7 @@ _DESCRIPTION = ("Model versions live in model.repository as <name>/<version>/mod
 def register(sub: Any) -> None:
     """Registers ``worker models <command>``."""
     parser = sub.add_parser("models", help="model versions: list, validate, promote, rollback, canary, shadow, "
-                            "status, optimize, golden", description=_DESCRIPTION)
+                            "status, optimize, golden, evaluate", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, fn: Command) -> argparse.ArgumentParser:
@@ -97,6 +99,7 @@ def register(sub: Any) -> None:
     p.add_argument("--count", type=int, default=20, help="how many vectors (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replace", action="store_true", help="replace golden vectors the card already has")
+    _evaluate_parser(commands)
 
 
 def _change(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -397,3 +400,51 @@ def cmd_golden(args: argparse.Namespace) -> int:
     write_card(target, data)
     print(f"wrote {args.count} golden vectors of v{version} to {target}")
     return 0
+
+
+_EVALUATE = ("score labelled rows with a version and the serving one in one pass (same features, same feeds) "
+             "and compare them: AUC, precision and recall at model.threshold, log loss, calibration, labels changed, "
+             "score changes; exit 1 when a gate fails")
+
+
+def _evaluate_parser(commands: Any) -> None:
+    """``worker models evaluate``: it reads Redis, so ``--redis-url`` is the override it shows."""
+    p: argparse.ArgumentParser = commands.add_parser("evaluate", help=_EVALUATE, description=_EVALUATE)
+    config_options(p, only=("redis_url",))
+    p.set_defaults(fn=_guarded(cmd_evaluate))
+    p.add_argument("version", help="the candidate: a version of model.repository")
+    p.add_argument("--input", required=True, type=Path, metavar="LABELLED",
+                   help="rows in the input schema plus a label field: .avro (container file), .jsonl, .parquet")
+    p.add_argument("--label-field", default="label", metavar="F",
+                   help="the label: a boolean, or a number (non-zero is positive); default label")
+    p.add_argument("--against", metavar="VERSION", help="the serving version (default: the configured model.version)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="draw both versions' ROC and calibration curves")
+    p.add_argument("--min-auc", type=float, metavar="X", help="gate: the candidate's AUC is at least X")
+    p.add_argument("--max-auc-drop", type=float, metavar="X",
+                   help="gate: the serving version's AUC minus the candidate's is at most X")
+    p.add_argument("--max-label-flip", type=float, metavar="X",
+                   help="gate: the share of rows whose label (score >= model.threshold) changes is at most X")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from worker.app.evaluate import EvaluateJob, Gates, evaluate, table  # numpy-heavy: only when evaluating
+
+    settings = settings_from(args)
+    gates = Gates(args.min_auc, args.max_auc_drop, args.max_label_flip)
+    job = EvaluateJob(args.version, args.input, args.label_field, args.against, gates, args.plot)
+    line, started = ProgressLine(), time.monotonic()
+
+    def report(rows: int, skipped: int, share: float | None) -> None:
+        seconds = time.monotonic() - started
+        text = f"{count(rows)} rows, {count(rows / seconds if seconds > 0 else 0)} rows/s, {count(skipped)} skipped"
+        line.update(text + (f", {share:.0%}" if share else ""))
+
+    try:
+        result = evaluate(settings, job, report)
+    finally:
+        line.done()
+    print(json.dumps(result.to_json(), indent=1) if args.json else table(result))
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0 if result.passed else 1

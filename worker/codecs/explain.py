@@ -74,9 +74,12 @@ def _record(value: Any, node: dict[str, Any], named: dict[str, Any], path: str) 
 
 
 def _union(value: Any, branches: list[Any], named: dict[str, Any], path: str) -> str | None:
-    problems = [_check(value, b, named, path) for b in branches]
-    if any(p is None for p in problems):
-        return None
+    problems = []
+    for branch in branches:  # the first branch that fits ends it: most values fit their first
+        problem = _check(value, branch, named, path)
+        if problem is None:
+            return None
+        problems.append(problem)
     kinds = [b if isinstance(b, str) else b.get("name", b["type"]) for b in branches]
     if value is not None and isinstance(value, dict):  # the record branch's own complaint says more
         return next((p for b, p in zip(branches, problems, strict=True) if isinstance(b, dict)), problems[-1])
