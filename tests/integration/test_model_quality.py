@@ -226,6 +226,8 @@ def test_labels_that_come_before_their_predictions_are_all_matched(
     monitor = q.monitor()
     q.figures(monitor, matched=0)
     monitor.wait_for_log(f"created  {q.joined}")  # its own output topic: made when missing
+    _, body = wait_http(f"http://127.0.0.1:{q.port}/readyz", lambda code, _: code == 200, alive=monitor.alive)
+    assert json.loads(body)["checks"]["join_state"] is True, "ready: no model to load, its Redis answers"
     q.worker()
     produce(kafka_bootstrap, q.topics.input, events.messages)
     samples = q.figures(monitor, matched=len(events.good))

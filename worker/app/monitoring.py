@@ -39,6 +39,7 @@ from worker.runner.loop import Runner
 from worker.runner.observer import Observer
 from worker.startup import wait_until_ready
 from worker.telemetry.drift import DriftMonitor, ReferenceOf, coverage
+from worker.telemetry.health import Health
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ def make_drift(settings: WorkerSettings, compiled: Compiled) -> DriftMonitor | N
         return None
     columns = watched(settings, compiled)
     covered, missing = coverage(columns, found)
-    logger.info("drift: %d of %d model inputs have reference bins%s", len(covered), len(columns),
-                f" (none for {', '.join(missing)})" if missing else "")
+    logger.info("drift: %d of %d model inputs have reference bins%s; %s", len(covered), len(columns),
+                f" (none for {', '.join(missing)})" if missing else "",
+                "the score too" if found.score else "the score has none (score_stats), so its drift is not watched")
     widths = {e.name: len(e.fields) for e in compiled.entities}
     drift = DriftMonitor(columns, of, m.window_events, m.min_window_events, widths,
                          publish=_drift_history(settings), snapshot_interval_s=m.snapshot_interval_s)
@@ -176,8 +178,9 @@ def join_processor(settings: WorkerSettings, compiled: Compiled, store: MonitorS
                          (compiled.model.name, compiled.model.version), m.joined_topic is not None)
 
 
-def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = ()) -> Runner:
-    """``worker monitor``: the join on the worker's loop, with its own group and sink."""
+def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = (), health: Health | None = None) -> Runner:
+    """``worker monitor``: the join on the worker's loop, with its own group and sink; ready once its
+    Redis answers (it has no model to load)."""
     run_as = monitor_settings(settings)
     compiled = compile_settings(settings)
     store = monitor_store(settings)
@@ -190,6 +193,9 @@ def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = ()) 
     _create_own_topics(run_as, predictions)
     sink = Sink(lambda on_error: make_producer(run_as, None, on_error), k.output_topic, k.dlq_topic, k.group_id,
                 run_as.batch.max_in_flight_events, run_as.batch.max_in_flight_mb * (1 << 20) // 2)
+    if health is not None:
+        health.checks.pop("model", None)
+        health.checks["join_state"] = lambda: _problem(store) is None
     metrics = MonitorMetrics(store, run_as.model.threshold, holdout_auc_of(run_as, compiled)).register(REGISTRY)
     ticker = MonitorTicker(store, metrics.threshold, run_as.monitoring.snapshot_interval_s)
     processor = join_processor(run_as, compiled, store)

@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, _stop_starting)
     telemetry = make_telemetry(monitor_settings(settings))
     try:
-        runner = build_monitor(settings, telemetry.observers)
+        runner = build_monitor(settings, telemetry.observers, telemetry.health)
         runner.install_signal_handlers()
         check_stop()
         runner.run(ready=lambda: logger.info("monitor ready"))

@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 SCORE = "$score"  # the score's column in a drift window: worker.telemetry.drift.SCORE (a sibling room: not imported)
 FORMATS = (".html", ".png")
 NEEDS_MATPLOTLIB = "worker monitor report needs matplotlib: pip install 'inference-worker[report]'"
-NO_DRIFT = "no drift snapshots in this range — is `worker run` running with monitoring.drift and a reference?"
+NO_DRIFT = ("no drift snapshots in this range — is `worker run` running with monitoring.drift and a reference, "
+            "and does this report read its keys (monitor:<kafka.group_id>: by default: give the worker's --group-id)?")
 NO_LABELS = "no labelled predictions yet — is `worker monitor` running?"
 NO_ACCURACY = "no accuracy snapshots in this range — is `worker monitor` running?"
 NOT_PROBABILITIES = "the scores are not all in [0, 1]: no calibration curve"
@@ -477,7 +478,8 @@ def _accuracy_figure(v: _Version, threshold: float | None) -> Figure:
     right.plot(_dates(times), [_nan(_number(e.get("log_loss"))) for _, e in v.accuracy], marker=marker, markersize=3,
                color=RED)
     right.set_title("log loss (lower is better)", fontsize=10)
-    right.set_ylim(bottom=0)
+    low, high = right.get_ylim()  # a steady log loss stays inside the frame, not on its top edge
+    right.set_ylim(max(0.0, low - 0.1 * (high or 1)), high * 1.1 if high > 0 else 1)
     for ax in (left, right):
         _time_axis(ax, times)
         ax.grid(axis="y", color="#eeeeee")
