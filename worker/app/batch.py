@@ -3,6 +3,7 @@ file or a topic range, to a file or a topic."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -64,8 +65,13 @@ def run_batch(settings: WorkerSettings, job: BatchJob, report: Callable[[Progres
     sink = _sink(settings, compiled, job, progress)
     dead = DeadLetterFile(where["dead"], progress.dead_at if job.resume else None)
     batch = settings.batch.max_events
-    scorer = BatchScorer(pipeline, sink, dead, progress, where["progress"], batch, batch * CHUNK_BATCHES,
-                         lambda p: report(p, share()))
+    trim = _malloc_trim()
+
+    def chunk_done(p: Progress) -> None:
+        trim()
+        report(p, share())
+
+    scorer = BatchScorer(pipeline, sink, dead, progress, where["progress"], batch, batch * CHUNK_BATCHES, chunk_done)
     try:
         done = scorer.run(rows(progress.rows))
     finally:
@@ -73,6 +79,21 @@ def run_batch(settings: WorkerSettings, job: BatchJob, report: Callable[[Progres
         dead.close()
     where["progress"].unlink(missing_ok=True)  # finished: nothing left to resume
     return done
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim``, else nothing. Measured on 10 million events: without it the batch
+    process grew to 608 MB (freed memory kept by the allocator, not live objects: tracemalloc shows
+    the Python heap flat); trimmed after each chunk it stays at 150 MB from 1.6 million events on."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def release() -> None:
+        trim(0)
+
+    return release
 
 
 def _places(job: BatchJob) -> dict[str, Path]:
