@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.support.kafka_io import Consumed, RateProducer, TopicReader, Topics, produce
@@ -24,8 +23,8 @@ from tests.support.lifecycle import (
     MODEL,
     decode_score,
     expected_scores,
+    load_risks,
     payments,
-    risks,
     to_send,
     write_lifecycle_config,
 )
@@ -39,14 +38,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def features(redis_db_url: str) -> dict[str, float]:
-    values = risks(300)
-    client = redis.Redis.from_url(redis_db_url)
-    try:
-        for account, risk in values.items():
-            client.hset(f"acct:{account}", "risk", str(risk))
-    finally:
-        client.close()
-    return values
+    return load_risks(redis_db_url)
 
 
 class Lifecycle:

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from tests.support.infra import repo_root
 from tests.support.kafka_io import TopicReader, Topics, make_producer, produce
-from tests.support.lifecycle import MODEL, WEIGHTS, payments, risks, to_send, write_lifecycle_config
+from tests.support.lifecycle import MODEL, WEIGHTS, load_risks, payments, to_send, write_lifecycle_config
 from tests.support.model_repo import add_version, logistic
 from tests.support.worker_process import StartWorker, WorkerProcess
 
@@ -43,14 +42,7 @@ EXIT_GATE_FAILED = 11  # the script's exit codes (its header)
 
 @pytest.fixture
 def features(redis_db_url: str) -> dict[str, float]:
-    values = risks(300)
-    client = redis.Redis.from_url(redis_db_url)
-    try:
-        for account, risk in values.items():
-            client.hset(f"acct:{account}", "risk", str(risk))
-    finally:
-        client.close()
-    return values
+    return load_risks(redis_db_url)
 
 
 class Release:

@@ -90,3 +90,17 @@ def expected_scores(repository: Path, version: str, records: Sequence[dict[str, 
     x = np.array([[r["amount"], features.get(r["account"], 0.0)] for r in records], dtype=np.float32)
     scores = run(repository / MODEL / version / "model.onnx", x)
     return {r["event_id"]: float(s) for r, s in zip(records, scores, strict=True)}
+
+
+def load_risks(redis_url: str, n: int = 300) -> dict[str, float]:
+    """Writes ``n`` accounts' risk features (``acct:<id>``) to Redis; returns them."""
+    import redis
+
+    values = risks(n)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for account, risk in values.items():
+            client.hset(f"acct:{account}", "risk", str(risk))
+    finally:
+        client.close()
+    return values

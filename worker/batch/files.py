@@ -180,52 +180,50 @@ class ParquetReader:
         return self.read / self.total
 
 
-class AvroFileWriter:
+class OutFile:
+    """A file written in chunks: ``flush`` makes what was written durable and says how long the file
+    is (where a resumed run cuts it back to)."""
+
+    file: IO[bytes]
+
+    def flush(self) -> int:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class AvroFileWriter(OutFile):
     """An Avro object container file (codec null) written from encoded records, a block per call."""
 
     def __init__(self, path: Path, schema: Schema, append_at: int | None) -> None:
         self.path = path
-        self.file: IO[bytes]
         if append_at is None:
             self.file = path.open("wb")
             self.sync = os.urandom(16)
             self.file.write(_container_header(schema, self.sync))
         else:
             self.sync = _sync_marker(path)
-            self.file = _cut(path, append_at)
+            self.file = cut_back(path, append_at)
 
     def write(self, values: list[bytes]) -> None:
         if values:
             block = b"".join(values)
             self.file.write(b"".join((encode_long(len(values)), encode_long(len(block)), block, self.sync)))
 
-    def flush(self) -> int:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
 
-    def close(self) -> None:
-        self.file.close()
-
-
-class JsonLinesWriter:
+class JsonLinesWriter(OutFile):
     def __init__(self, path: Path, schema: Schema, append_at: int | None) -> None:
         self.schema = schema
-        self.file: IO[bytes] = path.open("wb") if append_at is None else _cut(path, append_at)
+        self.file = path.open("wb") if append_at is None else cut_back(path, append_at)
 
     def write(self, values: list[bytes]) -> None:
         schema = self.schema
         lines = [json.dumps(fastavro.schemaless_reader(io.BytesIO(v), schema), default=str) for v in values]
         if lines:
             self.file.write(("\n".join(lines) + "\n").encode())
-
-    def flush(self) -> int:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class ParquetWriter:
@@ -291,7 +289,7 @@ def _read_long(f: IO[bytes]) -> int:
             return (result >> 1) ^ -(result & 1)
 
 
-def _cut(path: Path, size: int) -> IO[bytes]:
+def cut_back(path: Path, size: int) -> IO[bytes]:
     """``path`` cut back to ``size`` bytes (dropping what an interrupted run wrote after its last
     completed chunk), open for appending."""
     if not path.is_file() or path.stat().st_size < size:

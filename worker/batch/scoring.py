@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
-from worker.batch.files import Row
+from worker.batch.files import OutFile, Row, cut_back
 from worker.errors import ToolError
 from worker.records import BatchResult, DeadLetter, InputMessage, Message, Output
 
@@ -73,12 +73,12 @@ class Progress:
         return saved
 
 
-class DeadLetterFile:
+class DeadLetterFile(OutFile):
     """Dead letters as JSON lines: the row, stage, reason, error type, and what the row was (its
     bytes in base64, or its record)."""
 
     def __init__(self, path: Path, append_at: int | None = None) -> None:
-        self.file: IO[bytes] = path.open("wb") if append_at is None else _reopen(path, append_at)
+        self.file = path.open("wb") if append_at is None else cut_back(path, append_at)
 
     def write(self, dead: Sequence[DeadLetter], records: dict[int, dict[str, Any]]) -> None:
         lines = []
@@ -90,23 +90,6 @@ class DeadLetterFile:
                                      "record": records.get(row)}, default=str))
         if lines:
             self.file.write(("\n".join(lines) + "\n").encode())
-
-    def flush(self) -> int:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _reopen(path: Path, size: int) -> IO[bytes]:
-    if not path.is_file() or path.stat().st_size < size:
-        raise ToolError(f"cannot resume: {path} is shorter than the progress file says; start over without --resume")
-    f = path.open("r+b")
-    f.truncate(size)
-    f.seek(size)
-    return f
 
 
 class BatchScorer:
