@@ -8,9 +8,11 @@ import re
 
 import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from tests.support.infra import repo_root
 from worker.config.settings import TracingSettings
+from worker.lifecycle import metrics as lifecycle_metrics
 from worker.monitoring.metrics import MonitorMetrics
 from worker.telemetry.drift import DriftMonitor
 from worker.telemetry.metrics import Metrics
@@ -23,7 +25,9 @@ def exported_names() -> set[str]:
     registry = CollectorRegistry()
     Metrics(registry)
     families = [*registry.collect(), *DriftMonitor([], lambda *_: None, 1000, 1000, {}).describe(),
-                *MonitorMetrics(None, 0.5, lambda *_: None).describe()]  # type: ignore[arg-type]  # never read
+                *MonitorMetrics(None, 0.5, lambda *_: None).describe(),  # type: ignore[arg-type]  # never read
+                *(family for metric in vars(lifecycle_metrics).values() if isinstance(metric, MetricWrapperBase)
+                  for family in metric.describe())]  # worker_model_*: module-level, on the default registry
     return {family.name + suffix for family in families for suffix in SUFFIXES}
 
 
@@ -48,5 +52,5 @@ def test_the_alerts_query_only_exported_metrics() -> None:
 def test_the_collector_reads_the_default_traces_topic_as_otlp_protobuf() -> None:
     config = yaml.safe_load((DEPLOY / "otel-collector.yaml").read_text())
     traces = config["receivers"]["kafka"]["traces"]
-    assert traces == {"topic": TracingSettings().topic, "encoding": "otlp_proto"}
+    assert traces == {"topics": [TracingSettings().topic], "encoding": "otlp_proto"}
     assert config["service"]["pipelines"]["traces"]["receivers"] == ["kafka"]
