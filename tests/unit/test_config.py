@@ -469,3 +469,10 @@ def test_explanations_need_arrays_of_strings_and_maps_of_doubles(tmp_path: Path,
                                                                   "output.fields.why": special}))
     key, found = only_problem(config)
     assert key == "output.fields.why" and found.startswith(reason)
+
+
+def test_a_list_in_the_environment_that_is_not_json_is_one_problem(tmp_path: Path, base: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_KAFKA__INPUT_TOPICS", "payments")
+    key, reason = only_problem(write_config(tmp_path / "c.yaml", base))
+    assert key == "WORKER_KAFKA__..." and "written as JSON" in reason

@@ -9,6 +9,7 @@ in the file are relative to the file's own directory. Only ``worker.app`` and
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
 
@@ -595,9 +596,18 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
         settings = WorkerSettings(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
+    except SettingsError as exc:  # a list or mapping in the environment that is not JSON
+        raise ConfigError([(_env_key(exc), "a list or mapping set in the environment is written as JSON "
+                                           '(WORKER_KAFKA__INPUT_TOPICS=\'["payments"]\')')]) from exc
     finally:
         _file_data.reset(token)
     return _resolve_paths(settings, path.parent if path else Path.cwd())
+
+
+def _env_key(exc: SettingsError) -> str:
+    """The section whose environment variable could not be parsed (pydantic-settings names it)."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    return f"{ENV_PREFIX}{found.group(1).upper()}__..." if found else "environment"
 
 
 def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
