@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import redis
+
 from worker.app.explain import make_explainer
 from worker.codecs.avro import (
     ConfluentAvroDecoder,
@@ -15,6 +17,7 @@ from worker.codecs.avro import (
     PlainAvroEncoder,
 )
 from worker.codecs.registry import HttpSchemaRegistry
+from worker.codecs.schemas import Schema
 from worker.config.compile import Compiled
 from worker.config.settings import WorkerSettings
 from worker.errors import StartupError
@@ -45,17 +48,32 @@ def make_registry(settings: WorkerSettings) -> HttpSchemaRegistry:
     return HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
 
 
+def make_decoder(settings: WorkerSettings, schema: Schema, framing: str | None = None) -> Decoder:
+    """A decoder reading ``schema`` in ``framing`` (default ``avro.framing``), at ``avro.max_value_bytes``."""
+    a = settings.avro
+    if (framing or a.framing) == "plain":
+        return PlainAvroDecoder(schema, a.max_value_bytes)
+    return ConfluentAvroDecoder(make_registry(settings), schema, a.max_value_bytes)
+
+
 def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
     a = settings.avro
+    decoder = make_decoder(settings, compiled.input_schema)
     if a.framing == "plain":
-        decoder: Decoder = PlainAvroDecoder(compiled.input_schema, a.max_value_bytes)
-        encoder: Encoder = PlainAvroEncoder(compiled.output_schema)
-    else:
-        registry = make_registry(settings)
-        decoder = ConfluentAvroDecoder(registry, compiled.input_schema, a.max_value_bytes)
-        subject = a.output_subject or f"{settings.kafka.output_topic}-value"
-        encoder = ConfluentAvroEncoder(compiled.output_schema, registry, subject, compiled.output_schema_text)
-    return decoder, encoder
+        return decoder, PlainAvroEncoder(compiled.output_schema)
+    subject = a.output_subject or f"{settings.kafka.output_topic}-value"
+    return decoder, ConfluentAvroEncoder(compiled.output_schema, make_registry(settings), subject,
+                                         compiled.output_schema_text)
+
+
+def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.Redis:
+    """A redis-py client for ``url`` (default ``redis.url``) with the feature store's password, CA and
+    timeout; ``ValueError`` for a malformed URL. It connects on its first command."""
+    r = settings.redis
+    password = r.password.get_secret_value() if r.password else None
+    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
+    RedisAddress.from_url(url or r.url, password)
+    return redis.Redis.from_url(url or r.url, password=password, socket_timeout=r.timeout_s, **extra)
 
 
 def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureStore,

@@ -13,7 +13,7 @@ from worker.config.compile import Compiled
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError
 from worker.explain.explainer import Explainer, Method, TreeShapMethod
-from worker.explain.occlusion import Occlusion
+from worker.explain.occlusion import Occlusion, ScoreOf
 from worker.inference import Model
 from worker.pipeline.names import NamedColumn, named_columns
 from worker.pipeline.output import select
@@ -60,14 +60,19 @@ def _baseline(columns: list[NamedColumn], stats: dict[str, Any]) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def _occlusion(columns: list[NamedColumn], baseline: np.ndarray, compiled: Compiled) -> Method:
+def model_scores(compiled: Compiled) -> ScoreOf:
+    """Runs a model on some feeds and returns each row's score, as the configuration selects it."""
     score = compiled.builder.score
 
     def scores(model: Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
         (output,) = model.run(feeds, [score.output])
         return np.asarray(select(output, score.column), dtype=np.float64)
 
-    return Occlusion([(c.tensor, c.column) for c in columns], baseline, scores)
+    return scores
+
+
+def _occlusion(columns: list[NamedColumn], baseline: np.ndarray, compiled: Compiled) -> Method:
+    return Occlusion([(c.tensor, c.column) for c in columns], baseline, model_scores(compiled))
 
 
 def _tree_shap(columns: list[NamedColumn], baseline: np.ndarray, card: dict[str, Any],

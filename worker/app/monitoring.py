@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from prometheus_client import REGISTRY
 
 from worker.app.cards import card_of
-from worker.app.components import loop_settings, make_codecs, make_pipeline, make_registry, make_store
+from worker.app.components import loop_settings, make_decoder, make_pipeline, make_store, redis_connection
+from worker.app.explain import model_scores
 from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer
 from worker.app.tools import topic_reader
-from worker.codecs.avro import ConfluentAvroDecoder, Decoder, PlainAvroDecoder
-from worker.codecs.schemas import Schema
 from worker.config.compile import Compiled, compile_settings, prediction_field
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
@@ -31,7 +29,6 @@ from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, Pr
 from worker.monitoring.metrics import MonitorMetrics
 from worker.monitoring.store import JoinTimes, MonitorStore, redis_errors
 from worker.pipeline.names import NamedColumn, named_columns
-from worker.pipeline.output import select
 from worker.quality import reference
 from worker.quality.bins import Bins, BinsError
 from worker.quality.reference import Reference
@@ -48,14 +45,9 @@ def monitor_store(settings: WorkerSettings) -> MonitorStore:
     """The monitoring's Redis (``monitoring.redis_url``, else the feature store's), for the worker's
     settings (the key prefix derives from the worker's group, which ``worker run`` and ``worker
     monitor`` share)."""
-    m, r = settings.monitoring, settings.redis
-    url = m.redis_url or r.url
-    password = r.password.get_secret_value() if r.password else None
-    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
+    m = settings.monitoring
     try:
-        RedisAddress.from_url(url, password)
-        client = redis.Redis.from_url(url, password=password, socket_timeout=r.timeout_s,
-                                      socket_connect_timeout=r.timeout_s, **extra)
+        client = redis_connection(settings, m.redis_url)
     except ValueError as exc:
         raise StartupError(f"monitoring.redis_url: {exc}") from exc
     times = JoinTimes(int(m.labels.wait_hours * 3_600_000), int(m.labels.unmatched_after_s * 1000), m.window_labels)
@@ -152,20 +144,6 @@ def monitor_settings(settings: WorkerSettings) -> WorkerSettings:
     return settings.model_copy(update={"kafka": kafka, "faults": faults, "processing_guarantee": "at-least-once"})
 
 
-def label_decoder(settings: WorkerSettings, schema: Schema) -> Decoder:
-    framing = settings.monitoring.labels.framing or settings.avro.framing
-    if framing == "plain":
-        return PlainAvroDecoder(schema, settings.avro.max_value_bytes)
-    return ConfluentAvroDecoder(make_registry(settings), schema, settings.avro.max_value_bytes)
-
-
-def prediction_decoder(settings: WorkerSettings, compiled: Compiled) -> Decoder:
-    if settings.avro.framing == "plain":
-        return PlainAvroDecoder(compiled.output_schema, settings.avro.max_value_bytes)
-    make_codecs(settings, compiled)  # the registry must answer, as for the worker
-    return ConfluentAvroDecoder(make_registry(settings), compiled.output_schema, settings.avro.max_value_bytes)
-
-
 def join_processor(settings: WorkerSettings, compiled: Compiled, store: MonitorStore) -> JoinProcessor:
     m, b = settings.monitoring, compiled.builder
     assert compiled.label_schema is not None and m.labels.topic is not None
@@ -173,8 +151,9 @@ def join_processor(settings: WorkerSettings, compiled: Compiled, store: MonitorS
                               prediction_field(b, "model_name"), prediction_field(b, "model_version"),
                               prediction_field(b, "scored_at"))
     label_fields = LabelFields(m.labels.id_field, m.labels.label_field, m.labels.time_field)
-    return JoinProcessor(store, m.labels.topic, RecordReader(prediction_decoder(settings, compiled), vars(fields)),
-                         RecordReader(label_decoder(settings, compiled.label_schema), vars(label_fields)),
+    predictions = RecordReader(make_decoder(settings, compiled.output_schema), vars(fields))
+    labels = RecordReader(make_decoder(settings, compiled.label_schema, m.labels.framing), vars(label_fields))
+    return JoinProcessor(store, m.labels.topic, predictions, labels,
                          (compiled.model.name, compiled.model.version), m.joined_topic is not None)
 
 
@@ -335,12 +314,10 @@ def _csv_feeds(path: Path, tensors: dict[str, Any], columns: list[NamedColumn]) 
 
 
 def _scores(compiled: Compiled, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    score = compiled.builder.score
     try:
-        outputs = compiled.model.run(feeds, [score.output])
+        return model_scores(compiled)(compiled.model, feeds)
     except ModelRunError as exc:
         raise ToolError(f"the model cannot score the data: {exc}") from exc
-    return select(outputs[0], score.column)
 
 
 def _drift_line(covered: tuple[list[str], list[str]], found: Reference, where: str, window: int) -> str:

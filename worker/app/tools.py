@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import redis
 
-from worker.app.components import make_registry, make_store
-from worker.app.explain import make_explainer
+from worker.app.components import make_registry, make_store, redis_connection
+from worker.app.explain import make_explainer, model_scores
 from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
 from worker.codecs.avro import (
     ConfluentAvroDecoder,
@@ -36,7 +35,6 @@ from worker.kafka.confluent import ConfluentProducer
 from worker.kafka.port import BrokerError
 from worker.kafka.reader import TopicReader
 from worker.pipeline.assembly import Assembler
-from worker.pipeline.output import select
 
 
 def create_topics(settings: WorkerSettings, partitions: int = 3, replication_factor: int = 1) -> list[str]:
@@ -104,16 +102,13 @@ def entity_matcher(settings: WorkerSettings) -> EntityMatcher:
 
 def redis_client(settings: WorkerSettings) -> Any:
     """A redis-py client for ``redis.url`` that answered PING."""
-    r = settings.redis
-    password = r.password.get_secret_value() if r.password else None
-    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
     try:
-        where = RedisAddress.from_url(r.url, password).redacted()
-        client = redis.Redis.from_url(r.url, password=password, socket_timeout=r.timeout_s, **extra)
+        client = redis_connection(settings)
         client.ping()
     except ValueError as exc:
         raise ToolError(f"redis.url: {exc}") from exc
     except redis.RedisError as exc:
+        where = RedisAddress.from_url(settings.redis.url).redacted()
         raise StartupError(f"cannot reach Redis at {where}: {exc}") from exc
     return client
 
@@ -145,9 +140,7 @@ def explain_event(settings: WorkerSettings, record: Any) -> Explained:
     assembled = Assembler(compiled.tensors).assemble([record], FeatureFetcher(store, compiled.entities).fetch([record]))
     if assembled.bad:
         raise ToolError(f"the event cannot be scored: {assembled.bad[0]}")
-    score = compiled.builder.score
-    (output,) = compiled.model.run(assembled.feeds, [score.output])
-    scores = np.asarray(select(output, score.column), dtype=np.float64)
+    scores = model_scores(compiled)(compiled.model, assembled.feeds)
     ((reasons, parts),) = explainer.describe(explainer.contributions(compiled.model, assembled.feeds, scores))
     ordered = sorted(parts.items(), key=lambda item: -abs(item[1]))
     units = {"occlusion": "occlusion, in score units", "tree_shap": "tree_shap, in the raw output's units "
