@@ -129,6 +129,11 @@ class BatchResult:
     timings: list[StageTiming] = field(default_factory=list)
     feature_defaults: dict[str, int] = field(default_factory=dict)
     """Per entity, the feature values that fell back to their default (absent in the store)."""
+    feature_stale: dict[str, int] = field(default_factory=dict)
+    """Per entity with a ``max_age_s``, the events whose row was too old to use."""
+    feature_ages: dict[str, Any] = field(default_factory=dict)
+    """Per entity whose rows carry a write time, the age in seconds of the row each event read
+    (a numpy array)."""
     degraded: bool = False
     """Scored with every feature at its default because the feature store was down."""
     model_version: str = ""

@@ -42,6 +42,8 @@ def only_problem(path: Path) -> tuple[str, str]:
 
 
 CURRENCY_AS_FLOAT = {"event": "currency"}
+FEAST = {"features.card.layout": "feast", "features.card.key": DELETE, "features.card.feature_view": "card_stats",
+         "features.card.join_keys": {"card_id": "card_id"}}
 BROKEN = {
     "unknown key, with a suggestion": (
         {"kafka.bootstrap_server": "b:9092"}, "kafka.bootstrap_server",
@@ -129,6 +131,19 @@ BROKEN = {
                                           "add a field fed by $model_version"),
     "drift reference unreadable": ({"monitoring.reference": "__NOT_JSON__"}, "monitoring.reference",
                                    "cannot read the drift reference"),
+    "feast layout without a project": (
+        FEAST, "features.card.project", "layout feast needs project"),
+    "a key template with the feast layout": (
+        {**FEAST, "features.card.project": "fraud", "features.card.key": "card:{card_id}"}, "features.card.key",
+        "key does not apply to layout feast"),
+    "a join key from a double": (
+        {**FEAST, "features.card.project": "fraud", "features.card.join_keys": {"card_id": "amount"}},
+        "features.card.join_keys.card_id", "'amount' is a double, which cannot make a join key"),
+    "a join key type the event field cannot give": (
+        {**FEAST, "features.card.project": "fraud", "features.card.join_key_types": {"card_id": "int32"}},
+        "features.card.join_keys.card_id", "'card_id' is a string, which cannot make an int32 join key"),
+    "max_age_s on plain hashes without a timestamp field": (
+        {"features.card.max_age_s": 60}, "features.card.max_age_s", "plain hashes need timestamp_field"),
     "drift window too small": ({"monitoring.window_events": 10}, "monitoring.window_events",
                                "greater than or equal to 100"),
 }
@@ -178,6 +193,18 @@ def test_check_config_accepts_the_fraud_contract(tmp_path: Path, base: dict[str,
     assert out.startswith(f"config OK: {path}")
     assert "features[N,15] float32" in out
     assert "card (card:{card_id}, 7 fields)" in out
+
+
+def test_check_config_explains_the_freshness_rule(tmp_path: Path, base: dict[str, Any],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "fresh.yaml", changed(base, **{
+        "features.card.timestamp_field": "updated_at", "features.card.max_age_s": 900}))
+
+    assert main(["check-config", "--config", str(path)]) == 0
+
+    out = capsys.readouterr().out
+    assert ("card (card:{card_id}, 7 fields): values written over 900 s ago (by the hash field updated_at), or at "
+            "an unknown time, count as missing: their defaults apply and worker_feature_stale_total counts them") in out
 
 
 def test_several_faults_are_all_reported(tmp_path: Path, base: dict[str, Any]) -> None:

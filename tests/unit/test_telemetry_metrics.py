@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -128,6 +129,27 @@ def test_a_weighted_histogram_is_cumulative() -> None:
     s = samples(registry)
     assert [total(s, "h_seconds_bucket", le=le) for le in ("1.0", "2.0", "+Inf")] == [3, 5, 6]
     assert total(s, "h_seconds_sum") == pytest.approx(0.5 * 3 + 1.5 * 2 + 9)
+
+
+def test_stale_lookups_and_feature_ages_per_entity() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    batch = batch_of(4)
+    first, second = result_for(batch), result_for(batch)
+    first.feature_stale, first.feature_ages = {"card": 2}, {"card": np.array([5.0, 30.0, 7200.0, 7200.0])}
+    second.feature_stale, second.feature_ages = {"card": 0}, {"card": np.array([0.5]), "device": np.array([90.0])}
+
+    feed(metrics, batch, first)
+    feed(metrics, batch, second)
+
+    s = samples(registry)
+    assert total(s, "worker_feature_stale_total", entity="card") == 2
+    assert ("worker_feature_stale_total", (("entity", "device"),)) not in s, "only entities with a max_age_s"
+    card = [total(s, "worker_feature_age_seconds_bucket", entity="card", le=le) for le in ("1.0", "60.0", "3600.0",
+                                                                                           "10800.0", "+Inf")]
+    assert card == [1, 3, 3, 5, 5]
+    assert total(s, "worker_feature_age_seconds_count", entity="device") == 1
+    assert total(s, "worker_feature_age_seconds_sum", entity="card") == pytest.approx(14435.5)
 
 
 def stats(*partitions: tuple[int, int, int]) -> dict[str, object]:

@@ -97,7 +97,12 @@ def topic_reader(settings: WorkerSettings, topics: list[str], from_beginning: bo
 
 
 def entity_matcher(settings: WorkerSettings) -> EntityMatcher:
-    return EntityMatcher({name: (e.key, list(e.fields)) for name, e in settings.features.items()})
+    """The plain-hash entities ``features load`` writes; Feast writes its own (``feast materialize``)."""
+    hashes = {name: (e.key, list(e.fields)) for name, e in settings.features.items() if e.key and e.layout == "hash"}
+    if not hashes and settings.features:
+        raise ToolError("features load writes plain hashes, and every entity of this config has layout feast: "
+                        "write those with Feast (feast materialize, or deploy/feast/materialize.py for the example)")
+    return EntityMatcher(hashes)
 
 
 def redis_client(settings: WorkerSettings) -> Any:

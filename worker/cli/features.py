@@ -44,7 +44,7 @@ def cmd_features_load(args: argparse.Namespace) -> int:
 def _load_notes(tally: LoadTally, settings: WorkerSettings) -> list[str]:
     notes = list(tally.problems)
     if tally.per_entity.get("(no entity)"):
-        templates = ", ".join(e.key for e in settings.features.values()) or "none configured"
+        templates = ", ".join(e.key for e in settings.features.values() if e.key) or "none configured"
         notes.append(f"note: {tally.per_entity['(no entity)']} keys match no entity of the config ({templates})")
     if tally.unknown_fields:
         notes.append("note: fields the config does not read: " + ", ".join(sorted(tally.unknown_fields)))

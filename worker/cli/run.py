@@ -57,8 +57,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")
     print(f"  model   {compiled.model.name} v{compiled.model.version} (version from {compiled.version_from}): "
           f"{tensors}")
-    entities = ", ".join(f"{e.name} ({e.template.template}, {len(e.fields)} fields)" for e in compiled.entities)
-    print(f"  features {entities or 'none'}")
+    print(f"  features{' none' if not compiled.entities else ''}")
+    for entity in compiled.entities:
+        print(f"    {entity.describe()}")
     print(f"  output  {', '.join(compiled.builder.fields)} keyed by {settings.output.key or 'the input key'}")
     print(f"  telemetry {describe_telemetry(settings)}")
     print(f"  explain {explain.describe(settings, compiled)}")

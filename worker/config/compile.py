@@ -27,9 +27,17 @@ from worker.codecs.schemas import (
     load_schema,
     top_fields,
 )
-from worker.config.settings import ColumnSettings, InputSettings, LabelSettings, OutputFieldSettings, WorkerSettings
+from worker.config.settings import (
+    ColumnSettings,
+    EntitySettings,
+    InputSettings,
+    LabelSettings,
+    OutputFieldSettings,
+    WorkerSettings,
+)
 from worker.errors import ConfigError, StartupError
-from worker.features.fetcher import EntitySpec
+from worker.features.feast import FeastKey, FeastLayout
+from worker.features.fetcher import EntitySpec, HashLayout, Layout
 from worker.features.keys import KeyTemplate
 from worker.inference import Model, OnnxModel, TensorInfo
 from worker.lifecycle.card import card_path
@@ -177,13 +185,8 @@ def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> l
     entities = []
     for name, entity in settings.features.items():
         key = f"features.{name}"
-        try:
-            template = KeyTemplate(entity.key)
-        except ValueError as exc:
-            problems.add(f"{key}.key", f"bad key template '{entity.key}': {exc}")
-            continue
-        for path in template.paths:
-            _check_path(schema, path, f"{key}.key", problems, f"the key template names '{path}', but ")
+        made = _feast_entity(entity, schema, key, problems) if entity.layout == "feast" else \
+            _hash_entity(entity, schema, key, problems)
         defaults = {f: entity.defaults.get(f, entity.default) for f in entity.fields}
         for unknown in sorted(set(entity.defaults) - set(entity.fields)):
             problems.add(f"{key}.defaults.{unknown}", f"'{unknown}' is not one of the entity's fields")
@@ -192,8 +195,75 @@ def _entities(settings: WorkerSettings, schema: Schema, problems: Problems) -> l
             names = ", ".join(repr(f) for f in undefaulted)
             problems.add(f"{key}.defaults", f"no default for field{'s' if len(undefaulted) > 1 else ''} {names} "
                                            "(set defaults.<field> or default)")
-        entities.append(EntitySpec(name, template, tuple(entity.fields), defaults))
+        if made is not None:
+            entities.append(EntitySpec(name, made[0], tuple(entity.fields), defaults, made[1], entity.max_age_s))
     return entities
+
+
+def _hash_entity(entity: EntitySettings, schema: Schema, key: str,
+                 problems: Problems) -> tuple[KeyTemplate, Layout | None] | None:
+    _not_for_layout(entity, key, problems, "project", "feature_view", "join_keys", "join_key_types")
+    if entity.max_age_s is not None and not entity.timestamp_field:
+        problems.add(f"{key}.max_age_s", "plain hashes need timestamp_field (the hash field holding the Unix time "
+                                         "each row was written) to tell how old their values are")
+    if not entity.key:
+        problems.add(f"{key}.key", "a hash entity needs a key template, e.g. 'card:{card_id}'")
+        return None
+    try:
+        template = KeyTemplate(entity.key)
+    except ValueError as exc:
+        problems.add(f"{key}.key", f"bad key template '{entity.key}': {exc}")
+        return None
+    for path in template.paths:
+        _check_path(schema, path, f"{key}.key", problems, f"the key template names '{path}', but ")
+    layout = HashLayout(entity.fields, entity.timestamp_field) if entity.timestamp_field else None
+    return template, layout
+
+
+def _feast_entity(entity: EntitySettings, schema: Schema, key: str,
+                  problems: Problems) -> tuple[FeastKey, Layout] | None:
+    _not_for_layout(entity, key, problems, "key", "timestamp_field")
+    for setting in ("project", "feature_view"):
+        if not getattr(entity, setting):
+            problems.add(f"{key}.{setting}", f"layout feast needs {setting}")
+    if not entity.join_keys:
+        problems.add(f"{key}.join_keys", "layout feast needs join_keys: join key → event field, "
+                                         "e.g. {card_id: card.id}")
+    for unknown in sorted(set(entity.join_key_types) - set(entity.join_keys)):
+        problems.add(f"{key}.join_key_types.{unknown}", f"'{unknown}' is not one of the join_keys")
+    typed = {k: _join_key(entity, k, path, schema, f"{key}.join_keys.{k}", problems)
+             for k, path in entity.join_keys.items()}
+    if not (entity.project and entity.feature_view and typed) or None in typed.values():
+        return None
+    keys = {k: (path, kind) for (k, path), kind in zip(entity.join_keys.items(), typed.values(), strict=True)
+            if kind is not None}
+    return FeastKey(entity.project, keys), FeastLayout(entity.feature_view, entity.fields)
+
+
+# The Feast value type a join key takes by default, per Avro type of its event field.
+_JOIN_KEY_TYPES = {"string": "string", "enum": "string", "long": "int64", "int": "int32", "bytes": "bytes"}
+
+
+def _join_key(entity: EntitySettings, name: str, path: str, schema: Schema, key: str, problems: Problems) -> str | None:
+    found = _check_path(schema, path, key, problems, f"join key {name} reads '{path}', but ")
+    if found is None:
+        return None
+    given = entity.join_key_types.get(name)
+    kind = given or _JOIN_KEY_TYPES.get(found.kind)
+    fits = {"string": {"string", "enum", "long", "int"}, "int64": {"long", "int"}, "int32": {"int"},
+            "bytes": {"bytes", "string"}}
+    if kind is None or found.kind not in fits[kind]:
+        what = a_or_an(f"{kind} join key") if kind else "a join key"
+        problems.add(key, f"'{path}' is {a_or_an(found.describe())}, which cannot make {what} "
+                          f"(join_key_types: string, int64, int32 or bytes)")
+        return None
+    return kind
+
+
+def _not_for_layout(entity: EntitySettings, key: str, problems: Problems, *settings: str) -> None:
+    for setting in settings:
+        if getattr(entity, setting):
+            problems.add(f"{key}.{setting}", f"{setting} does not apply to layout {entity.layout}")
 
 
 def _check_path(schema: Schema, path: str, key: str, problems: Problems, prefix: str = "") -> FieldType | None:

@@ -127,14 +127,37 @@ class AvroSettings(_Section):
 
 
 class EntitySettings(_Section):
-    key: str
-    """Key template built from event fields, e.g. ``card:{card_id}`` or ``u:{user.id}``."""
+    """One entity's features in Redis: plain hashes named by ``key`` (``layout: hash``), or the
+    hashes Feast's Redis online store writes (``layout: feast``: ``project``, ``feature_view``,
+    ``join_keys``)."""
+
+    layout: Literal["hash", "feast"] = "hash"
+    """``hash``: one hash per entity named by ``key``, a text field per feature; ``feast``: Feast's
+    Redis online-store layout (binary entity keys, MurmurHash3 field names, ``Value`` protobufs)."""
+    key: str | None = None
+    """(hash) Key template built from event fields, e.g. ``card:{card_id}`` or ``u:{user.id}``."""
     fields: list[str] = Field(min_length=1)
-    """Hash fields to read (HMGET) for each key."""
+    """Features to read for each key: hash fields, or the feature view's feature names (feast)."""
     defaults: dict[str, Scalar] = {}
-    """Value per field when the hash or the field is missing."""
+    """Value per field when the hash or the field is missing (or stale)."""
     default: Scalar | None = None
     """Value for any field not listed in ``defaults``."""
+    max_age_s: float | None = Field(default=None, gt=0)
+    """Values written longer ago than this (or at an unknown time) are treated as missing: their
+    defaults apply, and the lookups count in ``worker_feature_stale_total``. The write time is
+    Feast's ``_ts:<feature_view>``, or ``timestamp_field`` for plain hashes."""
+    timestamp_field: str | None = None
+    """(hash) The hash field holding the Unix time, in seconds, at which the row was written."""
+    project: str | None = None
+    """(feast) The Feast project (the ``project`` of ``feature_store.yaml``)."""
+    feature_view: str | None = None
+    """(feast) The feature view whose features ``fields`` names (with its version suffix, if
+    the registry versions online feature views)."""
+    join_keys: dict[str, str] = {}
+    """(feast) Join key → event field path, e.g. ``{card_id: card.id}``; several for a composite key."""
+    join_key_types: dict[str, Literal["string", "int64", "int32", "bytes"]] = {}
+    """(feast) A join key's Feast value type, where it is not the event field's own (string for
+    Avro strings and enums, int64 for longs, int32 for ints, bytes for bytes)."""
 
 
 class ColumnSettings(_Section):

@@ -30,6 +30,9 @@ class KeyTemplate:
     def __call__(self, record: Record) -> str | None:
         return self.render(record)
 
+    def __str__(self) -> str:
+        return self.template
+
     def _single(self) -> Callable[[Record], str | None]:
         # The common one-field template as one f-string: ten times cheaper than the general loop.
         head, tail = self.literals[0], "".join(self.literals[1:])

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
 from worker.errors import FeatureStoreUnavailable
-from worker.features.store import KeyValues
+from worker.features.store import KeyValues, Name, Requests
 from worker.startup import wait_until_ready
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class RedisFeatureStore:
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
 
-    def fetch(self, requests: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[list[KeyValues]]:
+    def fetch(self, requests: Requests) -> list[list[KeyValues]]:
         payload, counts = self._pack_hmgets(requests)
         replies = self._round_trip(payload, sum(counts))
         out: list[list[KeyValues]] = []
@@ -89,14 +88,14 @@ class RedisFeatureStore:
             self._sock = None
 
     @staticmethod
-    def _pack_hmgets(requests: Sequence[tuple[Sequence[str], Sequence[str]]]) -> tuple[bytes, list[int]]:
+    def _pack_hmgets(requests: Requests) -> tuple[bytes, list[int]]:
         chunks: list[bytes] = []
         counts: list[int] = []
         for fields, keys in requests:
             head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (x.encode() for x in fields))
+            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in map(_bytes, fields))
             for key in keys:
-                kb = key.encode()
+                kb = key if isinstance(key, bytes) else key.encode()
                 chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(kb), kb, tail))
             counts.append(len(keys))
         return b"".join(chunks), counts
@@ -155,6 +154,10 @@ class RedisFeatureStore:
         for reply in self._read_replies(sock, len(commands)):
             if isinstance(reply, Exception):
                 raise ConnectionError(f"Redis refused the connection setup: {reply}")
+
+
+def _bytes(name: Name) -> bytes:
+    return name if isinstance(name, bytes) else name.encode()
 
 
 def _key_values(reply: object) -> KeyValues:

@@ -22,7 +22,7 @@ import numpy as np
 from worker.codecs.avro import Decoder, Encoder
 from worker.errors import EventError, InferenceError, ModelRunError
 from worker.explain.explainer import Explainer
-from worker.features.fetcher import FeatureFetcher
+from worker.features.fetcher import EntityLookup, FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
 from worker.pipeline.output import NO_CONTRIBUTIONS, NO_REASONS, OutputBuilder, ScoredBatch, select
@@ -78,6 +78,7 @@ class Pipeline:
             return result
         with stage(result, "features"):
             lookups = self.fetcher.absent(events) if degraded else self.fetcher.fetch(events)
+        _note_freshness(lookups, result)
         with stage(result, "assemble"):
             assembled = self.assembler.assemble(events, lookups)
             keys = self.builder.keys(events, sources)
@@ -311,3 +312,11 @@ def _scatter(parts: list[tuple[np.ndarray, Any]], n: int) -> Any:
     for rows, values in parts:
         array[rows] = values
     return array
+
+
+def _note_freshness(lookups: Mapping[str, EntityLookup], result: BatchResult) -> None:
+    for name, lookup in lookups.items():
+        if lookup.ages is not None:
+            stale, result.feature_ages[name] = lookup.freshness()
+            if lookup.spec.max_age_s is not None:
+                result.feature_stale[name] = stale

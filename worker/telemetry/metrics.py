@@ -27,6 +27,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 STAGE_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+FEATURE_AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86_400.0,
+                       2 * 86_400.0, 7 * 86_400.0, 30 * 86_400.0)
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 AGE_SAMPLES = 16  # events per batch whose age is measured, each standing for its share of the batch
 UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -71,6 +74,35 @@ class WeightedHistogram(Collector):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+class LabelledHistogram(Collector):
+    """A histogram with one label, fed a numpy array at a time (one ``searchsorted`` and
+    ``bincount`` per batch instead of an ``observe`` call per value)."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self._bounds = np.array([*sorted(buckets), np.inf])
+        self._series: dict[str, tuple[np.ndarray, list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, value: str, samples: np.ndarray) -> None:
+        counts = np.bincount(np.searchsorted(self._bounds, samples), minlength=len(self._bounds))
+        with self._lock:
+            series = self._series.setdefault(value, (np.zeros(len(self._bounds), dtype=np.int64), [0.0]))
+            series[0][:] += counts
+            series[1][0] += float(samples.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            series = {v: (counts.cumsum().tolist(), total[0]) for v, (counts, total) in self._series.items()}
+        names = ["+Inf" if np.isinf(b) else repr(float(b)) for b in self._bounds]
+        for value, (cumulative, total) in series.items():
+            family.add_metric([value], list(zip(names, cumulative, strict=True)), sum_value=total)
+        yield family
 
 
 class _Partition:
@@ -203,6 +235,12 @@ class Metrics(Observer):
                                            "over every event (sampled per batch)", AGE_BUCKETS, registry)
         self.feature_defaults = Counter("worker_feature_defaults", "Feature values that fell back to defaults "
                                         "(key or field missing in the store)", ["entity"], registry=registry)
+        self.feature_stale = Counter("worker_feature_stale", "Lookups (one per event and entity) whose row was "
+                                     "older than the entity's max_age_s: its defaults were used instead",
+                                     ["entity"], registry=registry)
+        self.feature_age = LabelledHistogram("worker_feature_age_seconds", "Age of the feature rows read (now - "
+                                             "their write time), one per event and entity", "entity",
+                                             FEATURE_AGE_BUCKETS, registry)
         self.dependency_errors = Counter("worker_dependency_errors", "Failed attempts at a batch because a dependency "
                                          "failed (each retry counts; the batch is held, not lost)",
                                          ["dependency"], registry=registry)
@@ -241,9 +279,7 @@ class Metrics(Observer):
         self.batch_size.observe(len(batch))
         for timing in result.timings:
             self._stage(timing.stage).observe(timing.seconds)
-        for entity, count in result.feature_defaults.items():
-            if count:
-                self.feature_defaults.labels(entity).inc(count)
+        self._observe_features(result)
         if result.explained:
             self.explanations.labels("explained").inc(result.explained)
         if result.explain_failures:
@@ -252,6 +288,16 @@ class Metrics(Observer):
             self._serving(result.model_name, result.model_version)
         self._observe_ages(batch, result)
         self.lag.processed(batch)
+
+    def _observe_features(self, result: BatchResult) -> None:
+        for entity, count in result.feature_defaults.items():
+            if count:
+                self.feature_defaults.labels(entity).inc(count)
+        for entity, count in result.feature_stale.items():
+            self.feature_stale.labels(entity).inc(count)  # zero too: the series exists from the first batch
+        for entity, ages in result.feature_ages.items():
+            if len(ages):
+                self.feature_age.observe_many(entity, ages)
 
     def _serving(self, name: str, version: str) -> None:
         if self._model is not None:
