@@ -13,8 +13,9 @@ key serialization version 3, the default since Feast 0.38):
 
 Values are decoded here rather than with protobuf classes: a batch's cells are joined into one
 buffer and the scalar types (double, float, int32, int64, bool, unix timestamp) are read with a
-few numpy gathers. Parsing each ``Value`` with protobuf costs about 1 µs a cell in Python objects
-(0.6 s of CPU per second at 50,000 events/s with a dozen features each); this costs ~0.1 µs.
+few numpy gathers: 0.12 µs a cell, against 0.52 µs for protobuf's own parser plus ``WhichOneof``
+(both measured on 6,000 int64 and double cells; the difference is about 5 µs an event for the
+example's twelve features).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import mmh3
@@ -46,9 +48,6 @@ _NAMES = {11: "bytes_list_val", 12: "string_list_val", 13: "int32_list_val", 14:
           15: "double_list_val", 16: "float_list_val", 17: "bool_list_val", 18: "unix_timestamp_list_val",
           20: "map_val", 32: "json_val", 36: "uuid_val", 44: "decimal_val"}
 _PAD = b"\0" * 24  # so that the fixed-width gathers never run past the end of the buffer
-_TEN = np.arange(10)
-_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
-_LENGTHS = [struct.pack("<I", n) for n in range(256)]  # most join-key values are short
 
 
 def feature_field(feature_view: str, feature: str) -> bytes:
@@ -61,7 +60,11 @@ def timestamp_field(feature_view: str) -> bytes:
 
 
 class FeastKey:
-    """A record → the Redis key of its entity row (None when a join key is null)."""
+    """A record → the Redis key of its entity row (None when a join key is null).
+
+    In two steps, so that a batch serializes each distinct entity once: ``render`` takes the
+    join-key values out of a record (the value itself for one join key, a tuple for several),
+    and ``store_key`` turns distinct values into Feast's key."""
 
     def __init__(self, project: str, join_keys: Mapping[str, tuple[str, str]]) -> None:
         """``join_keys``: join key name → (event field path, key type: string, int64, int32, bytes)."""
@@ -70,35 +73,27 @@ class FeastKey:
         names = [name.encode() for name in self.join_keys]
         self._head = struct.pack("<I", len(names)) + b"".join(
             struct.pack("<II", 2, len(name)) + name for name in names)
-        self._parts = [(path_getter(path), struct.pack("<I", KEY_TYPES[kind][0]), KEY_TYPES[kind][1])
-                       for path, kind in self.join_keys.values()]
+        self._getters = [path_getter(path) for path, _ in self.join_keys.values()]
+        self._types = [(struct.pack("<I", KEY_TYPES[k][0]), KEY_TYPES[k][1]) for _, k in self.join_keys.values()]
         self._tail = project.encode()
-        self.render = self._single() if len(self._parts) == 1 else self._general
+        self.render: Callable[[Record], Any] = self._getters[0] if len(self._getters) == 1 else self._values
 
     def __call__(self, record: Record) -> bytes | None:
-        return self.render(record)
+        values = self.render(record)
+        return None if values is None else self.store_key(values)
 
-    def _single(self) -> Callable[[Record], bytes | None]:
-        # One join key, as one concatenation: half the cost of the general loop, per event; a
-        # string key (the usual kind) is encoded inline rather than through its encoder.
-        (get, code, encode), head, tail = self._parts[0], self._head, self._tail
-        string = code == struct.pack("<I", KEY_TYPES["string"][0])
+    def _values(self, record: Record) -> tuple[Any, ...] | None:
+        values = tuple(get(record) for get in self._getters)
+        return None if None in values else values
 
-        def single(record: Record) -> bytes | None:
-            value = get(record)
-            if value is None:
-                return None
-            data = value.encode() if string and type(value) is str else encode(value)
-            n = len(data)
-            return head + code + (_LENGTHS[n] if n < 256 else struct.pack("<I", n)) + data + tail
-        return single
-
-    def _general(self, record: Record) -> bytes | None:
+    def store_key(self, values: Any) -> bytes:
+        """Join-key values as ``render`` gave them → the key Feast writes the row under."""
+        if len(self._types) == 1:  # the usual single join key, as one concatenation
+            code, encode = self._types[0]
+            data = encode(values)
+            return self._head + code + struct.pack("<I", len(data)) + data + self._tail
         out = [self._head]
-        for get, code, encode in self._parts:
-            value = get(record)
-            if value is None:
-                return None
+        for (code, encode), value in zip(self._types, values, strict=True):
             data = encode(value)
             out += (code, struct.pack("<I", len(data)), data)
         out.append(self._tail)
@@ -138,23 +133,33 @@ class Decoded:
 class _Cells:
     """Cells joined into one padded buffer: where each starts, how long it is, its first byte."""
 
-    def __init__(self, cells: Sequence[bytes | None]) -> None:
-        self.filled = [c or b"" for c in cells]
+    def __init__(self, cells: list[bytes | None]) -> None:
+        # No None among them (the usual case): the list as it is, no copy.
+        self.filled: list[bytes] = [c or b"" for c in cells] if None in cells else cells  # type: ignore[assignment]
         self.lengths = np.fromiter(map(len, self.filled), dtype=np.intp, count=len(self.filled))
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.buf = np.frombuffer(b"".join(self.filled) + _PAD, dtype=np.uint8)
         self.tags = np.where(self.lengths > 0, self.buf[self.starts], 0)
 
     def varints(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The varint at each position: its value (uint64) and length in bytes (0: longer than 10)."""
-        raw = self.buf[np.minimum(at[:, None] + _TEN, len(self.buf) - 1)].astype(np.uint64)
-        ends = raw < 0x80
-        length = np.where(ends.any(axis=1), ends.argmax(axis=1) + 1, 0)
-        value = np.where(length[:, None] > _TEN, (raw & np.uint64(0x7F)) << _SHIFTS, np.uint64(0))
-        return value.sum(axis=1, dtype=np.uint64), length
+        """The varint at each position: its value (uint64) and length in bytes (0: longer than 10).
+        Byte by byte over the rows still reading: most values (counts, flags) end after one or two."""
+        value = np.zeros(len(at), dtype=np.uint64)
+        length = np.zeros(len(at), dtype=np.intp)
+        rows = np.arange(len(at))
+        last = len(self.buf) - 1
+        for k in range(10):
+            byte = self.buf[np.minimum(at[rows] + k, last)].astype(np.uint64)
+            value[rows] |= (byte & np.uint64(0x7F)) << np.uint64(7 * k)
+            ends = byte < 0x80
+            length[rows[ends]] = k + 1
+            rows = rows[~ends]
+            if not len(rows):
+                break
+        return value, length
 
 
-def decode_values(cells: Sequence[bytes | None]) -> Decoded:
+def decode_values(cells: list[bytes | None]) -> Decoded:
     """Serialized ``feast.types.Value`` cells (None: the field is absent) → Python values."""
     c = _Cells(cells)
     out = np.full(len(c.filled), None, dtype=object)
@@ -226,7 +231,7 @@ def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
     return None, pos
 
 
-def decode_timestamps(cells: Sequence[bytes | None]) -> np.ndarray:
+def decode_timestamps(cells: list[bytes | None]) -> np.ndarray:
     """Serialized ``google.protobuf.Timestamp`` cells → Unix seconds (NaN: absent, empty or
     unreadable). Feast writes ``08 <seconds>`` and, unless zero, ``10 <nanos>``: read with a few
     numpy gathers; anything else goes through ``decode_timestamp``."""
@@ -271,16 +276,20 @@ def decode_rows(replies: Sequence[KeyValues], features: Sequence[str], view: str
     error that fails the key's events) and when the row was written: NaN where there is no row,
     -inf where the row has values but no readable time."""
     width = len(features)
-    rows = [r for r in replies if not isinstance(r, Exception)]
-    decoded = decode_values([cell for row in rows for cell in row[:width]])
+    good = [not isinstance(r, Exception) for r in replies]
+    rows = replies if all(good) else [r for r, ok in zip(replies, good, strict=True) if ok]
+    cells = list(chain.from_iterable(rows))  # type: ignore[arg-type]  # C-speed flattening; then the
+    stamps = cells[width::width + 1]  # time column is cut out by slices
+    del cells[width::width + 1]
+    decoded = decode_values(cells)
+    where = np.flatnonzero(good)
     written = np.full(len(replies), np.nan)
-    kept = np.array([not isinstance(r, Exception) for r in replies], dtype=bool)
-    written[kept] = decode_timestamps([row[width] for row in rows])
+    written[where] = decode_timestamps(stamps)
     values = decoded.values
     sliced = [values[i:i + width] for i in range(0, len(values), width)]
-    for r in np.flatnonzero(np.isnan(written[kept])).tolist():
+    for r in np.flatnonzero(np.isnan(written[where])).tolist():
         if any(v is not None for v in sliced[r]):
-            written[np.flatnonzero(kept)[r]] = -np.inf
+            written[where[r]] = -np.inf
     if decoded.bad:
         _fail_bad_rows(sliced, decoded.bad, features, view)
     if len(rows) == len(replies):

@@ -172,12 +172,13 @@ def _fill(lookup: EntityLookup, replies: list[KeyValues], now: float) -> None:
 
 
 def _distinct_keys(spec: EntitySpec, records: Sequence[Record]) -> EntityLookup:
-    # Key templates and Feast keys expose their render function: mapped directly, it saves a
-    # __call__ per event and entity.
+    # A key object may split the work: ``render`` per record (cheap: a template's f-string, or the
+    # raw join-key values) and ``store_key`` per distinct key only (Feast's binary serialization).
     keys = list(map(getattr(spec.key, "render", spec.key), records))
     distinct = dict.fromkeys(keys)
     distinct.pop(None, None)
-    position: dict[Key | None, int] = {key: i for i, key in enumerate(distinct)}
+    position: dict[Any, int] = {key: i for i, key in enumerate(distinct)}
     position[None] = -1
     index = np.fromiter(map(position.__getitem__, keys), dtype=np.intp, count=len(keys))
-    return EntityLookup(spec, list(distinct), index)  # type: ignore[arg-type]  # None was popped
+    store_key = getattr(spec.key, "store_key", None)
+    return EntityLookup(spec, list(map(store_key, distinct)) if store_key else list(distinct), index)
