@@ -2,20 +2,22 @@
 # the checks and the test suite (CI runs exactly `make test`, through .ci/run); `make bench`
 # runs the benchmark. Each sets up .venv first: a virtualenv with the project installed in
 # editable mode, redone when pyproject.toml changes; and promtool if missing (see its target).
+# `make feast-setup` makes .venv-feast, the Feast side of the fraud example (deploy/feast).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+FEAST_VENV ?= .venv-feast
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench setup promtool clean
+.PHONY: demo test bench setup feast-setup promtool clean
 
 demo: $(INSTALLED)
 	$(BIN)/worker demo $(DEMO_ARGS)
 
 # pytest exits with 5 when it collects no tests; that is not a failure of the suite.
-test: $(INSTALLED)
+test: $(INSTALLED) $(FEAST_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
@@ -26,10 +28,19 @@ bench: $(INSTALLED)
 
 setup: $(INSTALLED)
 
+feast-setup: $(FEAST_VENV)/.installed
+
 # promtool is order-only: checked on every way through $(INSTALLED), without redoing the venv.
 $(INSTALLED): pyproject.toml | promtool
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,dev,bench]'
+	touch $@
+
+# Feast pins older prometheus_client, redis and pandas than the worker, so it gets a virtualenv of its
+# own (deploy/feast/requirements.txt says what is in it), redone when that file changes.
+$(FEAST_VENV)/.installed: deploy/feast/requirements.txt
+	test -x $(FEAST_VENV)/bin/python || $(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/python -m pip install --disable-pip-version-check -r deploy/feast/requirements.txt
 	touch $@
 
 # tests/unit/test_alert_rules.py checks and unit-tests deploy/prometheus-alerts.yml with promtool, from
@@ -54,4 +65,4 @@ promtool:
 	promtool --version
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FEAST_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

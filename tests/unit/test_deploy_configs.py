@@ -54,3 +54,13 @@ def test_the_collector_reads_the_default_traces_topic_as_otlp_protobuf() -> None
     traces = config["receivers"]["kafka"]["traces"]
     assert traces == {"topics": [TracingSettings().topic], "encoding": "otlp_proto"}
     assert config["service"]["pipelines"]["traces"]["receivers"] == ["kafka"]
+
+
+def test_the_feast_example_differs_from_the_example_only_in_its_features() -> None:
+    configs = repo_root() / "deploy" / "config"
+    plain = yaml.safe_load((configs / "fraud-example.yaml").read_text())
+    feast = yaml.safe_load((configs / "fraud-feast.yaml").read_text())
+
+    assert feast.pop("features").keys() == plain.pop("features").keys()
+    assert feast["kafka"].pop("group_id") != plain["kafka"].pop("group_id")
+    assert feast == plain
