@@ -6,8 +6,11 @@ behaviour under the same faults is exercised against real brokers in tests/integ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import pytest
 
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka.checkpoint import Checkpointer
@@ -69,6 +72,9 @@ class Recorder(Observer):
     def stopped(self) -> None:
         self.events.append("stopped")
 
+    def rejoined(self, waited_s: float) -> None:
+        self.events.append("rejoined")
+
 
 @dataclass
 class Rig:
@@ -105,11 +111,13 @@ class Rig:
 
 
 def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, commit_interval_s: float = 3600.0,
-        max_pending: int = 50_000, degrade_after: int | None = None) -> Rig:
+        max_pending: int = 50_000, degrade_after: int | None = None, stalled_joins: int = 0,
+        assignment_timeout_s: float = 60.0) -> Rig:
     broker = MemoryBroker()
     for topic, n in (("in", partitions), ("out", 1), ("dlq", 1)):
         broker.create_topic(topic, n)
     consumer = broker.consumer("group", read_committed=exactly_once)
+    consumer.stall_joins = stalled_joins
     producers: list[MemoryProducer] = []
 
     def new_producer(on_error: Callable[[Fault], None]) -> MemoryProducer:
@@ -125,7 +133,7 @@ def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, co
         checkpointer = Checkpointer(consumer, sink, commit_interval_s, 1.0)
     pipeline, recorder = ScriptedPipeline(), Recorder()
     settings = LoopSettings(max_events, 0.0, retry_initial_s=0.001, retry_max_s=0.004, probe_interval_s=0.002,
-                            degrade_after=degrade_after)
+                            degrade_after=degrade_after, assignment_timeout_s=assignment_timeout_s)
     runner = Runner(consumer, ["in"], pipeline, sink, checkpointer, settings, [recorder], probe=pipeline.probe,
                     serve_deliveries=False)
     runner.start()
@@ -309,6 +317,35 @@ def test_exactly_once_aborts_a_failed_transaction_and_redoes_it_in_a_new_one() -
     assert r.outputs() == ["s:a", "s:b", "s:a", "s:b", "s:c", "s:d"], "the aborted attempt stays in the log"
     assert r.broker.committed("group") == {P0: 4}
     assert [t.state for t in r.producer.transactions] == ["aborted", "committed", "committed"]
+
+
+def test_a_join_the_coordinator_never_completes_is_left_and_made_again_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(stalled_joins=1, assignment_timeout_s=0.2)
+    r.send("a", "b")
+    r.steps(3)
+    assert (r.runner.assignment, r.outputs(), r.consumer.unsubscribes) == (set(), [], 0), "still within the timeout"
+
+    time.sleep(0.25)
+    r.steps(3)
+
+    assert r.consumer.unsubscribes == 1 and "rejoined" in r.recorder.events
+    assert "no partition assignment 0 s after joining the group" in caplog.text
+    assert r.runner.assignment == {P0} and r.outputs() == ["s:a", "s:b"]
+
+
+def test_a_member_the_group_gives_nothing_stays_as_it_is() -> None:
+    r = rig(assignment_timeout_s=0.05)  # one partition, taken by the first member
+    consumer = r.broker.consumer("group")
+    sink = Sink(lambda on_error: r.broker.producer(None, on_error), "out", "dlq", "group")
+    idle = Runner(consumer, ["in"], ScriptedPipeline(), sink, Checkpointer(consumer, sink, 3600.0, 1.0),
+                  r.runner.settings, serve_deliveries=False)
+    idle.start()
+    idle.step()
+    time.sleep(0.1)
+    idle.step()
+
+    assert idle.assignment == set() and consumer.unsubscribes == 0
 
 
 def test_shutdown_flushes_the_producer_then_commits() -> None:

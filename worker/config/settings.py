@@ -46,6 +46,10 @@ class KafkaSettings(_Section):
     """Where a group with no committed offset starts; ``earliest`` scores the backlog."""
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     """How long the group waits for a silent member before rebalancing its partitions."""
+    assignment_timeout_s: float = Field(default=60.0, ge=5)
+    """A join of the group that brings no assignment (not even an empty one) within this long is
+    left and made again, with a warning (counted in ``worker_rebalances_total{change="rejoined"}``);
+    keep it above the longest rebalance the group can take."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
     """librdkafka ``security.protocol``."""
     sasl_mechanism: str | None = None

@@ -171,6 +171,9 @@ class ConfluentConsumer:
                                  on_revoke=lambda _, ps: listener.revoked(_tps(ps)),
                                  on_lost=lambda _, ps: listener.lost(_tps(ps)))
 
+    def unsubscribe(self) -> None:
+        self._consumer.unsubscribe()
+
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         messages = self._consumer.consume(max_messages, timeout_s)
         good: list[Message] = [m for m in messages if m.error() is None]

@@ -206,6 +206,11 @@ class MemoryConsumer:
         self.commits: list[dict[TP, int]] = []
         self.on_poll: Callable[[], None] | None = None
         self.closed = False
+        self.stall_joins = 0
+        """The next this many joins never complete (the coordinator loses them): no assignment."""
+        self.unsubscribes = 0
+        self._joining = False  # subscribed, and the first assignment not yet handed out
+        self._stalled = False
         self._listener: RebalanceListener | None = None
         self._failures: dict[str, list[Fault]] = {}
 
@@ -221,9 +226,23 @@ class MemoryConsumer:
         with self.broker.lock:
             self.subscription = set(topics)
             self._listener = listener
+            self._joining = True
+            self._stalled = self.stall_joins > 0
+            self.stall_joins -= self._stalled
             group = self.broker._group(self.group_id)
-            if self not in group.members:
+            if self not in group.members and not self._stalled:
                 group.members.append(self)
+
+    def unsubscribe(self) -> None:
+        if self._listener is not None and self.assignment and not self._stalled:
+            self._listener.revoked(sorted(self.assignment))
+        with self.broker.lock:
+            self._give_up(sorted(self.assignment))
+            self.unsubscribes += 1
+            self._stalled = self._joining = False
+            group = self.broker._group(self.group_id)
+            if self in group.members:
+                group.members.remove(self)
 
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         self._serve()
@@ -257,7 +276,7 @@ class MemoryConsumer:
         if self.on_poll is not None:
             self.on_poll()
         listener = self._listener
-        if listener is None:
+        if listener is None or self._stalled:
             return
         lost, revoked, assigned = self._rebalance()
         if lost:
@@ -266,7 +285,8 @@ class MemoryConsumer:
             listener.revoked(revoked)
             with self.broker.lock:
                 self._give_up(revoked)
-        if assigned:
+        if assigned or self._joining:  # like librdkafka, a completed join is news even when empty
+            self._joining = False
             listener.assigned(assigned)
 
     def _rebalance(self) -> tuple[list[TP], list[TP], list[TP]]:

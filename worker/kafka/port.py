@@ -91,6 +91,9 @@ class Consumer(Metadata, Protocol):
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None: ...
 
+    def unsubscribe(self) -> None:
+        """Leave the group (``subscribe`` joins it again)."""
+
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         """What is fetched, up to ``max_messages``, waiting up to ``timeout_s`` for the first."""
 

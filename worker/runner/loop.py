@@ -58,6 +58,7 @@ class LoopSettings:
     retry_max_s: float = 1.0
     probe_interval_s: float = 0.2
     degrade_after: int | None = None  # failed attempts before scoring with default features; None: never
+    assignment_timeout_s: float = 60.0  # no assignment this long after joining: leave and join again
 
 
 DEGRADED_HEADER: Headers = [("x-worker-degraded", b"1")]
@@ -90,6 +91,8 @@ class Runner:
         self._stale = False  # the consumer was rewound since the batch in hand was fetched
         self._last_probe = 0.0
         self._fatal: WorkerError | None = None  # raised by a rebalance callback; re-raised by the loop
+        self._listener = Rebalance(self._on_assign, self._on_revoke, self._on_lost)
+        self._joining_since: float | None = None  # joined (or lost its partitions), no assignment yet
         sink.on_acknowledged(self._acked)
         checkpointer.on_rewind = self._rewound
         self.deliveries = DeliveryThread(sink) if serve_deliveries else None
@@ -108,7 +111,8 @@ class Runner:
 
     def start(self) -> None:
         """Join the group (partitions come with the next polls)."""
-        self.consumer.subscribe(self.topics, Rebalance(self._on_assign, self._on_revoke, self._on_lost))
+        self.consumer.subscribe(self.topics, self._listener)
+        self._joining_since = time.monotonic()
         if self.deliveries is not None:
             self.deliveries.start()
         logger.info("consuming %s", ", ".join(self.topics))
@@ -122,8 +126,26 @@ class Runner:
                 observer.idle()
         if self.checkpointer.due():
             self._checkpoint(complete=False)
+        if self._joining_since is not None:
+            self._watch_join()
         if self._fatal is not None:
             raise self._fatal
+
+    def _watch_join(self) -> None:
+        """A join that never completes must not leave the worker silent: a broker's coordinator can
+        lose it (seen on tansu when another member leaves during the join; README, broker notes).
+        After ``assignment_timeout_s`` without an assignment (even an empty one), say so and join
+        again."""
+        waited = time.monotonic() - (self._joining_since or 0.0)
+        if waited < self.settings.assignment_timeout_s:
+            return
+        logger.warning("no partition assignment %.0f s after joining the group: the group coordinator has not "
+                       "completed the join; leaving and joining again", waited)
+        self.consumer.unsubscribe()
+        self.consumer.subscribe(self.topics, self._listener)
+        self._joining_since = time.monotonic()
+        for observer in self.observers:
+            observer.rejoined(waited)
 
     def _next_batch(self) -> tuple[list[Message], int]:
         """The next batch: events held while paused first, then what the consumer hands out;
@@ -323,6 +345,7 @@ class Runner:
             observer.batch_acked(delivery)
 
     def _on_assign(self, added: list[TP]) -> None:
+        self._joining_since = None
         self.assignment.update(added)
         if self._paused:
             self.consumer.pause(added)
@@ -339,6 +362,7 @@ class Runner:
         self._forget(revoked, "revoked")
 
     def _on_lost(self, lost: list[TP]) -> None:
+        self._joining_since = time.monotonic()  # the consumer joins again; the next assignment ends it
         try:
             self.checkpointer.lost(lost)
         except WorkerError as exc:

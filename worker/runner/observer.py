@@ -40,5 +40,8 @@ class Observer:
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         """Partitions were assigned to, or taken from, this worker."""
 
+    def rejoined(self, waited_s: float) -> None:
+        """The worker left and joined the group again: no assignment came ``waited_s`` after joining."""
+
     def stopped(self) -> None:
         """The worker has committed its last offsets and left the group."""

@@ -248,7 +248,9 @@ class Metrics(Observer):
                                     ["client", "error"], registry=registry)
         self.commit_failures = Counter("worker_commit_failures", "Checkpoints that could not commit offsets",
                                        registry=registry)
-        self.rebalances = Counter("worker_rebalances", "Partition assignment changes", ["change"], registry=registry)
+        self.rebalances = Counter("worker_rebalances", "Partition assignment changes (assigned, revoked), and joins "
+                                  "left and made again because no assignment came (rejoined)", ["change"],
+                                  registry=registry)
         self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned to this worker", registry=registry)
         self.info = Gauge("worker_info", "The worker and the model it serves", ["worker_version", "model_name",
                           "model_version"], registry=registry)
@@ -327,6 +329,9 @@ class Metrics(Observer):
 
     def dependency_down(self, what: str, error: Exception) -> None:
         self.dependency_errors.labels(what).inc()
+
+    def rejoined(self, waited_s: float) -> None:
+        self.rebalances.labels("rejoined").inc()
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         if assigned:
