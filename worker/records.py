@@ -73,11 +73,13 @@ class DeadLetter:
 
 
 class Output(NamedTuple):
-    """One encoded prediction, ready to produce; ``source`` is its input message."""
+    """One encoded prediction, ready to produce; ``source`` is its input message; ``headers``
+    are this output's own, after the batch's (a late prediction's mark)."""
 
     key: bytes | None
     value: bytes
     source: Message
+    headers: Headers | None = None
 
 
 class ModelRun(NamedTuple):
@@ -151,6 +153,8 @@ class BatchResult:
     """Predictions given reasons."""
     explain_failures: int = 0
     """Predictions that should have had reasons and went out without, because explaining failed."""
+    expired: dict[str, int] = field(default_factory=dict)
+    """Events older than the deadline when consumed, by what happened to them (``batch.on_expired``)."""
 
 
 @dataclass(frozen=True)
@@ -194,3 +198,26 @@ def path_getter(path: str) -> Callable[[Record], Any]:
         return value
 
     return get
+
+
+UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+"""Seconds per unit of an epoch event-time field (``telemetry.event_time_unit``)."""
+
+
+def event_time_reader(field: str | None, scale: float) -> Callable[[Record], float | None] | None:
+    """A record → its event time in Unix seconds, from the field at ``field`` in units of ``scale``
+    seconds (None where it is null); None when no field is configured."""
+    if field is None:
+        return None
+    get = path_getter(field)
+
+    def read(event: Record) -> float | None:
+        value = get(event)
+        return None if value is None else float(value) * scale
+    return read
+
+
+def message_time_s(message: Message) -> float | None:
+    """The message's Kafka timestamp in Unix seconds (None if it has none)."""
+    kind, ms = message.timestamp()
+    return ms / 1000 if kind else None

@@ -64,6 +64,7 @@ class ToSend:
     key: bytes | None
     value: bytes | None
     headers: Headers | None = None
+    timestamp_ms: int = 0  # the message's Kafka timestamp; 0: the producer's clock
 
 
 def make_producer(bootstrap: str, **config: Any) -> Producer:
@@ -88,7 +89,8 @@ def produce(bootstrap: str, topic: str, messages: Iterable[ToSend], producer: Pr
         sent.append(None)
         while True:
             try:
-                p.produce(topic, msg.value, msg.key, headers=msg.headers, on_delivery=report(i, msg))
+                p.produce(topic, msg.value, msg.key, headers=msg.headers, on_delivery=report(i, msg),
+                          timestamp=msg.timestamp_ms)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -107,6 +109,7 @@ class Consumed:
     value: bytes | None
     headers: dict[str, bytes | None]
     header_list: list[tuple[str, bytes | None]]
+    timestamp_ms: int = 0
 
 
 @dataclass
@@ -134,7 +137,7 @@ class TopicReader:
             pairs = raw.items() if isinstance(raw, dict) else raw
             headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
             self.messages.append(Consumed(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), m.key(),
-                                          m.value(), dict(headers), headers))
+                                          m.value(), dict(headers), headers, m.timestamp()[1]))
         return len(good)
 
     def read_until(self, done: Callable[[TopicReader], bool], timeout_s: float,

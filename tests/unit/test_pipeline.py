@@ -17,6 +17,7 @@ from worker.features.keys import KeyTemplate
 from worker.features.store import InMemoryFeatureStore
 from worker.inference import FunctionModel, TensorInfo
 from worker.pipeline.assembly import Assembler, EventColumn, FeatureColumn, TensorSpec
+from worker.pipeline.deadline import LATE_HEADER, Deadline
 from worker.pipeline.output import Computed, FromEvent, FromModel, KeySpec, OutputBuilder, ScoreSpec
 from worker.pipeline.pipeline import Pipeline
 from worker.records import InputMessage
@@ -203,3 +204,70 @@ def test_a_swapped_model_serves_from_the_next_batch() -> None:
     assert previous.version == "1"
     assert (first.model_version, second.model_version) == ("1", "2")
     assert decoded(second.outputs[0].value)["version"] == "2"
+
+
+NOW = 1_800_000_000.0
+LATE_PREDICTION = parse_schema({"type": "record", "name": "LatePrediction", "fields": [
+    {"name": "event_id", "type": "string"}, {"name": "late", "type": "boolean"}]})
+
+
+def stamped(i: int, age_s: float) -> InputMessage:
+    m = payment(i)
+    return InputMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset(), m.headers(),
+                        (1, int((NOW - age_s) * 1000)))
+
+
+def deadline_pipeline(deadline: Deadline) -> Pipeline:
+    builder = OutputBuilder({"event_id": FromEvent("event_id"), "late": Computed("late")},
+                            ScoreSpec("probabilities", 1, 0.5), KeySpec("card_id"))
+    tensors = [TensorSpec("x", "float32", (EventColumn("amount"), FeatureColumn("card", "count", 0)))]
+    return Pipeline(PlainAvroDecoder(EVENT), FeatureFetcher(InMemoryFeatureStore(dict(STORE)), [CARD]),
+                    Assembler(tensors), ModelSlot(make_model()), builder, PlainAvroEncoder(LATE_PREDICTION),
+                    deadline=deadline)
+
+
+# Ages of events 0..5 by their Kafka timestamps: 1, 2 and 5 are past a 5 s deadline; 4 has no timestamp.
+AGES = {0: 0.2, 1: 60.0, 2: 5.5, 3: 4.9, 5: 3600.0}
+
+
+def aged_batch() -> list[InputMessage]:
+    return [stamped(i, AGES[i]) if i in AGES else payment(i) for i in range(6)]
+
+
+def test_expired_events_are_dead_lettered_byte_for_byte_with_their_age() -> None:
+    messages = aged_batch()
+
+    result = deadline_pipeline(Deadline(5.0, "dead-letter", clock=lambda: NOW)).process(messages)
+
+    assert [o.source for o in result.outputs] == [messages[i] for i in (0, 3, 4)]
+    assert [(d.message, d.stage, d.error_type) for d in result.dead_letters] == [
+        (messages[i], "deadline", "EventExpired") for i in (1, 2, 5)]
+    assert result.dead_letters[0].reason == "event 60.0 s old when consumed, over the deadline of 5 s"
+    assert result.expired == {"dead-letter": 3}
+    assert all(o.headers is None and not decoded_late(o.value)["late"] for o in result.outputs)
+
+
+def decoded_late(value: bytes) -> dict[str, Any]:
+    return read(value, LATE_PREDICTION)
+
+
+def test_expired_events_can_be_skipped_or_scored_and_marked_late() -> None:
+    messages = aged_batch()
+
+    skipped = deadline_pipeline(Deadline(5.0, "skip", clock=lambda: NOW)).process(messages)
+    late = deadline_pipeline(Deadline(5.0, "score-late", clock=lambda: NOW)).process(messages)
+
+    assert [o.source for o in skipped.outputs] == [messages[i] for i in (0, 3, 4)] and skipped.dead_letters == []
+    assert skipped.expired == {"skip": 3}
+    assert [o.source for o in late.outputs] == messages and late.expired == {"score-late": 3}
+    assert [o.headers == LATE_HEADER for o in late.outputs] == [i in (1, 2, 5) for i in range(6)]
+    assert [decoded_late(o.value)["late"] for o in late.outputs] == [i in (1, 2, 5) for i in range(6)]
+
+
+def test_the_event_time_field_decides_when_one_is_configured() -> None:
+    messages = [stamped(i, 0.0) for i in range(8)]  # fresh by their Kafka timestamps
+    deadline = Deadline(5.0, "dead-letter", event_time=lambda r: NOW - r["amount"], clock=lambda: NOW)
+
+    result = deadline_pipeline(deadline).process(messages)
+
+    assert [d.message for d in result.dead_letters] == messages[6:], "amount 6 and 7: six and seven seconds old"

@@ -152,6 +152,19 @@ def test_stale_lookups_and_feature_ages_per_entity() -> None:
     assert total(s, "worker_feature_age_seconds_sum", entity="card") == pytest.approx(14435.5)
 
 
+def test_expired_events_by_action() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    batch = batch_of(5)
+    result = result_for(batch)
+    result.expired = {"dead-letter": 3}
+
+    feed(metrics, batch, result)
+    feed(metrics, batch, result)
+
+    assert total(samples(registry), "worker_events_expired_total", action="dead-letter") == 6
+
+
 def stats(*partitions: tuple[int, int, int]) -> dict[str, object]:
     """librdkafka statistics for topic ``in``: (partition, hi_offset, committed_offset) each."""
     return {"topics": {"in": {"partitions": {

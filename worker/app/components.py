@@ -25,7 +25,9 @@ from worker.features.fetcher import FeatureFetcher
 from worker.features.redis_store import RedisAddress, RedisFeatureStore
 from worker.features.store import FeatureStore
 from worker.pipeline.assembly import Assembler
+from worker.pipeline.deadline import Deadline
 from worker.pipeline.pipeline import Pipeline
+from worker.records import UNIT_SECONDS, event_time_reader
 from worker.runner.loop import LoopSettings
 from worker.serving import ModelSlot
 
@@ -80,7 +82,16 @@ def make_pipeline(settings: WorkerSettings, compiled: Compiled, store: FeatureSt
                   clock: Callable[[], int] = time.perf_counter_ns) -> Pipeline:
     decoder, encoder = make_codecs(settings, compiled)
     return Pipeline(decoder, FeatureFetcher(store, compiled.entities), Assembler(compiled.tensors),
-                    ModelSlot(compiled.model), compiled.builder, encoder, clock, make_explainer(settings, compiled))
+                    ModelSlot(compiled.model), compiled.builder, encoder, clock, make_explainer(settings, compiled),
+                    make_deadline(settings))
+
+
+def make_deadline(settings: WorkerSettings) -> Deadline | None:
+    b, t = settings.batch, settings.telemetry
+    if b.max_event_age_ms is None:
+        return None
+    return Deadline(b.max_event_age_ms / 1000, b.on_expired,
+                    event_time_reader(t.event_time_field, UNIT_SECONDS[t.event_time_unit]))
 
 
 def loop_settings(settings: WorkerSettings) -> LoopSettings:

@@ -42,7 +42,7 @@ from worker.devtools.sources import generated
 from worker.errors import StartupError, ToolError
 from worker.features.redis_store import RedisAddress
 from worker.kafka.reader import TopicReader
-from worker.telemetry.metrics import UNIT_SECONDS
+from worker.records import UNIT_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "fraud-example.yaml"

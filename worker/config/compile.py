@@ -477,7 +477,8 @@ def _output_source(key: str, source: OutputFieldSettings, target: Any, input_sch
 
 _SPECIAL_KINDS = {"score": ("float", "double"), "label": ("boolean", "int", "long"),
                   "model_version": ("string",), "model_name": ("string",), "scored_at": ("long",),
-                  "degraded": ("boolean", "int", "long"), "reasons": ("array",), "contributions": ("map",)}
+                  "degraded": ("boolean", "int", "long"), "reasons": ("array",), "contributions": ("map",),
+                  "late": ("boolean", "int", "long")}
 _SPECIAL_ITEMS = {"reasons": ("items", ("string",), "an array of strings"),
                   "contributions": ("values", ("double", "float"), "a map of doubles")}
 
@@ -495,7 +496,7 @@ def _special(key: str, source: OutputFieldSettings, target: Any, problems: Probl
         if item not in kinds:
             problems.add(key, f"${source.special} is written to {wanted}, not {a_or_an(kind)} of {item}s")
             return None
-    return Computed(source.special, as_int=source.special in ("label", "degraded") and kind in ("int", "long"))
+    return Computed(source.special, as_int=source.special in ("label", "degraded", "late") and kind in ("int", "long"))
 
 
 def _lifecycle(settings: WorkerSettings, problems: Problems) -> None:

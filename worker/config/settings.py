@@ -260,11 +260,12 @@ class OutputFieldSettings(_Section):
     event: str | None = None
     """Event field path (``user.id``)."""
     special: Literal["score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
-                     "contributions"] | None = None
+                     "contributions", "late"] | None = None
     """``score``, ``label`` (score >= threshold), ``model_version``, ``model_name``, ``scored_at`` (epoch ms),
     ``degraded`` (true when scored with default features because Redis was down), ``reasons`` (an array of
     strings: the features pushing the score up most, first first) and ``contributions`` (a map of double:
-    feature → signed contribution), for the events ``explain.when`` selects, empty for the others."""
+    feature → signed contribution), for the events ``explain.when`` selects, empty for the others;
+    ``late`` (true for an event past ``batch.max_event_age_ms`` scored with ``on_expired: score-late``)."""
     model_output: str | None = None
     """A model output name, for values other than the score."""
     column: int | None = None
@@ -316,6 +317,15 @@ class BatchSettings(_Section):
     and pauses its partitions instead of growing memory."""
     max_in_flight_mb: int = Field(default=64, ge=4)
     """Cap in MB on the same, split evenly between prefetched input and unacknowledged output."""
+    max_event_age_ms: float | None = Field(default=None, gt=0)
+    """A deadline: an event older than this when consumed (by ``telemetry.event_time_field``, else its
+    Kafka timestamp) is not scored on time but goes where ``on_expired`` says, counted in
+    ``worker_events_expired_total{action}``; after an outage the worker then sheds the stale backlog
+    instead of serving everything late. Unset: no deadline. ``worker batch`` ignores it."""
+    on_expired: Literal["dead-letter", "skip", "score-late"] = "dead-letter"
+    """What happens to an expired event: ``dead-letter`` (stage ``deadline``, byte for byte, with
+    its age as the reason), ``skip`` (committed, not scored), or ``score-late`` (scored, with the
+    header ``x-worker-late: 1`` and ``$late`` true)."""
     commit_interval_ms: float = Field(default=1000.0, ge=0)
     """How often input offsets are committed (0: after every batch): up to the work whose outputs
     the broker has acknowledged, without waiting for the rest (revocation and shutdown flush first

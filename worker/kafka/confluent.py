@@ -250,7 +250,10 @@ class ConfluentProducer:
             raise broker_error(exc) from exc
 
     def poll(self, timeout_s: float) -> int:
-        return int(self._producer.poll(timeout_s))
+        try:
+            return int(self._producer.poll(timeout_s))
+        except KafkaException as exc:  # a fatal error (fenced, say) surfaces here too
+            raise broker_error(exc) from exc
 
     def flush(self, timeout_s: float) -> int:
         return int(self._producer.flush(timeout_s))

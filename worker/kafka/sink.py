@@ -123,8 +123,15 @@ class DeliveryThread(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        reported = False
         while not self._stopped.is_set():
-            self.sink.producer.poll(self.interval_s)  # read each time: the sink may replace its producer
+            try:
+                self.sink.producer.poll(self.interval_s)  # read each time: the sink may replace its producer
+            except BrokerError as exc:  # the loop handles it (a fatal error replaces or fences the producer)
+                if not reported:
+                    logger.debug("delivery reports: %s", exc)
+                    reported = True
+                self._stopped.wait(self.interval_s)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -200,18 +207,23 @@ class Sink:
             if exc.fault.fatal and self.fatal is None:
                 self.fatal = exc.fault
         callback.delivery.published_ns = time.perf_counter_ns()
-        self.producer.poll(0)
+        try:
+            self.producer.poll(0)
+        except BrokerError as exc:  # the same as a refused produce: the next checkpoint sees it
+            if exc.fault.fatal and self.fatal is None:
+                self.fatal = exc.fault
         return callback
 
     def _produce(self, result: BatchResult, callback: BatchTicket, headers: Headers | None) -> None:
         produce, topic = self.producer.produce, self.output_topic
         for output in result.outputs:
+            own = headers if output.headers is None else [*(headers or []), *output.headers]
             try:
-                produce(topic, output.value, output.key, on_delivery=callback, headers=headers)
+                produce(topic, output.value, output.key, on_delivery=callback, headers=own)
             except BufferError:
                 # Rare: the loop waits for room before a batch; only a batch bigger than the slack
                 # between that soft cap and the producer's own queue limit gets here.
-                produce_when_room(self.producer, topic, output.value, output.key, callback, headers)
+                produce_when_room(self.producer, topic, output.value, output.key, callback, own)
         for dead in result.dead_letters:
             produce_when_room(self.producer, self.dlq_topic, dead.message.value(), dead.message.key(), callback,
                               self.dead_letter_headers(dead, headers))

@@ -18,7 +18,7 @@ import numpy as np
 from worker.records import Message, Record, path_getter
 
 Special = Literal["score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
-                  "contributions"]
+                  "contributions", "late"]
 EXPLAINED: tuple[Special, ...] = ("reasons", "contributions")
 NO_REASONS: Sequence[str] = ()
 NO_CONTRIBUTIONS: Mapping[str, float] = MappingProxyType({})
@@ -81,6 +81,8 @@ class ScoredBatch:
     reasons: list[Sequence[str]] | None = None
     """Per row, the explained rows' reasons (``NO_REASONS`` for the others); None: nothing explained."""
     contributions: list[Mapping[str, float]] | None = None
+    late: list[bool] | None = None
+    """Per row, whether it was past its deadline (scored late); None: none was."""
 
 
 def select(output: Any, column: int | None) -> np.ndarray:
@@ -142,6 +144,9 @@ class OutputBuilder:
             return scored.reasons if scored.reasons is not None else [NO_REASONS] * n
         if source.what == "contributions":
             return scored.contributions if scored.contributions is not None else [NO_CONTRIBUTIONS] * n
+        if source.what == "late":
+            late = scored.late or [False] * n
+            return [int(flag) for flag in late] if source.as_int else late
         single = {"model_version": scored.model_version, "model_name": scored.model_name,
                   "scored_at": scored.scored_at_ms,
                   "degraded": int(scored.degraded) if source.as_int else scored.degraded}[source.what]

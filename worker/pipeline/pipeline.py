@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +26,7 @@ from worker.explain.explainer import Explainer
 from worker.features.fetcher import EntityLookup, FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
+from worker.pipeline.deadline import LATE_HEADER, Deadline
 from worker.pipeline.output import NO_CONTRIBUTIONS, NO_REASONS, OutputBuilder, ScoredBatch, select
 from worker.records import (
     BatchResult,
@@ -45,8 +47,9 @@ logger = logging.getLogger(__name__)
 class Pipeline:
     def __init__(self, decoder: Decoder, fetcher: FeatureFetcher, assembler: Assembler, slot: ModelSlot,
                  builder: OutputBuilder, encoder: Encoder, clock: Callable[[], int] = time.perf_counter_ns,
-                 explainer: Explainer | None = None) -> None:
+                 explainer: Explainer | None = None, deadline: Deadline | None = None) -> None:
         self.explainer = explainer
+        self.deadline = deadline
         self.decoder = decoder
         self.fetcher = fetcher
         self.assembler = assembler
@@ -61,15 +64,35 @@ class Pipeline:
         result = BatchResult()
         with self._stage(result, "decode"):
             events, sources = self._decode(messages, result)
-        return self._scored(events, sources, result, degraded)
+        late: AbstractSet[int] = frozenset()
+        if self.deadline is not None and events:
+            events, sources, late = self._expire(self.deadline, events, sources, result)
+        return self._scored(events, sources, result, degraded, late)
 
     def process_records(self, records: list[Record], sources: Sequence[Message]) -> BatchResult:
         """Events already decoded (batch scoring reads files of records); ``sources[i]`` stands for
         ``records[i]`` in outputs and dead letters."""
         return self._scored(records, list(sources), BatchResult(), False)
 
+    def _expire(self, deadline: Deadline, events: list[Record], sources: list[Message],
+                result: BatchResult) -> tuple[list[Record], list[Message], AbstractSet[int]]:
+        """The events to score, and which of them are late; the expired others are dead-lettered
+        or skipped."""
+        expired = deadline.expired(events, sources)
+        if not expired.rows:
+            return events, sources, frozenset()
+        result.expired[deadline.on_expired] = len(expired.rows)
+        if deadline.on_expired == "score-late":
+            return events, sources, frozenset(expired.rows)
+        if deadline.on_expired == "dead-letter":
+            result.dead_letters += [DeadLetter(sources[row], "deadline", deadline.reason(age), "EventExpired")
+                                    for row, age in zip(expired.rows, expired.ages, strict=True)]
+        gone = set(expired.rows)
+        keep = [i for i in range(len(events)) if i not in gone]
+        return [events[i] for i in keep], [sources[i] for i in keep], frozenset()
+
     def _scored(self, events: list[Record], sources: list[Message], result: BatchResult,
-                degraded: bool) -> BatchResult:
+                degraded: bool, late: AbstractSet[int] = frozenset()) -> BatchResult:
         serving = self.slot.serving  # one snapshot: every event of this batch is scored by these models
         result.model_version, result.model_name = serving.active.version, serving.active.name
         stage = self._stage
@@ -91,8 +114,10 @@ class Pipeline:
             with stage(result, "explain"):
                 self._explain(self.explainer, serving, result.scored, scored, result)
         scored.degraded = degraded
+        if late:
+            scored.late = [row in late for row in range(len(events))]
         with stage(result, "encode"):
-            self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters)
+            self._encode(events, keys, sources, scored, bad, result.outputs, result.dead_letters, late)
         if serving.shadow is not None:
             with stage(result, "shadow"):
                 self._shadow(serving.shadow, assembled.feeds, (events, keys, sources), scored, bad, result)
@@ -222,7 +247,8 @@ class Pipeline:
                                          float(diff.max()) if len(diff) else 0.0)
 
     def _encode(self, events: list[Record], keys: list[bytes | None], sources: list[Message], scored: ScoredBatch,
-                skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None) -> None:
+                skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None,
+                late: AbstractSet[int] = frozenset()) -> None:
         """Encodes every row not in ``skip``; skipped rows and rows that fail to encode become dead
         letters when ``dead_letters`` is given (the shadow's are dropped: its events were published)."""
         encode = self.encoder
@@ -233,7 +259,8 @@ class Pipeline:
                     dead_letters.append(_dead(source, skip[row]))
                 continue
             try:
-                outputs.append(Output(key, encode(record, source), source))
+                marks = LATE_HEADER if late and row in late else None
+                outputs.append(Output(key, encode(record, source), source, marks))
             except EventError as exc:
                 if dead_letters is not None:
                     dead_letters.append(_dead(source, exc))

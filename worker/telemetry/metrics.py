@@ -33,7 +33,17 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.registry import Collector
 
 from worker.kafka.port import Fault
-from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming, path_getter
+from worker.records import (
+    TP,
+    UNIT_SECONDS,
+    BatchResult,
+    Delivery,
+    Headers,
+    Message,
+    StageTiming,
+    event_time_reader,
+    message_time_s,
+)
 from worker.runner.observer import Observer
 
 logger = logging.getLogger(__name__)
@@ -44,7 +54,6 @@ FEATURE_AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 36
                        2 * 86_400.0, 7 * 86_400.0, 30 * 86_400.0)
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 AGE_SAMPLES = 16  # events per batch whose age is measured, each standing for its share of the batch
-UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
 class WeightedHistogram(Collector):
@@ -206,11 +215,6 @@ class ConsumerLag(Collector):
         yield seconds
 
 
-def _message_time_s(message: Message) -> float | None:
-    kind, ms = message.timestamp()
-    return ms / 1000 if kind else None
-
-
 class Metrics(Observer):
     """The worker's Prometheus metrics (names start with ``worker_``)."""
 
@@ -219,7 +223,7 @@ class Metrics(Observer):
         if registry is not REGISTRY:  # the default registry has them already
             ProcessCollector(registry=registry)
         self.worker_version = worker_version
-        self._event_time = _event_time_reader(event_time_field, UNIT_SECONDS[event_time_unit])
+        self._event_time = event_time_reader(event_time_field, UNIT_SECONDS[event_time_unit])
         self.consumed = Counter("worker_events_consumed", "Events taken from the input topics and processed",
                                 registry=registry)
         self.predicted = Counter("worker_predictions", "Predictions produced", registry=registry)
@@ -256,6 +260,8 @@ class Metrics(Observer):
                           "model_version"], registry=registry)
         self.spans = Counter("worker_trace_spans", "Spans by export outcome (dropped: the export queue was full)",
                              ["outcome"], registry=registry)
+        self.expired = Counter("worker_events_expired", "Events older than batch.max_event_age_ms when consumed, by "
+                               "what happened to them (dead-letter, skip, score-late)", ["action"], registry=registry)
         self.explanations = Counter("worker_explanations", "Predictions given reasons (explained), and those that "
                                     "went out without because explaining failed (failed)", ["outcome"],
                                     registry=registry)
@@ -282,6 +288,8 @@ class Metrics(Observer):
         for timing in result.timings:
             self._stage(timing.stage).observe(timing.seconds)
         self._observe_features(result)
+        for action, count in result.expired.items():
+            self.expired.labels(action).inc(count)
         if result.explained:
             self.explanations.labels("explained").inc(result.explained)
         if result.explain_failures:
@@ -309,7 +317,7 @@ class Metrics(Observer):
 
     def _observe_ages(self, batch: Sequence[Message], result: BatchResult) -> None:
         source: Sequence[Any] = result.events if self._event_time else batch
-        read = self._event_time or _message_time_s
+        read = self._event_time or message_time_s
         n = len(source)
         step = max(1, n // AGE_SAMPLES)
         now = time.time()
@@ -368,14 +376,3 @@ class Metrics(Observer):
                 log = logger.error if fault.fatal else logger.warning
                 log("Kafka %s error: %s", client, fault.reason, extra={"kafka_error": name})
         return on_error
-
-
-def _event_time_reader(field: str | None, scale: float) -> Callable[[Any], float | None] | None:
-    if field is None:
-        return None
-    get = path_getter(field)
-
-    def read(event: Any) -> float | None:
-        value = get(event)
-        return None if value is None else float(value) * scale
-    return read
