@@ -297,14 +297,25 @@ def test_a_replica_whose_transactional_id_is_taken_over_is_fenced_and_stops(
                         **{"kafka.transaction_timeout_ms": 10_000})
     zombie = replicas.start(0)
     zombie.wait_for_log("assigned")
-    producer = produce_at(kafka_bootstrap, topics.input, events, rate=2000)
-    wait_for_arrivals(outputs, 500)
+    half = len(events.messages) // 2
+    first = RateProducer(kafka_bootstrap, topics.input, events.messages[:half], 2000, partitioner="murmur2_random")
+    first.start()
+    first.join(60)
+    wait_for_arrivals(outputs, half)
 
-    successor = replicas.start(0)  # the same slot, hence the same transactional id: the first is a zombie now
+    # The same slot, hence the same transactional id: the first is a zombie now, fenced at its next
+    # transaction, i.e. once events flow again. They resume when the successor's first join is done:
+    # on tansu, a member leaving while another's join is in progress leaves the group without a
+    # leader for good (`python -m bench.broker_quirks leave-during-rebalance`; Kafka has no such bug).
+    successor = replicas.start(0)
+    successor.wait_for_log("assigned")
+    second = RateProducer(kafka_bootstrap, topics.input, events.messages[half:], 2000, partitioner="murmur2_random")
+    second.start()
 
     assert zombie.wait(60) == 4, "a fenced worker stops with its own exit code"
     assert "fenced" in zombie.log()
-    producer.join(60)
+    second.join(60)
     tally = outputs.wait_for(Expected(gen, args, events.good), 0, 120, alive=successor.alive)
-    assert (tally.missing, tally.wrong, tally.duplicates) == ([], [], 0)
+    assert successor.alive(), f"the successor exited with {successor.proc.returncode}: {tally.summary()}"
+    assert (tally.missing, tally.wrong, tally.duplicates) == ([], [], 0), tally.summary()
     assert successor.stop() == 0
