@@ -195,6 +195,24 @@ def test_check_config_accepts_the_fraud_contract(tmp_path: Path, base: dict[str,
     assert "card (card:{card_id}, 7 fields)" in out
 
 
+@pytest.mark.parametrize("stable", [None, "kafka.group_instance_id", "kafka.transactional_id"])
+def test_check_config_warns_of_a_transactional_id_unique_per_process(tmp_path: Path, base: dict[str, Any],
+                                                                     stable: str | None,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    changes = {"processing_guarantee": "exactly-once", **({stable: "worker-0"} if stable else {})}
+    path = write_config(tmp_path / "eos.yaml", changed(base, **changes))
+
+    assert main(["check-config", "--config", str(path)]) == 0
+
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  warning ")]
+    assert warned == ([] if stable else [
+        "  warning exactly-once with a transactional id unique per process: after a crash, read_committed "
+        "consumers of the outputs wait for the dead producer's open transaction until the broker times it out "
+        "(kafka.transaction_timeout_ms, 30 s; some brokers, tansu for one, never do). Set "
+        "kafka.group_instance_id (or kafka.transactional_id) to a name stable per replica, such as its "
+        "StatefulSet pod name, and a restart aborts it at once"])
+
+
 def test_check_config_explains_the_freshness_rule(tmp_path: Path, base: dict[str, Any],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path / "fresh.yaml", changed(base, **{

@@ -80,6 +80,18 @@ def transactional_id(settings: WorkerSettings) -> str:
     return f"{k.group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def unstable_transactional_id(settings: WorkerSettings) -> str | None:
+    """In exactly-once mode without a transactional id stable per replica, what a crash costs."""
+    k = settings.kafka
+    if not exactly_once(settings) or k.transactional_id or k.group_instance_id:
+        return None
+    return (f"exactly-once with a transactional id unique per process: after a crash, read_committed "
+            f"consumers of the outputs wait for the dead producer's open transaction until the broker times "
+            f"it out (kafka.transaction_timeout_ms, {k.transaction_timeout_ms / 1000:g} s; some brokers, tansu "
+            f"for one, never do). Set kafka.group_instance_id (or kafka.transactional_id) to a name stable "
+            f"per replica, such as its StatefulSet pod name, and a restart aborts it at once")
+
+
 def make_producer(settings: WorkerSettings, extra: dict[str, Any] | None = None,
                   on_error: Callable[[Fault], None] | None = None) -> ConfluentProducer:
     """The producer; its own queue limits are twice the in-flight cap the loop waits at (``Sink``),
@@ -98,6 +110,9 @@ def make_sink(settings: WorkerSettings, hooks: ClientHooks | None = None) -> Sin
     if exactly_once(settings):
         extra |= {"transactional.id": transactional_id(settings), "transaction.timeout.ms": k.transaction_timeout_ms}
         logger.info("exactly-once: transactional id %s", extra["transactional.id"])
+        warning = unstable_transactional_id(settings)
+        if warning:
+            logger.warning(warning)
     telemetry = hooks.producer_errors if hooks else None
 
     def new_producer(on_error: Callable[[Fault], None]) -> ConfluentProducer:

@@ -47,6 +47,7 @@ def _stop_starting(signum: int, frame: FrameType | None) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from worker.app import explain, monitoring
+    from worker.app.kafka import unstable_transactional_id
 
     settings = settings_from(args)
     compiled = compile_settings(settings)
@@ -55,6 +56,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"config OK: {args.config}")
     print(f"  kafka   {k.bootstrap_servers}: {', '.join(k.input_topics)} -> {k.output_topic} (dead letters: "
           f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")
+    warning = unstable_transactional_id(settings)
+    if warning:
+        print(f"  warning {warning}")
     print(f"  model   {compiled.model.name} v{compiled.model.version} (version from {compiled.version_from}): "
           f"{tensors}")
     print(f"  features{' none' if not compiled.entities else ''}")
