@@ -31,9 +31,11 @@ from typing import Any
 import fastavro
 
 from worker.app.components import make_store
+from worker.app.tools import entity_matcher, redis_client
 from worker.codecs.schemas import load_schema
 from worker.config.compile import compile_settings
 from worker.config.settings import load_settings
+from worker.devtools.loader import load_hashes
 from worker.devtools.local import LocalRedis
 from worker.features.fetcher import FeatureFetcher
 from worker.pipeline.assembly import Assembler
@@ -47,14 +49,10 @@ import data  # noqa: E402  # the example's world and events (models/fraud/data.p
 
 
 def load_both(redis_url: str, work: Path) -> None:
-    """The example's world as plain hashes and, with Feast, in Feast's layout."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    pipe = client.pipeline(transaction=False)
-    for item in data.features():
-        pipe.hset(item["key"], mapping=item["fields"])
-    pipe.execute()
+    """The example's world as plain hashes (as ``worker features load`` writes them) and, with
+    Feast, in Feast's layout."""
+    settings = load_settings(CONFIGS["plain"], {"redis": {"url": redis_url}})
+    load_hashes(redis_client(settings), ((h["key"], h) for h in data.features()), entity_matcher(settings))
     if not FEAST_PYTHON.exists():
         sys.exit("no .venv-feast: run `make feast-setup` first")
     subprocess.run([str(FEAST_PYTHON), str(ROOT / "deploy" / "feast" / "materialize.py"), "--redis-url", redis_url,

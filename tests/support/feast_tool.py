@@ -99,28 +99,28 @@ def cmd_typed(args: argparse.Namespace) -> None:
     Path(args.output).write_text(json.dumps(out))
 
 
+def online(store: FeatureStore, view: str, keys: list[str]) -> dict[str, list[Any]]:
+    """What Feast's own online read returns for ``keys`` of an example view: feature → values."""
+    features = [f.name for f in store.get_feature_view(view).features]
+    found = store.get_online_features(features=[f"{view}:{f}" for f in features],
+                                      entity_rows=[{EXAMPLE_VIEWS[view]: k} for k in keys]).to_dict()
+    return {f: found[f] for f in features}
+
+
 def cmd_online(args: argparse.Namespace) -> None:
     store = store_at(Path(args.work_dir), args.redis_url)
     ids: dict[str, list[str]] = json.loads(Path(args.ids).read_text())
     out: dict[str, dict[str, Any]] = {}
     for view, keys in ids.items():
-        features = [f.name for f in store.get_feature_view(view).features]
-        join_key = EXAMPLE_VIEWS[view]
-        found = store.get_online_features(features=[f"{view}:{f}" for f in features],
-                                          entity_rows=[{join_key: k} for k in keys]).to_dict()
-        out[view] = {k: {f: found[f][i] for f in features} for i, k in enumerate(keys)}
+        found = online(store, view, keys)
+        out[view] = {k: {f: values[i] for f, values in found.items()} for i, k in enumerate(keys)}
     Path(args.output).write_text(json.dumps(out))
 
 
 def cmd_refresh(args: argparse.Namespace) -> None:
     store = store_at(Path(args.work_dir), args.redis_url)
     keys: list[str] = json.loads(Path(args.ids).read_text())
-    view = store.get_feature_view(args.view)
-    join_key = EXAMPLE_VIEWS[args.view]
-    features = [f.name for f in view.features]
-    found = store.get_online_features(features=[f"{args.view}:{f}" for f in features],
-                                      entity_rows=[{join_key: k} for k in keys]).to_dict()
-    frame = pd.DataFrame({join_key: keys, **{f: found[f] for f in features}})
+    frame = pd.DataFrame({EXAMPLE_VIEWS[args.view]: keys, **online(store, args.view, keys)})
     frame["event_timestamp"] = pd.Timestamp(datetime.fromisoformat(args.timestamp))
     store.write_to_online_store(args.view, frame)
 

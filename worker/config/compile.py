@@ -235,8 +235,7 @@ def _feast_entity(entity: EntitySettings, schema: Schema, key: str,
              for k, path in entity.join_keys.items()}
     if not (entity.project and entity.feature_view and typed) or None in typed.values():
         return None
-    keys = {k: (path, kind) for (k, path), kind in zip(entity.join_keys.items(), typed.values(), strict=True)
-            if kind is not None}
+    keys = {k: (entity.join_keys[k], kind) for k, kind in typed.items() if kind}  # all are (checked above)
     return FeastKey(entity.project, keys), FeastLayout(entity.feature_view, entity.fields)
 
 

@@ -234,15 +234,9 @@ class MemoryConsumer:
                 group.members.append(self)
 
     def unsubscribe(self) -> None:
-        if self._listener is not None and self.assignment and not self._stalled:
-            self._listener.revoked(sorted(self.assignment))
-        with self.broker.lock:
-            self._give_up(sorted(self.assignment))
-            self.unsubscribes += 1
-            self._stalled = self._joining = False
-            group = self.broker._group(self.group_id)
-            if self in group.members:
-                group.members.remove(self)
+        self._leave()
+        self.unsubscribes += 1
+        self._stalled = self._joining = False
 
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         self._serve()
@@ -350,16 +344,18 @@ class MemoryConsumer:
         return self.broker.topics(timeout_s)
 
     def close(self) -> None:
+        self._leave()
+        self.closed = True
+
+    def _leave(self) -> None:
         """Leave the group, giving every partition up (the revoke callback runs first)."""
         if self._listener is not None and self.assignment:
-            partitions = sorted(self.assignment)
-            self._listener.revoked(partitions)
+            self._listener.revoked(sorted(self.assignment))
         with self.broker.lock:
             self._give_up(sorted(self.assignment))
             group = self.broker._group(self.group_id)
             if self in group.members:
                 group.members.remove(self)
-        self.closed = True
 
 
 @dataclass

@@ -38,13 +38,13 @@ class Deadline:
     def expired(self, events: Sequence[Record], sources: Sequence[Message]) -> Expired:
         """Which events are too old now. An event without a time (a null field, a message without
         a timestamp) is never expired: nothing shows it is late."""
-        oldest = self.clock() - self.max_age_s
+        now = self.clock()
         times = map(self.event_time, events) if self.event_time else map(message_time_s, sources)
         rows, ages = [], []
         for row, at in enumerate(times):
-            if at is not None and at < oldest:
+            if at is not None and now - at > self.max_age_s:
                 rows.append(row)
-                ages.append(oldest + self.max_age_s - at)
+                ages.append(now - at)
         return Expired(rows, ages)
 
     def reason(self, age_s: float) -> str:
