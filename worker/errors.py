@@ -79,6 +79,20 @@ class RegistryUnavailable(WorkerError):
     """The Schema Registry did not answer; the batch is retried rather than dead-lettered."""
 
 
+class RegistryRefused(RegistryUnavailable):
+    """The Schema Registry answered with a refusal (an HTTP 4xx other than 404: credentials,
+    permissions, an incompatible or invalid schema); the message carries its error code and reason.
+
+    A kind of ``RegistryUnavailable`` on purpose: met while decoding, the refusal concerns the worker
+    (its credentials), not the event, so the batch is held rather than every event dead-lettered."""
+
+    def __init__(self, message: str, http_status: int, error_code: int, reason: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.error_code = error_code
+        self.reason = reason
+
+
 class BrokerUnavailable(WorkerError):
     """The broker does not acknowledge outputs (or finish a commit) in time; the loop holds its batch."""
 

@@ -33,6 +33,10 @@ LAYERS: list[set[str]] = [  # lowest first; a room imports only from its own lay
 ]
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
 KAFKA_CLIENT_MODULES = {"worker.kafka.confluent", "worker.kafka.reader"}  # the adapters over confluent-kafka
+# confluent-kafka also ships the Schema Registry's HTTP client, which has nothing of the Kafka client
+# (librdkafka) in it: one adapter, beside the registry port it implements, may use that part alone.
+SCHEMA_REGISTRY_CLIENT = "confluent_kafka.schema_registry"
+REGISTRY_CLIENT_MODULES = {"worker.codecs.registry_client"}
 CLI_SHARED = {"worker.cli", "worker.cli.options"}  # what every command may import
 
 
@@ -113,10 +117,20 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _is_registry_client(module: str) -> bool:
+    return module == SCHEMA_REGISTRY_CLIENT or module.startswith(SCHEMA_REGISTRY_CLIENT + ".")
+
+
 def test_only_the_kafka_adapters_import_confluent_kafka() -> None:
     users = sorted(name for name, path in MODULES.items()
-                   if any(m == "confluent_kafka" or m.startswith("confluent_kafka.") for m in imports(path)))
+                   if any((m == "confluent_kafka" or m.startswith("confluent_kafka.")) and not _is_registry_client(m)
+                          for m in imports(path)))
     assert set(users) == KAFKA_CLIENT_MODULES, users
+
+
+def test_only_the_registry_adapter_imports_confluent_kafkas_schema_registry_client() -> None:
+    users = sorted(name for name, path in MODULES.items() if any(_is_registry_client(m) for m in imports(path)))
+    assert set(users) == REGISTRY_CLIENT_MODULES, users
 
 
 def test_commands_import_the_shared_options_never_each_other() -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.codecs.avro import ConfluentAvroDecoder, ConfluentAvroEncoder, PlainAvroDecoder, PlainAvroEncoder
-from worker.codecs.registry import InMemorySchemaRegistry
+from worker.codecs.registry import InMemorySchemaRegistry, SchemaText
 from worker.codecs.schemas import parse_schema
 from worker.codecs.writer import compile_writer
 from worker.errors import DecodeError, EncodeError
@@ -186,7 +186,7 @@ class CountingRegistry(InMemorySchemaRegistry):
         super().__init__()
         self.lookups = 0
 
-    def get_schema(self, schema_id: int) -> str:
+    def get_schema(self, schema_id: int) -> SchemaText:
         self.lookups += 1
         return super().get_schema(schema_id)
 
@@ -233,15 +233,68 @@ def test_confluent_unknown_schema_id(message: InputMessage) -> None:
 
 
 def test_confluent_incompatible_writer_schema(message: InputMessage) -> None:
-    registry = InMemorySchemaRegistry()
+    registry = CountingRegistry()
     writer = {"type": "record", "name": "User", "fields": [{"name": "id", "type": "string"}]}
     writer_id = registry.register("users-value", json.dumps(writer))
+    decoder = ConfluentAvroDecoder(registry, parse_schema(READER_V2))
+
+    for _ in range(3):
+        with pytest.raises(DecodeError) as caught:
+            decoder(framed(writer_id, writer, {"id": "a"}), message)
+
+    assert caught.value.reason == (f"schema id {writer_id} cannot be read as User: "
+                                   "field 'id' is written as a string, the reader expects a long")
+    assert caught.value.raw is message
+    assert registry.lookups == 1  # the verdict is remembered per schema id
+
+
+def test_confluent_reads_older_and_newer_compatible_writers(message: InputMessage) -> None:
+    registry = InMemorySchemaRegistry()
+    older = {"type": "record", "name": "User", "fields": [{"name": "id", "type": "int"},
+                                                          {"name": "name", "type": "string"}]}
+    newer = {"type": "record", "name": "User", "namespace": "other", "fields": [
+        *READER_V2["fields"], {"name": "email", "type": ["null", "string"], "default": None}]}
+    decoder = ConfluentAvroDecoder(registry, parse_schema(READER_V2))
+
+    old = decoder(framed(registry.register("u", json.dumps(older)), older, {"id": 1, "name": "Ann"}), message)
+    new = decoder(framed(registry.register("u", json.dumps(newer)), newer,
+                         {"id": 2, "name": "Bob", "country": "BE", "email": "b@x"}), message)
+
+    assert old == {"id": 1, "name": "Ann", "country": "NL"}
+    assert new == {"id": 2, "name": "Bob", "country": "BE"}
+
+
+def test_confluent_reads_the_readers_own_schema_without_resolution(message: InputMessage,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = InMemorySchemaRegistry()
+    schema_id = registry.register("u", json.dumps({**READER_V2, "doc": "the same shape, documented"}))
+    reader = parse_schema(READER_V2)
+    decoder = ConfluentAvroDecoder(registry, reader)
+    calls: list[Any] = []
+    real = fastavro.schemaless_reader
+    monkeypatch.setattr(fastavro, "schemaless_reader", lambda buf, w, r: calls.append((w, r)) or real(buf, w, r))
+
+    assert decoder(framed(schema_id, READER_V2, {"id": 1, "name": "A", "country": "BE"}), message)["id"] == 1
+    assert calls == [(reader, None)]  # the common case reads as plain Avro
+
+
+@pytest.mark.parametrize(("writer_field", "reason"), [
+    ({"name": "name", "type": "int"}, "field 'name' is written as an int, the reader expects a string"),
+    ({"name": "name", "type": ["null", "string"]}, "field 'name' is written as a null, the reader expects a string"),
+    ({"name": "nom", "type": "string"},
+     "field 'name' is not in the writer's schema and the reader gives it no default"),
+])
+def test_confluent_names_what_does_not_match(message: InputMessage, writer_field: dict[str, Any],
+                                             reason: str) -> None:
+    registry = InMemorySchemaRegistry()
+    writer = {"type": "record", "name": "User", "fields": [{"name": "id", "type": "long"}, writer_field]}
+    schema_id = registry.register("u", json.dumps(writer))
 
     with pytest.raises(DecodeError) as caught:
-        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(framed(writer_id, writer, {"id": "a"}), message)
+        ConfluentAvroDecoder(registry, parse_schema(READER_V2))(b"\x00" + struct.pack(">I", schema_id) + b"\x02",
+                                                                message)
 
-    assert caught.value.__cause__ is not None
-    assert caught.value.raw is message
+    assert caught.value.reason == f"schema id {schema_id} cannot be read as User: {reason}"
 
 
 def test_confluent_unusable_registry_schema(message: InputMessage) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
+from pydantic import SecretStr
 
 from worker.app.explain import make_explainer
 from worker.codecs.avro import (
@@ -16,10 +18,10 @@ from worker.codecs.avro import (
     PlainAvroDecoder,
     PlainAvroEncoder,
 )
-from worker.codecs.registry import HttpSchemaRegistry
+from worker.codecs.registry_client import ConfluentSchemaRegistry, RegistryConnection
 from worker.codecs.schemas import Schema
 from worker.config.compile import Compiled
-from worker.config.settings import WorkerSettings
+from worker.config.settings import AvroSettings, WorkerSettings
 from worker.errors import StartupError
 from worker.features.fetcher import FeatureFetcher
 from worker.features.redis_store import RedisAddress, RedisFeatureStore
@@ -42,12 +44,36 @@ def make_store(settings: WorkerSettings) -> RedisFeatureStore:
     return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
 
 
-def make_registry(settings: WorkerSettings) -> HttpSchemaRegistry:
+def make_registry(settings: WorkerSettings) -> ConfluentSchemaRegistry:
+    """The Schema Registry client with every ``avro.schema_registry_*`` setting: URL, TLS, basic or bearer auth."""
     a = settings.avro
     if not a.schema_registry_url:
         raise StartupError("avro.schema_registry_url is not set")
-    password = a.schema_registry_password.get_secret_value() if a.schema_registry_password else None
-    return HttpSchemaRegistry(a.schema_registry_url, a.schema_registry_username, password)
+    connection = RegistryConnection(
+        a.schema_registry_url, a.schema_registry_username, _secret(a.schema_registry_password),
+        _secret(a.schema_registry_bearer_token), a.schema_registry_bearer_logical_cluster,
+        _path(a.schema_registry_ca_location), _path(a.schema_registry_certificate_location),
+        _path(a.schema_registry_key_location), _secret(a.schema_registry_key_password))
+    try:
+        return ConfluentSchemaRegistry(connection)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: an unreadable CA, certificate or key
+        raise StartupError(f"cannot set up the Schema Registry client from {_tls_settings(a)}: {exc}") from exc
+
+
+def _tls_settings(a: AvroSettings) -> str:
+    """The TLS settings in use, by name (OpenSSL's "PEM lib" does not say which file it could not load)."""
+    names = ["schema_registry_ca_location", "schema_registry_certificate_location", "schema_registry_key_location",
+             "schema_registry_key_password"]
+    used = [f"avro.{n}" for n in names if getattr(a, n) is not None]
+    return ", ".join(used) or "avro.schema_registry_url"
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _path(value: Path | None) -> str | None:
+    return str(value) if value is not None else None
 
 
 def make_decoder(settings: WorkerSettings, schema: Schema, framing: str | None = None) -> Decoder:

@@ -3,7 +3,7 @@
 Two framings are supported. ``plain`` is schemaless Avro binary (the writer schema is the
 configured one). ``confluent`` is the Schema Registry wire format: a zero magic byte, a
 4-byte big-endian schema id, then the Avro body; the writer schema is fetched by id and
-resolved against the configured reader schema.
+resolved against the configured reader schema (see ``evolution``).
 
 Every failure is raised as ``DecodeError`` / ``EncodeError`` wrapping the library's error and
 carrying the source message, so that the dead-letter topic can republish it unchanged.
@@ -15,11 +15,13 @@ import json
 import logging
 import re
 import struct
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Protocol
 
 import fastavro
 
+from worker.codecs.evolution import incompatibility, same_shape
 from worker.codecs.registry import SchemaRegistry
 from worker.codecs.schemas import Schema, parse_schema, record_name
 from worker.codecs.writer import compile_writer
@@ -85,34 +87,61 @@ class PlainAvroDecoder:
         return _read_exactly(self._schema, self._name, value, ctx, self._limit)
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How the events of one writer schema id are read, decided once per id: with ``writer``,
+    resolved to ``reader`` (None when the two have the same shape), or not at all (``refusal``)."""
+
+    writer: Schema
+    reader: Schema | None = None
+    refusal: str | None = None
+
+
 class ConfluentAvroDecoder:
-    """Schema Registry framing; writer schemas are fetched once per id and cached."""
+    """Schema Registry framing. Each writer schema id is fetched, parsed and checked against the
+    reader schema once; its events are then read with schema resolution (evolution), or
+    dead-lettered with the reason the two schemas do not resolve."""
 
     def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._registry = registry
         self._reader = reader_schema
         self._limit = max_bytes
         self._name = record_name(reader_schema)
-        self._writers: dict[int, Schema] = {}
+        self._readings: dict[int, _Reading] = {}
 
     def __call__(self, value: bytes | None, ctx: Message) -> Record:
         if value is None or len(value) < _HEADER.size or value[0] != _MAGIC:
             raise DecodeError("not Schema Registry framed (no magic byte 0 and schema id)", ctx)
         _, schema_id = _HEADER.unpack_from(value)
-        writer = self._writers.get(schema_id) or self._fetch(schema_id, ctx)
-        return _read_exactly(writer, self._name, value, ctx, self._limit, _HEADER.size, self._reader)
+        reading = self._readings.get(schema_id) or self._decide(schema_id, ctx)
+        if reading.refusal is not None:
+            raise DecodeError(reading.refusal, ctx)
+        return _read_exactly(reading.writer, self._name, value, ctx, self._limit, _HEADER.size, reading.reader)
+
+    def _decide(self, schema_id: int, ctx: Message) -> _Reading:
+        writer = self._fetch(schema_id, ctx)
+        if same_shape(writer, self._reader):
+            reading = _Reading(self._reader)  # the common case: read as plain Avro, no resolution per event
+        elif (problem := incompatibility(writer, self._reader)) is None:
+            reading = _Reading(writer, self._reader)
+            logger.info("events of schema id %d are resolved to the reader schema", schema_id,
+                        extra={"schema_id": schema_id})
+        else:
+            reading = _Reading(writer, refusal=f"schema id {schema_id} cannot be read as {self._name}: {problem}")
+            logger.warning("events of schema id %d will be dead-lettered: %s", schema_id, problem,
+                           extra={"schema_id": schema_id})
+        self._readings[schema_id] = reading
+        return reading
 
     def _fetch(self, schema_id: int, ctx: Message) -> Schema:
         try:
-            text = self._registry.get_schema(schema_id)
+            fetched = self._registry.get_schema(schema_id)
         except LookupError as exc:
             raise DecodeError(f"schema id {schema_id} is unknown to the registry", ctx) from exc
         try:
-            writer = parse_schema(json.loads(text))
+            return parse_schema(json.loads(fetched.text), [json.loads(t) for t in fetched.references])
         except (ValueError, TypeError) as exc:
             raise DecodeError(f"schema id {schema_id} is not a usable Avro record schema: {exc}", ctx) from exc
-        self._writers[schema_id] = writer
-        return writer
 
 
 class PlainAvroEncoder:

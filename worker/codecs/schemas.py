@@ -8,6 +8,7 @@ converted straight back to a number for the model or the output record.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,14 @@ def load_schema(path: Path) -> Schema:
         raise SchemaError(f"{path}: {exc}") from exc
 
 
-def parse_schema(raw: Any) -> Schema:
+def parse_schema(raw: Any, references: Sequence[Any] = ()) -> Schema:
+    """A parsed record schema; ``references`` are the parsed JSON of the schemas whose named types
+    it uses (Schema Registry references), each after the ones it uses in turn."""
+    named: dict[str, Any] = {}
     try:
-        parsed = fastavro.parse_schema(_integer_times(raw))
+        for referenced in references:
+            fastavro.parse_schema(_integer_times(referenced), named)
+        parsed = fastavro.parse_schema(_integer_times(raw), named)
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise SchemaError(f"not a valid Avro schema: {exc}") from exc
     if not isinstance(parsed, dict) or parsed.get("type") != "record":

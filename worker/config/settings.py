@@ -113,11 +113,27 @@ class AvroSettings(_Section):
     framing: Literal["plain", "confluent"] = "plain"
     """``plain``: schemaless Avro binary; ``confluent``: magic byte + schema id (Schema Registry)."""
     schema_registry_url: str | None = None
-    """Schema Registry URL; required with ``confluent`` framing."""
+    """Schema Registry URL (``https://`` for TLS; several, comma-separated, are tried in turn);
+    required with ``confluent`` framing."""
     schema_registry_username: str | None = None
     """Basic-auth user for the registry."""
     schema_registry_password: SecretStr | None = None
     """Basic-auth password for the registry; never logged."""
+    schema_registry_bearer_token: SecretStr | None = None
+    """A static bearer token for the registry (``Authorization: Bearer``), instead of basic auth;
+    never logged. The worker does not fetch or refresh tokens: confluent-kafka's client can (OAuth
+    client credentials from a token endpoint, Azure IMDS, or a custom function), but a static token
+    is all this setting passes; mint it outside and restart the worker before it expires."""
+    schema_registry_bearer_logical_cluster: str | None = None
+    """Confluent Cloud only: the registry's logical cluster id (``lsrc-...``), sent with a bearer token."""
+    schema_registry_ca_location: Path | None = None
+    """CA bundle (PEM) that signed the registry's certificate; default: the system's CAs."""
+    schema_registry_certificate_location: Path | None = None
+    """Client certificate (PEM) for mutual TLS with the registry; it may hold the key too."""
+    schema_registry_key_location: Path | None = None
+    """Private key (PEM) of the client certificate, if not in the certificate file."""
+    schema_registry_key_password: SecretStr | None = None
+    """Password of an encrypted client key; never logged."""
     output_subject: str | None = None
     """Subject the output schema is registered under (default ``<output_topic>-value``)."""
     max_value_bytes: int = Field(default=1_048_576, gt=0)
@@ -127,6 +143,11 @@ class AvroSettings(_Section):
     def _registry_for_confluent(self) -> AvroSettings:
         if self.framing == "confluent" and not self.schema_registry_url:
             raise ValueError("framing 'confluent' needs schema_registry_url")
+        if self.schema_registry_username and self.schema_registry_bearer_token:
+            raise ValueError("set schema_registry_username (basic auth) or schema_registry_bearer_token, not both")
+        if (self.schema_registry_key_location or self.schema_registry_key_password) \
+                and not self.schema_registry_certificate_location:
+            raise ValueError("a client key for the registry needs schema_registry_certificate_location")
         return self
 
 
@@ -651,8 +672,11 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
     def at(p: Path | None) -> Path | None:
         return None if p is None else p if p.is_absolute() else (base / p).resolve()
 
-    avro = settings.avro.model_copy(update={"input_schema": at(settings.avro.input_schema),
-                                            "output_schema": at(settings.avro.output_schema)})
+    a = settings.avro
+    avro = a.model_copy(update={"input_schema": at(a.input_schema), "output_schema": at(a.output_schema),
+                                "schema_registry_ca_location": at(a.schema_registry_ca_location),
+                                "schema_registry_certificate_location": at(a.schema_registry_certificate_location),
+                                "schema_registry_key_location": at(a.schema_registry_key_location)})
     model = settings.model.model_copy(update={"path": at(settings.model.path),
                                               "repository": at(settings.model.repository)})
     redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
