@@ -9,6 +9,7 @@ message, and an unreachable registry or a 5xx a ``RegistryUnavailable`` (the bat
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,7 +63,7 @@ class ConfluentSchemaRegistry:
     """The worker's ``SchemaRegistry`` on confluent-kafka's client (which also caches schemas by id)."""
 
     def __init__(self, connection: RegistryConnection) -> None:
-        self._url = connection.url
+        self._url = _without_credentials(connection.url)
         self._client = SchemaRegistryClient(connection.client_config())
 
     def get_schema(self, schema_id: int) -> SchemaText:
@@ -107,6 +108,11 @@ def _refusal(what: str, exc: SchemaRegistryError) -> Exception:
     if status >= 500 or status in _TRANSIENT_STATUS:
         return RegistryUnavailable(f"schema registry failed to {what}: {said}")
     return RegistryRefused(f"schema registry refused to {what}: {said}", status, code, message)
+
+
+def _without_credentials(urls: str) -> str:
+    """The registry URLs as errors may show them: credentials in a URL's userinfo are the client's too."""
+    return ",".join(re.sub(r"//[^/@]*@", "//***@", url) for url in urls.split(","))
 
 
 def _transport(exc: Exception) -> str:
