@@ -23,7 +23,7 @@ from worker.codecs.registry import SchemaNotFound, SchemaReference
 from worker.codecs.registry_client import ConfluentSchemaRegistry, RegistryConnection
 from worker.codecs.schemas import parse_schema
 from worker.config.settings import load_settings
-from worker.errors import RegistryRefused, RegistryUnavailable, StartupError
+from worker.errors import ConfigError, RegistryRefused, RegistryUnavailable, StartupError
 from worker.records import InputMessage
 
 USER = {"type": "record", "name": "User", "namespace": "test", "fields": [
@@ -229,3 +229,18 @@ def test_an_unusable_client_key_fails_startup_naming_the_settings(pki: Pki, tmp_
         make_registry(settings)
 
     assert "not-the-password" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"avro.schema_registry_username": "svc", "avro.schema_registry_bearer_token": "t"}, "not both"),
+    ({"avro.schema_registry_key_location": "client.key"}, "needs schema_registry_certificate_location"),
+])
+def test_registry_settings_that_exclude_each_other(tmp_path: Path, changes: dict[str, Any], problem: str) -> None:
+    path = write_config(tmp_path / "c.yaml", changed(fraud_config(), **{
+        "avro.framing": "confluent", "avro.schema_registry_url": "https://registry:8081", **changes}))
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert [key for key, _ in caught.value.problems] == ["avro"]
+    assert problem in str(caught.value) and "'t'" not in str(caught.value)
