@@ -72,7 +72,14 @@ class EncodeError(EventError):
 
 
 class FeatureStoreUnavailable(WorkerError):
-    """The feature store cannot be reached; the batch is retried, not dead-lettered."""
+    """The feature store cannot be reached; the batch is retried, not dead-lettered.
+
+    ``refused`` names a refusal that no retry can mend, when that is what it is (a certificate,
+    the credentials: see ``worker.startup.REFUSALS``); startup gives up at once on those."""
+
+    def __init__(self, reason: str, refused: str = "") -> None:
+        super().__init__(reason)
+        self.refused = refused
 
 
 class RegistryUnavailable(WorkerError):

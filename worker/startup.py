@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from worker.errors import StartupError
 
@@ -43,6 +43,21 @@ def _pause(seconds: float, clock: Callable[[], float], sleep: Callable[[float], 
         check_stop()
         sleep(min(left, _STEP_S))
     check_stop()
+
+
+REFUSALS = {"server_certificate": "TLS handshake failed: its certificate could not be verified",
+            "client_certificate": "TLS handshake failed: it does not accept this client's certificate",
+            "client_key": "this client's certificate or key cannot be loaded",
+            "credentials": "authentication failed",
+            "permissions": "it does not allow this user a command the worker needs"}
+"""What each kind of refusal means, in words: a dependency that turns the worker away for its
+configuration is not waited for (no retry can mend it)."""
+
+
+def refusal_line(who: str, refused: str, reason: str, settings_of: Mapping[str, str]) -> str:
+    """One line for a refused connection: who, what went wrong, the settings to check, the detail."""
+    check = f"; check {settings_of[refused]}" if refused in settings_of else ""
+    return f"{who}: {REFUSALS.get(refused, refused)}{check} ({reason})"
 
 
 def wait_until_ready(problem: Callable[[], str | None], what: str, where: str, timeout_s: float,

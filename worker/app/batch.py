@@ -12,14 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.app.components import make_pipeline, make_store
+from worker.app.components import make_pipeline, ready_store
 from worker.app.kafka import QUIET, kafka_client, make_producer
 from worker.batch.files import Row, open_reader, open_writer
 from worker.batch.scoring import BatchScorer, DeadLetterFile, Progress
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, ToolError
-from worker.features.redis_store import wait_for_redis
 from worker.kafka.port import BrokerError
 from worker.kafka.reader import Bound, RangeReader
 from worker.kafka.sink import produce_when_room
@@ -59,8 +58,7 @@ def run_batch(settings: WorkerSettings, job: BatchJob, report: Callable[[Progres
     rows, size, share = _source(settings, compiled, job)
     where = _places(job)
     progress = Progress.resumed(where["progress"], job.input, size) if job.resume else Progress(job.input, size)
-    store = make_store(settings)
-    wait_for_redis(store, settings.redis.startup_timeout_s)
+    store = ready_store(settings)
     pipeline = make_pipeline(settings, compiled, store)
     sink = _sink(settings, compiled, job, progress)
     dead = DeadLetterFile(where["dead"], progress.dead_at if job.resume else None)

@@ -24,7 +24,7 @@ from worker.config.compile import Compiled
 from worker.config.settings import AvroSettings, WorkerSettings
 from worker.errors import StartupError
 from worker.features.fetcher import FeatureFetcher
-from worker.features.redis_store import RedisAddress, RedisFeatureStore
+from worker.features.redis_store import RedisAddress, RedisFeatureStore, TlsFiles, wait_for_redis
 from worker.features.store import FeatureStore
 from worker.pipeline.assembly import Assembler
 from worker.pipeline.deadline import Deadline
@@ -32,6 +32,12 @@ from worker.pipeline.pipeline import Pipeline
 from worker.records import UNIT_SECONDS, event_time_reader
 from worker.runner.loop import LoopSettings
 from worker.serving import ModelSlot
+
+REDIS_REFUSALS = {"server_certificate": "redis.ca_file", "client_certificate": "redis.cert_file and redis.key_file",
+                  "client_key": "redis.cert_file, redis.key_file and redis.key_password",
+                  "credentials": "redis.password (or the user and password in redis.url)",
+                  "permissions": "the ACL of the user in redis.url (README: Security)"}
+"""The settings that decide each kind of refusal (``worker.startup.REFUSALS``), for its error line."""
 
 
 def make_store(settings: WorkerSettings) -> RedisFeatureStore:
@@ -41,7 +47,22 @@ def make_store(settings: WorkerSettings) -> RedisFeatureStore:
         address = RedisAddress.from_url(r.url, password)
     except ValueError as exc:
         raise StartupError(f"redis.url: {exc}") from exc
-    return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
+    return RedisFeatureStore(address, r.timeout_s, redis_tls(settings))
+
+
+def ready_store(settings: WorkerSettings) -> RedisFeatureStore:
+    """``make_store``, once Redis answers (``StartupError`` after ``redis.startup_timeout_s``, or at once
+    if Redis refuses the worker's certificate or credentials)."""
+    store = make_store(settings)
+    wait_for_redis(store, settings.redis.startup_timeout_s, REDIS_REFUSALS)
+    return store
+
+
+def redis_tls(settings: WorkerSettings) -> TlsFiles:
+    r = settings.redis
+    return TlsFiles(str(r.ca_file) if r.ca_file else None, str(r.cert_file) if r.cert_file else None,
+                    str(r.key_file) if r.key_file else None,
+                    r.key_password.get_secret_value() if r.key_password else None)
 
 
 def make_registry(settings: WorkerSettings) -> ConfluentSchemaRegistry:
@@ -99,8 +120,11 @@ def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.
     timeout; ``ValueError`` for a malformed URL. It connects on its first command."""
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
-    extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
     RedisAddress.from_url(url or r.url, password)
+    tls = redis_tls(settings)
+    given = {"ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+             "ssl_password": tls.key_password}
+    extra = {key: value for key, value in given.items() if value}
     return redis.Redis.from_url(url or r.url, password=password, socket_timeout=r.timeout_s, **extra)
 
 

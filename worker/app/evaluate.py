@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 
 from worker.app import lifecycle
-from worker.app.components import make_store
+from worker.app.components import ready_store
 from worker.batch.files import Row, open_reader
 from worker.codecs.schemas import Schema, parse_schema
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, ModelRunError, ToolError
 from worker.features.fetcher import FeatureFetcher
-from worker.features.redis_store import wait_for_redis
 from worker.inference import Model
 from worker.lifecycle.repository import ModelRepository
 from worker.pipeline.assembly import Assembler
@@ -190,9 +189,8 @@ def evaluate(settings: WorkerSettings, job: EvaluateJob, report: Report) -> Eval
     compiled = compile_settings(settings)
     candidate, serving = _models(settings, compiled, job)
     reader = open_reader(job.input, labelled_schema(compiled.input_schema, job.label_field))
-    store = make_store(settings)
+    store = ready_store(settings)
     try:
-        wait_for_redis(store, settings.redis.startup_timeout_s)
         scoring = _Pass(FeatureFetcher(store, compiled.entities), Assembler(compiled.tensors), candidate, serving,
                         compiled.builder.score, job.label_field)
         collected = scoring.run(reader.rows(), job.chunk_rows, lambda: report(scoring.read, scoring.skipped.total,

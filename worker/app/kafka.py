@@ -6,15 +6,16 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from worker.config.settings import WorkerSettings, librdkafka_config
+from worker.kafka.admin import wait_for_topics
 from worker.kafka.checkpoint import Checkpointer
 from worker.kafka.config import consumer_config, producer_config
 from worker.kafka.confluent import ConfluentAdmin, ConfluentConsumer, ConfluentProducer
-from worker.kafka.port import Fault
+from worker.kafka.port import Fault, Metadata
 from worker.kafka.sink import Sink
 from worker.kafka.transactions import TransactionalCheckpointer
 
@@ -38,8 +39,23 @@ def kafka_common(settings: WorkerSettings) -> dict[str, Any]:
     k = settings.kafka
     typed = {"security.protocol": k.security_protocol, "sasl.mechanism": k.sasl_mechanism,
              "sasl.username": k.sasl_username, "ssl.ca.location": k.ssl_ca_location,
-             "sasl.password": k.sasl_password.get_secret_value() if k.sasl_password else None}
+             "ssl.certificate.location": k.ssl_certificate_location, "ssl.key.location": k.ssl_key_location,
+             "sasl.password": k.sasl_password.get_secret_value() if k.sasl_password else None,
+             "ssl.key.password": k.ssl_key_password.get_secret_value() if k.ssl_key_password else None}
     return {**{key: v for key, v in typed.items() if v is not None}, **librdkafka_config(k.properties)}
+
+
+KAFKA_REFUSALS = {"server_certificate": "kafka.ssl_ca_location",
+                  "client_certificate": "kafka.ssl_certificate_location and kafka.ssl_key_location",
+                  "credentials": "kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password"}
+"""The settings that decide each kind of refusal (``worker.startup.REFUSALS``), for its error line."""
+
+
+def wait_for_kafka(settings: WorkerSettings, metadata: Metadata, topics: Sequence[str]) -> None:
+    """Until the brokers answer and list ``topics``: ``StartupError`` after ``kafka.startup_timeout_s``,
+    or at once if they refuse the worker's certificate or credentials."""
+    k = settings.kafka
+    wait_for_topics(metadata, topics, k.startup_timeout_s, k.bootstrap_servers, KAFKA_REFUSALS)
 
 
 def kafka_client(settings: WorkerSettings) -> dict[str, Any]:

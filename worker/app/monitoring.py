@@ -15,15 +15,15 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from worker.app.cards import card_of
-from worker.app.components import loop_settings, make_decoder, make_pipeline, make_store, redis_connection
+from worker.app.components import loop_settings, make_decoder, make_pipeline, ready_store, redis_connection
 from worker.app.explain import model_scores
-from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer
+from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer, wait_for_kafka
 from worker.app.tools import topic_reader
 from worker.config.compile import Compiled, compile_settings, prediction_field
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
-from worker.features.redis_store import RedisAddress, wait_for_redis
-from worker.kafka.admin import create_topics, topic_partitions, wait_for_topics
+from worker.features.redis_store import RedisAddress
+from worker.kafka.admin import create_topics, topic_partitions
 from worker.kafka.sink import Sink
 from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
 from worker.monitoring.metrics import MonitorMetrics
@@ -168,7 +168,7 @@ def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = (), 
     k = run_as.kafka
     consumer = make_consumer(run_as)
     predictions = settings.kafka.output_topic
-    wait_for_topics(consumer, [predictions, k.dlq_topic], k.startup_timeout_s, k.bootstrap_servers)
+    wait_for_kafka(run_as, consumer, [predictions, k.dlq_topic])
     _create_own_topics(run_as, predictions)
     sink = Sink(lambda on_error: make_producer(run_as, None, on_error), k.output_topic, k.dlq_topic, k.group_id,
                 run_as.batch.max_in_flight_events, run_as.batch.max_in_flight_mb * (1 << 20) // 2)
@@ -238,8 +238,7 @@ def reference_from_topic(settings: WorkerSettings, events: int,
     published."""
     compiled = compile_settings(settings)
     columns = watched(settings, compiled)
-    store = make_store(settings)
-    wait_for_redis(store, settings.redis.startup_timeout_s)
+    store = ready_store(settings)
     pipeline = make_pipeline(settings, compiled, store)
     reader = topic_reader(settings, list(settings.kafka.input_topics), from_beginning=True)
     values: dict[str, list[np.ndarray]] = {c.name: [] for c in columns}

@@ -9,14 +9,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker.app import lifecycle
-from worker.app.components import loop_settings, make_pipeline, make_store
-from worker.app.kafka import kafka_client, make_checkpointer, make_consumer, make_sink, required_topics
+from worker.app.components import loop_settings, make_pipeline, ready_store
+from worker.app.kafka import (
+    kafka_client,
+    make_checkpointer,
+    make_consumer,
+    make_sink,
+    required_topics,
+    wait_for_kafka,
+)
 from worker.app.monitoring import make_drift
 from worker.app.telemetry import Telemetry, make_telemetry
 from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
-from worker.features.redis_store import wait_for_redis
-from worker.kafka.admin import wait_for_topics
 from worker.runner.loop import Runner
 from worker.runner.observer import Observer
 from worker.startup import check_stop
@@ -32,11 +37,10 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     t = telemetry or Telemetry()
     compiled = compile_settings(settings)
     lifecycle.check_configured_model(settings, compiled)
-    store = make_store(settings)
-    wait_for_redis(store, settings.redis.startup_timeout_s)
+    store = ready_store(settings)
     k = settings.kafka
     consumer = make_consumer(settings, t.hooks)
-    wait_for_topics(consumer, required_topics(settings), k.startup_timeout_s, k.bootstrap_servers)
+    wait_for_kafka(settings, consumer, required_topics(settings))
     pipeline = make_pipeline(settings, compiled, store)
     sink = make_sink(settings, t.hooks)
     checkpointer = make_checkpointer(settings, consumer, sink)

@@ -60,6 +60,13 @@ class KafkaSettings(_Section):
     """librdkafka ``sasl.password``; never logged."""
     ssl_ca_location: str | None = None
     """librdkafka ``ssl.ca.location``: CA bundle to verify the brokers."""
+    ssl_certificate_location: str | None = None
+    """librdkafka ``ssl.certificate.location``: this client's certificate (PEM), for brokers that
+    require mutual TLS."""
+    ssl_key_location: str | None = None
+    """librdkafka ``ssl.key.location``: the private key of ``ssl_certificate_location`` (PEM)."""
+    ssl_key_password: SecretStr | None = None
+    """librdkafka ``ssl.key.password``: the passphrase of an encrypted ``ssl_key_location``; never logged."""
     properties: dict[str, Scalar] = {}
     """Any further librdkafka property for both clients; snake_case keys become dotted
     (``fetch_wait_max_ms`` → ``fetch.wait.max.ms``)."""
@@ -100,7 +107,13 @@ class RedisSettings(_Section):
     timeout_s: float = Field(default=2.0, gt=0)
     """Socket timeout for each round trip."""
     ca_file: Path | None = None
-    """CA bundle for ``rediss://``."""
+    """CA bundle for ``rediss://`` (default: the system's)."""
+    cert_file: Path | None = None
+    """This client's certificate (PEM), for a Redis that requires mutual TLS (``tls-auth-clients yes``)."""
+    key_file: Path | None = None
+    """The private key of ``cert_file`` (PEM; default: in ``cert_file`` itself)."""
+    key_password: SecretStr | None = None
+    """The passphrase of an encrypted ``key_file``; never logged."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long startup waits for Redis before giving up."""
 
@@ -679,7 +692,8 @@ def _resolve_paths(settings: WorkerSettings, base: Path) -> WorkerSettings:
                                 "schema_registry_key_location": at(a.schema_registry_key_location)})
     model = settings.model.model_copy(update={"path": at(settings.model.path),
                                               "repository": at(settings.model.repository)})
-    redis = settings.redis.model_copy(update={"ca_file": at(settings.redis.ca_file)})
+    r = settings.redis
+    redis = r.model_copy(update={"ca_file": at(r.ca_file), "cert_file": at(r.cert_file), "key_file": at(r.key_file)})
     lifecycle = settings.lifecycle.model_copy(update={"control_file": at(settings.lifecycle.control_file)})
 
     def function_at(spec: str | None) -> str | None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from worker.errors import FeatureStoreUnavailable
+from worker.errors import FeatureStoreUnavailable, StartupError
 from worker.features.store import KeyValues, Name, Requests
-from worker.startup import wait_until_ready
+from worker.startup import refusal_line, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ def pack(*args: bytes) -> bytes:
 class RedisFeatureStore:
     """``FeatureStore`` over one Redis connection, reconnecting lazily after a failure."""
 
-    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, ca_file: str | None = None) -> None:
+    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, tls: TlsFiles | None = None) -> None:
         self.address = address
         self._timeout = timeout_s
-        self._ca_file = ca_file
+        self._tls = tls or TlsFiles()
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
 
@@ -80,7 +81,8 @@ class RedisFeatureStore:
     def ping(self) -> None:
         reply = self._round_trip(pack(b"PING"), 1)[0]
         if reply != b"PONG":
-            raise FeatureStoreUnavailable(f"Redis answered PING with {reply!r}")
+            refused = "permissions" if str(reply).startswith("NOPERM") else ""
+            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()} answered PING with {reply}", refused)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -107,7 +109,10 @@ class RedisFeatureStore:
             return self._read_replies(sock, n_replies)
         except (OSError, hiredis.ProtocolError) as exc:
             self.close()
-            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}") from exc
+            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}", _refused(exc)) from exc
+        except FeatureStoreUnavailable:
+            self.close()
+            raise
 
     def _read_replies(self, sock: socket.socket, n: int) -> list[object]:
         replies: list[object] = []
@@ -117,7 +122,7 @@ class RedisFeatureStore:
             if reply is False:
                 data = sock.recv(1 << 20)
                 if not data:
-                    raise ConnectionError("connection closed by Redis")
+                    raise ConnectionError(_CLOSED)
                 reader.feed(data)
                 continue
             replies.append(reply)
@@ -134,10 +139,17 @@ class RedisFeatureStore:
             sock = socket.create_connection((a.host, a.port), timeout=self._timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if a.tls:
-            context = ssl.create_default_context(cafile=self._ca_file)
-            sock = context.wrap_socket(sock, server_hostname=a.host)
+            sock = self._tls.context().wrap_socket(sock, server_hostname=a.host)
         self._sock = sock
-        self._handshake(sock)
+        try:
+            self._handshake(sock)
+        except OSError as exc:
+            if a.tls and not _refused(exc) and _closed(exc):
+                # A server refusing our certificate (or its absence) under TLS 1.3 sends an alert and
+                # closes; whether we read the alert or only the close depends on timing.
+                raise FeatureStoreUnavailable(f"Redis at {a.redacted()} closed the TLS connection before its first "
+                                              f"reply ({exc})", "client_certificate") from exc
+            raise
         return sock
 
     def _handshake(self, sock: socket.socket) -> None:
@@ -148,12 +160,63 @@ class RedisFeatureStore:
             commands.append(pack(b"AUTH", *auth, a.password.encode()))
         if a.db:
             commands.append(pack(b"SELECT", str(a.db).encode()))
+        if a.tls:
+            commands.append(pack(b"PING"))  # a first exchange on every TLS connection: see _connect
         if not commands:
             return
         sock.sendall(b"".join(commands))
         for reply in self._read_replies(sock, len(commands)):
             if isinstance(reply, Exception):
-                raise ConnectionError(f"Redis refused the connection setup: {reply}")
+                text = str(reply)
+                refused = "credentials" if _is_auth_error(text) else "permissions" if text.startswith("NOPERM") else ""
+                raise FeatureStoreUnavailable(f"Redis at {a.redacted()} refused the connection setup: {text}", refused)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """What a ``rediss://`` connection verifies the server with (``ca_file``, default the system's CAs)
+    and, for mutual TLS, proves itself with (``cert_file``, ``key_file``, ``key_password``)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, self.key_password)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise FeatureStoreUnavailable(f"cannot load the client certificate {self.cert_file}: {exc}",
+                                              "client_key") from exc
+        return context
+
+
+# OpenSSL's reasons when a server refuses our certificate (it can only say so with an alert).
+_CLIENT_CERTIFICATE_ALERTS = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
+
+
+def _refused(exc: Exception) -> str:
+    """Which refusal ``exc`` is (see ``worker.startup.REFUSALS``), or "" for an outage."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "server_certificate"
+    reason = getattr(exc, "reason", None) or ""
+    if isinstance(exc, ssl.SSLError) and any(alert in reason for alert in _CLIENT_CERTIFICATE_ALERTS):
+        return "client_certificate"
+    return ""
+
+
+def _closed(exc: OSError) -> bool:
+    return isinstance(exc, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError) or str(exc) == _CLOSED
+
+
+_CLOSED = "connection closed by Redis"
+
+
+def _is_auth_error(text: str) -> bool:
+    # WRONGPASS (ACL users, Redis 6+); "ERR AUTH ... without any password configured"; "ERR invalid password" (older)
+    return text.startswith(("WRONGPASS", "ERR AUTH", "ERR invalid password", "ERR invalid username"))
 
 
 def _bytes(name: Name) -> bytes:
@@ -171,14 +234,19 @@ def _key_values(reply: object) -> KeyValues:
     return ValueError(f"unexpected Redis reply {reply!r}")
 
 
-def wait_for_redis(store: RedisFeatureStore, timeout_s: float) -> None:
-    """Block until Redis answers PING, logging progress; else ``StartupError``."""
-    wait_until_ready(lambda: _ping_problem(store), "Redis", store.address.redacted(), timeout_s)
+def wait_for_redis(store: RedisFeatureStore, timeout_s: float, settings_of: Mapping[str, str] | None = None) -> None:
+    """Block until Redis answers PING, logging progress; else ``StartupError``: at once when it
+    refuses this client (a certificate, the credentials), naming the settings ``settings_of`` gives
+    for that refusal, since waiting cannot mend a configuration."""
+    wait_until_ready(lambda: _ping_problem(store, settings_of or {}), "Redis", store.address.redacted(), timeout_s)
 
 
-def _ping_problem(store: RedisFeatureStore) -> str | None:
+def _ping_problem(store: RedisFeatureStore, settings_of: Mapping[str, str]) -> str | None:
     try:
         store.ping()
     except FeatureStoreUnavailable as exc:
+        if exc.refused:
+            raise StartupError(refusal_line(f"Redis at {store.address.redacted()}", exc.refused, str(exc),
+                                            settings_of)) from exc
         return str(exc)
     return None

@@ -9,24 +9,30 @@ from collections.abc import Mapping, Sequence
 
 from worker.errors import StartupError, ToolError
 from worker.kafka.port import Admin, BrokerError, Fault, Metadata, NewTopic
-from worker.startup import wait_until_ready
+from worker.startup import refusal_line, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
 ALREADY_EXISTS = "TOPIC_ALREADY_EXISTS"
 
 
-def wait_for_topics(metadata: Metadata, topics: Sequence[str], timeout_s: float, where: str) -> None:
+def wait_for_topics(metadata: Metadata, topics: Sequence[str], timeout_s: float, where: str,
+                    settings_of: Mapping[str, str] | None = None) -> None:
     """Block until the brokers at ``where`` answer and every topic exists, logging progress; else
-    ``StartupError``."""
-    wait_until_ready(lambda: _topics_problem(metadata, topics), "Kafka", where, timeout_s)
+    ``StartupError``: at once when they refuse this client (``Fault.refused``), naming the settings
+    ``settings_of`` gives for that refusal, since waiting cannot mend a configuration."""
+    wait_until_ready(lambda: _topics_problem(metadata, topics, where, settings_of or {}), "Kafka", where, timeout_s)
     logger.info("topics present: %s", ", ".join(topics))
 
 
-def _topics_problem(metadata: Metadata, topics: Sequence[str]) -> str | None:
+def _topics_problem(metadata: Metadata, topics: Sequence[str], where: str,
+                    settings_of: Mapping[str, str]) -> str | None:
     try:
         listed = metadata.topics(0.5)  # short, so that Ctrl-C is not held up
     except BrokerError as exc:
+        if exc.fault.refused:
+            raise StartupError(refusal_line(f"Kafka at {where}", exc.fault.refused, exc.fault.reason,
+                                            settings_of)) from exc
         return f"brokers unreachable ({exc.fault.reason})"
     missing = [t for t in topics if t not in listed]
     if missing:

@@ -87,7 +87,25 @@ def _syslog_level(level: int) -> int:
 def fault_of(error: KafkaError) -> Fault:
     code = error.code()
     return Fault(error.str(), error.name(), fatal=error.fatal(), retriable=error.retriable(),
-                 abortable=error.txn_requires_abort(), fenced=code in _FENCED, conflict=code == KafkaError._CONFLICT)
+                 abortable=error.txn_requires_abort(), fenced=code in _FENCED, conflict=code == KafkaError._CONFLICT,
+                 refused=_refused(code, error.str()))
+
+
+# OpenSSL's words for a handshake that failed over certificates. A server refusing our certificate
+# can only say so with an alert, which librdkafka reports as a transport error.
+_CERTIFICATE_REFUSALS = (("certificate verify failed", "server_certificate"),
+                         ("alert certificate required", "client_certificate"),
+                         ("alert unknown ca", "client_certificate"), ("alert bad certificate", "client_certificate"),
+                         ("alert certificate unknown", "client_certificate"))
+
+
+def _refused(code: int, text: str) -> str:
+    if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        return "credentials"
+    if code not in (KafkaError._SSL, KafkaError._TRANSPORT):
+        return ""
+    lowered = text.lower()
+    return next((kind for words, kind in _CERTIFICATE_REFUSALS if words in lowered), "")
 
 
 def broker_error(exc: KafkaException) -> BrokerError:
@@ -113,20 +131,24 @@ class _Errors:
     def __init__(self, listener: Callable[[Fault], None] | None) -> None:
         self.listener = listener
         self.last: Fault | None = None
+        self.refusal: Fault | None = None
+        """The last refusal: a later "all brokers down" must not hide why they are."""
 
     def __call__(self, error: KafkaError) -> None:
         self.last = fault_of(error)
+        if self.last.refused:
+            self.refusal = self.last
         if self.listener is not None:
             self.listener(self.last)
 
     def explained(self, exc: BrokerError) -> BrokerError:
         """``exc`` with the client's last error added to its reason (a metadata request only says
         that it failed; the last error says why: refused, TLS, authentication...)."""
-        last = self.last
+        last = self.refusal or self.last
         if last is None or last.reason in exc.fault.reason:
             return exc
         return BrokerError(dataclasses.replace(exc.fault, reason=f"{exc.fault.reason}; last client error: "
-                                                                  f"{last.reason}"))
+                                                                  f"{last.reason}", refused=last.refused))
 
 
 def _with_callbacks(config: Mapping[str, Any], errors: _Errors,

@@ -47,6 +47,10 @@ class Fault:
     """Another instance took over this producer's transactional id."""
     conflict: bool = False
     """Another transactional operation (a commit that timed out) must be finished first."""
+    refused: str = ""
+    """What the broker, or TLS, turned this client away for, when it is the client's configuration
+    and no retry can help: ``server_certificate`` (the brokers' certificate is not trusted),
+    ``client_certificate`` (ours is missing or not trusted) or ``credentials`` (SASL)."""
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.code})" if self.code else self.reason
