@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from worker.app.components import make_registry, make_store, redis_connection
+from worker.app.components import make_registry, ready_store, redis_connection
 from worker.app.explain import make_explainer, model_scores
 from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
 from worker.codecs.avro import (
@@ -28,7 +29,7 @@ from worker.devtools.loader import EntityMatcher
 from worker.devtools.sender import EventSender
 from worker.errors import StartupError, ToolError
 from worker.features.fetcher import FeatureFetcher
-from worker.features.redis_store import RedisAddress, wait_for_redis
+from worker.features.redis_store import RedisAddress
 from worker.kafka import admin
 from worker.kafka.config import producer_config
 from worker.kafka.confluent import ConfluentProducer
@@ -105,6 +106,34 @@ def entity_matcher(settings: WorkerSettings) -> EntityMatcher:
     return EntityMatcher(hashes)
 
 
+def acl_setuser(settings: WorkerSettings, user: str, writer: bool = False) -> str:
+    """The ``ACL SETUSER`` line for a Redis user with least privilege: the worker's (``HMGET`` on its
+    entities' keys, ``PING``, and the drift history's ``SET``/``XADD`` under the monitoring prefix when
+    that lives in the same Redis) or, with ``writer``, ``features load``'s (``HSET``, ``DEL``). It sets
+    no password (``reset`` leaves none, so nobody can log in as the user until the operator adds one)."""
+    patterns = [_key_pattern(e.key, e.layout, e.project) for e in settings.features.values()]
+    commands = ["+ping", "+hset", "+del"] if writer else ["+ping", "+hmget"]
+    m = settings.monitoring
+    if not writer and m.drift and not m.redis_url:
+        patterns.append(glob_escape(m.key_prefix or f"monitor:{settings.kafka.group_id}:") + "*")
+        commands += ["+set", "+xadd"]
+    if RedisAddress.from_url(settings.redis.url).db:
+        commands.append("+select")
+    keys = " ".join(f"~{p}" for p in patterns)
+    return f"ACL SETUSER {user} reset on {keys} {' '.join(commands)}"
+
+
+def _key_pattern(key: str | None, layout: str, project: str | None) -> str:
+    if layout == "feast":
+        return "*" + glob_escape(project or "")  # Feast's keys are the serialized entity key, then the project
+    return re.sub(r"\{[^}]*\}", "*", glob_escape(key or ""))  # each {field} of the template is any text
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def redis_client(settings: WorkerSettings) -> Any:
     """A redis-py client for ``redis.url`` that answered PING."""
     try:
@@ -140,8 +169,7 @@ def explain_event(settings: WorkerSettings, record: Any) -> Explained:
         raise ToolError(f"the event does not fit the input schema: {problem}")
     explainer = make_explainer(settings, compiled, always=True)
     assert explainer is not None
-    store = make_store(settings)
-    wait_for_redis(store, settings.redis.startup_timeout_s)
+    store = ready_store(settings)
     assembled = Assembler(compiled.tensors).assemble([record], FeatureFetcher(store, compiled.entities).fetch([record]))
     if assembled.bad:
         raise ToolError(f"the event cannot be scored: {assembled.bad[0]}")

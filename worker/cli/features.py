@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from worker.app.tools import entity_matcher, redis_client
+from worker.app.tools import acl_setuser, entity_matcher, redis_client
 from worker.cli.options import command, items_from, settings_from, source_options
 from worker.config.settings import WorkerSettings
 from worker.devtools.console import ProgressLine, count
@@ -21,6 +21,11 @@ def register(sub: Any) -> None:
     source_options(p, "JSON lines like {\"key\": \"card:c1\", \"fields\": {\"f\": 1.5}}")
     p.add_argument("--chunk", type=int, default=1000, help="hashes per pipelined round trip (default 1000)")
     p.add_argument("--replace", action="store_true", help="delete each hash before writing it")
+    p = command(features, "acl", "print the ACL SETUSER line of a least-privilege Redis user for this config",
+                cmd_features_acl, only=("redis_url",))
+    p.add_argument("--user", default="worker", help="the user's name (default worker)")
+    p.add_argument("--writer", action="store_true", help="the user `features load` needs (HSET, DEL) instead of "
+                                                         "the worker's (HMGET)")
 
 
 def cmd_features_load(args: argparse.Namespace) -> int:
@@ -39,6 +44,13 @@ def cmd_features_load(args: argparse.Namespace) -> int:
     for line in _load_notes(tally, settings):
         print(f"  {line}", file=sys.stderr)
     return 0 if not (tally.rejected or tally.failed) else 1
+
+
+def cmd_features_acl(args: argparse.Namespace) -> int:
+    print(acl_setuser(settings_from(args), args.user, args.writer))
+    print(f"then give {args.user} a password: ACL SETUSER {args.user} '>the-password' (and ACL SAVE, with an ACL "
+          "file); until then nobody can log in as it", file=sys.stderr)
+    return 0
 
 
 def _load_notes(tally: LoadTally, settings: WorkerSettings) -> list[str]:
