@@ -185,11 +185,15 @@ def broker_binary() -> str:
 class LocalBroker(LocalProcess):
     """tansu on 127.0.0.1: a Kafka-protocol broker keeping everything in memory."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None,
+                 options: Sequence[str] = ()) -> None:
+        """``advertised_port``: the port clients are told to use, when something (a TLS terminator)
+        listens there in front of the broker; ``options`` adds broker options (``--authentication``)."""
         self.port = port or free_port()
-        url = f"tcp://127.0.0.1:{self.port}"
+        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{advertised_port or self.port}"
         super().__init__("broker", [broker_binary(), "broker", "--listener-url", url,
-                                    "--advertised-listener-url", url], log_path, ready_port=self.port)
+                                    "--advertised-listener-url", advertised, *options], log_path,
+                         ready_port=self.port)
 
     @property
     def bootstrap_servers(self) -> str:
