@@ -63,6 +63,7 @@ class Options:
     target_eps: float
     headroom: float = 0.3  # share of each worker process kept free (spikes, rebalances, catch-up)
     cores_per_replica: int = 1  # one worker process per core: Python's hot path holds the GIL
+    basis: str = "throughput"  # events/s per process: as measured ("throughput") or 1 / CPU per event ("cpu")
     partition_factor: float = 2.0  # partitions per consumer, so the group can grow without repartitioning
     max_partition_mb_s: float = 10.0  # write rate one partition is planned for
     batch_events: int | None = None  # events per worker batch; None: rate × latency budget, capped
@@ -70,6 +71,7 @@ class Options:
     max_batch_events: int = 2000  # batch.max_events
     redis_utilisation: float = 0.7  # share of a shard's measured maximum that is planned for
     redis_read_replicas: int = 0  # replicas per shard serving reads (redis.read_from_replicas)
+    redis_max_per_shard: float | None = None  # HMGET/s per shard at any depth, instead of the measured curve
     replication_factor: int = 3  # Kafka topic replication factor
     broker_mb_s: float = 200.0  # network budget per broker, each way
     downstream_consumers: int = 1  # consumer groups reading the predictions
@@ -89,6 +91,10 @@ class Options:
         if min(self.max_partition_mb_s, self.broker_mb_s, self.max_batch_events, self.input_batch_records) <= 0:
             raise CapacityError("--max-partition-mb-s, --broker-mb-s, --max-batch-events and --input-batch-records "
                                 "must be positive")
+        if self.basis not in ("throughput", "cpu"):
+            raise CapacityError(f"--basis must be throughput or cpu, not {self.basis!r}")
+        if self.redis_max_per_shard is not None and not self.redis_max_per_shard > 0:
+            raise CapacityError(f"--redis-max-per-shard must be positive, not {self.redis_max_per_shard!r}")
         if self.batch_events is not None and self.batch_events < 1:
             raise CapacityError(f"--batch-events must be ≥ 1, not {self.batch_events!r}")
 
@@ -129,10 +135,18 @@ def redis_max_at_depth(by_depth: dict[int, float], depth: float) -> float:
     return by_depth[lo_d] + share * (by_depth[hi_d] - by_depth[lo_d])
 
 
+def eps_per_process(figures: Figures, options: Options) -> float:
+    """A process's events/s: as measured beside the broker and Redis on this machine, or what its CPU
+    per event allows on a core of its own."""
+    if options.basis == "cpu":
+        return 1e6 / figures.worker_cpu_us_per_event
+    return figures.worker_eps_per_process
+
+
 def workers(figures: Figures, options: Options) -> tuple[int, int]:
-    """(worker processes, replicas): enough processes at (1 − headroom) of the measured rate, in
+    """(worker processes, replicas): enough processes at (1 − headroom) of a process's rate, in
     replicas of ``cores_per_replica`` processes each."""
-    usable = figures.worker_eps_per_process * (1 - options.headroom)
+    usable = eps_per_process(figures, options) * (1 - options.headroom)
     replicas = ceil_div(ceil_div(options.target_eps, usable), options.cores_per_replica)
     return replicas * options.cores_per_replica, replicas
 
@@ -161,7 +175,7 @@ def redis_shards(figures: Figures, options: Options, batch: int) -> int:
     readers = 1 + options.redis_read_replicas
     for shards in range(1, 100_000):
         depth = max(1.0, batch * figures.redis_commands_per_event / shards)
-        capacity = redis_max_at_depth(figures.redis_max_commands_by_depth, depth)
+        capacity = options.redis_max_per_shard or redis_max_at_depth(figures.redis_max_commands_by_depth, depth)
         if shards * readers * capacity * options.redis_utilisation >= demand:
             return shards
     raise CapacityError(f"no Redis layout up to 100,000 shards carries {demand:,.0f} HMGET/s")
@@ -190,7 +204,7 @@ def make_plan(figures: Figures, options: Options) -> Plan:
     figures.check()
     options.check()
     processes, replicas = workers(figures, options)
-    batch = batch_size(options, options.target_eps / processes)
+    batch = batch_size(options, options.target_eps / processes)  # the planned load, not the maximum
     input_mb_s = options.target_eps * figures.input_record_bytes / MB
     parts = partitions(options, processes, input_mb_s)
     into, out = broker_traffic(figures, options, parts, batch)
@@ -205,15 +219,21 @@ def make_plan(figures: Figures, options: Options) -> Plan:
 def assumptions(figures: Figures, options: Options, plan: Plan) -> dict[str, str]:
     """One line per planned number: where it comes from."""
     f, o, p = figures, options, plan
-    usable = f.worker_eps_per_process * (1 - o.headroom)
+    per_process = eps_per_process(f, o)
+    usable = per_process * (1 - o.headroom)
     depth = max(1.0, p.batch_events * f.redis_commands_per_event / p.redis_shards)
-    shard_max = redis_max_at_depth(f.redis_max_commands_by_depth, depth)
+    shard_max = o.redis_max_per_shard or redis_max_at_depth(f.redis_max_commands_by_depth, depth)
+    measured = ("given with --redis-max-per-shard" if o.redis_max_per_shard
+                else f"measured at pipeline depth {depth:,.0f}")
+    basis = (f"{per_process:,.0f} events/s per process from {f.worker_cpu_us_per_event:.1f} µs CPU per event on a "
+             "core of its own" if o.basis == "cpu" else
+             f"{per_process:,.0f} events/s measured per process beside the broker and Redis")
     readers = 1 + o.redis_read_replicas
     to_redis = p.redis_commands_per_s * f.redis_request_bytes_per_command / MB
     from_redis = p.redis_commands_per_s * f.redis_reply_bytes_per_command / MB
     return {
-        "worker_processes": f"one process per core (the hot path holds the GIL); {f.worker_eps_per_process:,.0f} "
-                            f"events/s measured per process, planned at {1 - o.headroom:.0%} = {usable:,.0f}",
+        "worker_processes": f"one process per core (the hot path holds the GIL); {basis}, planned at "
+                            f"{1 - o.headroom:.0%} = {usable:,.0f}",
         "replicas": f"{o.cores_per_replica} core(s) per replica, each core running one worker process",
         "cores": f"worker cores only; {f.worker_cpu_us_per_event:.1f} µs CPU per event measured (every thread), "
                  f"i.e. {f.worker_cpu_us_per_event * usable / 1e6:.2f} core per process at the planned rate",
@@ -224,8 +244,8 @@ def assumptions(figures: Figures, options: Options, plan: Plan) -> dict[str, str
                         f"capped at batch.max_events {o.max_batch_events}" if o.batch_events is None
                         else "given with --batch-events",
         "redis_shards": f"{f.redis_commands_per_event:g} HMGET per event; a shard planned at "
-                        f"{o.redis_utilisation:.0%} of its measured {shard_max:,.0f} HMGET/s at pipeline depth "
-                        f"{depth:,.0f} (a batch's pipeline split over the shards); reads served by {readers} "
+                        f"{o.redis_utilisation:.0%} of {shard_max:,.0f} HMGET/s {measured} (a batch's pipeline "
+                        f"split over the shards); reads served by {readers} "
                         f"node(s) per shard" + ("" if o.redis_read_replicas else " (replicas add read capacity "
                                                 "only with redis.read_from_replicas)"),
         "redis_network": f"{f.redis_request_bytes_per_command:.0f} B request, {f.redis_reply_bytes_per_command:.0f} B "
@@ -279,7 +299,9 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def plan_command(args: argparse.Namespace) -> None:
-    plan = make_plan(load_figures(args.figures), options_from(args))
+    options = options_from(args)
+    options.check()  # a bad option is named even when the figures file is the next problem
+    plan = make_plan(load_figures(args.figures), options)
     print(json.dumps(asdict(plan), indent=1) if args.json else render(plan))
 
 
@@ -312,6 +334,8 @@ def plan_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--headroom", type=float, default=d.headroom, help="share of each process kept free")
     ap.add_argument("--cores-per-replica", type=int, default=d.cores_per_replica,
                     help="cores per replica, one worker process each")
+    ap.add_argument("--basis", choices=["throughput", "cpu"], default=d.basis, help="a process's events/s: "
+                    "measured throughput (default), or 1 / CPU per event (a core of its own)")
     ap.add_argument("--partition-factor", type=float, default=d.partition_factor,
                     help="input partitions per consumer process")
     ap.add_argument("--max-partition-mb-s", type=float, default=d.max_partition_mb_s)
@@ -323,6 +347,8 @@ def plan_arguments(ap: argparse.ArgumentParser) -> None:
                     help="share of a shard's measured maximum to plan for")
     ap.add_argument("--redis-read-replicas", type=int, default=d.redis_read_replicas,
                     help="replicas per shard serving reads (redis.read_from_replicas)")
+    ap.add_argument("--redis-max-per-shard", type=float, default=None,
+                    help="HMGET/s one shard carries at any depth (default: redis-benchmark's, by depth)")
     ap.add_argument("--replication-factor", type=int, default=d.replication_factor)
     ap.add_argument("--broker-mb-s", type=float, default=d.broker_mb_s, help="network per broker, each way")
     ap.add_argument("--downstream-consumers", type=int, default=d.downstream_consumers)

@@ -42,7 +42,10 @@ from worker.features.redis_store import pack
 CONTRACT_CHECK = ROOT.parent / "shared" / "tools" / "contract_check.py"
 CONTRACT_CONFIG = ROOT / "bench" / "fraud-contract.yaml"
 DEPTHS = (1, 8, 32, 128, 512, 2048)  # HMGETs per pipeline
-BENCH_CLIENTS = 4  # connections at once, as several worker processes would hold
+# Connections at once: at scale every worker process holds one to each shard, so a shard sees dozens of
+# small pipelines; with few clients a shallow depth would measure round trips, not the server.
+BENCH_CLIENTS = 32
+BENCH_REPEATS = 3  # the median is kept: neighbours on a shared machine only ever slow a run down
 INFO = pack(b"INFO", b"stats", b"commandstats", b"cpu")
 
 
@@ -165,8 +168,13 @@ def load_bench_hashes(url: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def redis_benchmark(port: int, depth: int, key: str, fields: list[str], keys: int) -> float:
-    """HMGET/s of one redis-server at a pipeline depth, from redis-benchmark's CSV line."""
-    n = 200_000 if depth == 1 else 1_000_000
+    """HMGET/s of one redis-server at a pipeline depth, from redis-benchmark's CSV line (median of
+    ``BENCH_REPEATS`` runs)."""
+    return statistics.median(redis_benchmark_once(port, depth, key, fields, keys) for _ in range(BENCH_REPEATS))
+
+
+def redis_benchmark_once(port: int, depth: int, key: str, fields: list[str], keys: int) -> float:
+    n = 100_000 if depth == 1 else 500_000
     command = ["redis-benchmark", "-p", str(port), "-c", str(BENCH_CLIENTS), "-n", str(n), "-P", str(depth),
                "-r", str(keys), "--csv", "HMGET", key, *fields]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
@@ -187,7 +195,8 @@ def shard_figures(workdir: Path) -> dict[str, Any]:
         by_entity = {name: {d: redis_benchmark(server.port, d, key, fields, sizes[name]) for d in DEPTHS}
                      for name, (key, fields) in entities.items()}
     mixed = {d: round(len(by_entity) / sum(1 / rates[d] for rates in by_entity.values())) for d in DEPTHS}
-    return {"clients": BENCH_CLIENTS, "by_entity": by_entity, "mixed": mixed}
+    return {"clients": BENCH_CLIENTS, "repeats": BENCH_REPEATS, "by_entity": by_entity, "mixed": mixed,
+            "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def varint_bytes(value: int) -> int:
@@ -286,7 +295,7 @@ def measure_command(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="capacity-"))
     started = machine()
     runs = contract_runs(args.runs, args.n, workdir)
-    print("[capacity] redis-benchmark ...", file=sys.stderr, flush=True)
+    print(f"[capacity] redis-benchmark, load {os.getloadavg()[0]:.2f} ...", file=sys.stderr, flush=True)
     shards = shard_figures(workdir)
     result = {"command": "python -m bench.capacity measure " + shlex.join(sys.argv[2:]),
               "machine": {**started, "uptime_after": machine()["uptime"]},
