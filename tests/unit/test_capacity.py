@@ -61,6 +61,13 @@ def test_headroom_shrinks_what_each_process_is_planned_for() -> None:
     assert half.worker_processes == 20
 
 
+def test_the_basis_picks_the_cpu_figure_or_the_measured_throughput() -> None:
+    figures = replace(FIGURES, worker_eps_per_process=14_000, worker_cpu_us_per_event=40.0)  # 25,000 per core
+
+    assert make_plan(figures, Options(target_eps=100_000, headroom=0.0)).worker_processes == 4
+    assert make_plan(figures, Options(target_eps=100_000, headroom=0.0, basis="throughput")).worker_processes == 8
+
+
 def test_replicas_round_up_to_whole_replicas_of_cores() -> None:
     plan = make_plan(FIGURES, Options(target_eps=35_000 * 5, cores_per_replica=4))  # 5 processes needed
 
