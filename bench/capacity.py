@@ -111,7 +111,7 @@ class Plan:
     partitions: int
     batch_events: int
     redis_shards: int
-    redis_commands_per_s: float
+    redis_commands_per_s: int
     broker_in_mb_s: float
     broker_out_mb_s: float
     brokers_for_network: int
@@ -213,7 +213,7 @@ def make_plan(figures: Figures, options: Options) -> Plan:
     into, out = broker_traffic(figures, options, parts, batch)
     shards = redis_shards(figures, options, batch)
     plan = Plan(options.target_eps, processes, replicas, replicas * options.cores_per_replica, parts, batch, shards,
-                options.target_eps * figures.redis_commands_per_event, round(into, 1), round(out, 1),
+                round(options.target_eps * figures.redis_commands_per_event), round(into, 1), round(out, 1),
                 ceil_div(max(into, out), options.broker_mb_s))
     plan.assumptions = assumptions(figures, options, plan)
     return plan
@@ -255,9 +255,10 @@ def assumptions(figures: Figures, options: Options, plan: Plan) -> dict[str, str
                          f"reply per HMGET: {to_redis:,.1f} MB/s to and {from_redis:,.1f} MB/s from Redis in all",
         "broker_network": f"{f.input_record_bytes:.0f} B per input and {f.output_record_bytes:.0f} B per prediction "
                           f"record, plus a {KAFKA_BATCH_HEADER_BYTES} B RecordBatch header per "
-                          f"{o.input_batch_records} inputs and per {p.batch_events / p.partitions:.2g} predictions "
-                          f"(a worker batch over {p.partitions} partitions); no compression; replication factor "
-                          f"{o.replication_factor}; {o.downstream_consumers} downstream reader(s) of the predictions",
+                          f"{o.input_batch_records} inputs and per {max(1.0, p.batch_events / p.partitions):.2g} "
+                          f"prediction(s) (a worker batch of {p.batch_events} over {p.partitions} partitions); "
+                          f"no compression; replication factor {o.replication_factor}; {o.downstream_consumers} "
+                          "downstream reader(s) of the predictions",
         "brokers_for_network": f"{o.broker_mb_s:g} MB/s each way per broker (network only: disks, partition "
                                "counts and cross-AZ cost are separate limits)",
     }
