@@ -138,17 +138,24 @@ def test_an_interrupted_run_resumed_gives_every_row_exactly_once(gen: ModuleType
         assert_scored(list(fastavro.reader(f)), expected)  # type: ignore[arg-type]
 
 
-def test_bad_invocations_are_one_clear_line(gen: ModuleType, redis_db_url: str, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_invocations_are_one_clear_line_and_exit_2_not_1_which_means_dead_letters(
+        gen: ModuleType, redis_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "events.csv").write_text("a,b\n")
-    assert batch(redis_db_url, "--input", str(tmp_path / "events.csv"), "--output", str(tmp_path / "o.avro")) == 1
+    assert batch(redis_db_url, "--input", str(tmp_path / "events.csv"), "--output", str(tmp_path / "o.avro")) == 2
     assert "format follows the extension" in capsys.readouterr().err
-    assert batch(redis_db_url, "--input", str(tmp_path / "none.avro"), "--output", str(tmp_path / "o.avro")) == 1
+    assert batch(redis_db_url, "--input", str(tmp_path / "none.avro"), "--output", str(tmp_path / "o.avro")) == 2
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "e.jsonl").write_text("{}\n")
     assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
-                 "--resume") == 1
-    assert "cannot resume" in capsys.readouterr().err
+                 "--resume") == 2
+    assert "cannot resume: no usable progress file" in capsys.readouterr().err
+    (tmp_path / "o.avro.progress.json").write_text(json.dumps({"input": "other.jsonl", "input_size": 9}))
+    assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
+                 "--resume") == 2
+    assert "is the progress of other.jsonl" in capsys.readouterr().err
+    assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
+                 "--from", "earliest") == 2
+    assert "bound a topic range" in capsys.readouterr().err
     assert batch(redis_db_url, "--input", str(tmp_path / "e.jsonl"), "--output", str(tmp_path / "o.avro"),
                  "--model-version", "2") == 2, "a model file, not a repository: a configuration error"
 

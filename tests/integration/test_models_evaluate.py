@@ -211,7 +211,7 @@ def test_an_unknown_version_or_a_single_model_file_is_a_clear_error(example: Exa
     assert "version 9 is not in the repository" in capsys.readouterr().err
     assert evaluate(example, redis_db_url, "2", "--against", "8", "--input", labelled) == 1
     assert "versions of 'fraud': 1, 2, 3" in capsys.readouterr().err
-    assert evaluate(example, redis_db_url, "2", "--input", str(tmp_path / "none.jsonl")) == 1
+    assert evaluate(example, redis_db_url, "2", "--input", str(tmp_path / "none.jsonl")) == 2, "usage, not a gate"
     assert "no such file" in capsys.readouterr().err
     raw = yaml.safe_load(example.config.read_text())
     raw["model"] = {**raw["model"], "path": str(example.repository / "fraud" / "1" / "model.onnx")}

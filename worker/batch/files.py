@@ -24,7 +24,7 @@ from fastavro.schema import to_parsing_canonical_form
 from worker.codecs.explain import mismatch
 from worker.codecs.schemas import Schema
 from worker.codecs.writer import encode_long
-from worker.errors import ToolError
+from worker.errors import ToolError, UsageError
 from worker.records import Message
 
 FORMATS = (".avro", ".jsonl", ".parquet")
@@ -62,14 +62,14 @@ class Writer(Protocol):
 
 def format_of(path: Path, what: str) -> str:
     if path.suffix not in FORMATS:
-        raise ToolError(f"{what} {path}: the format follows the extension, one of {', '.join(FORMATS)} "
+        raise UsageError(f"{what} {path}: the format follows the extension, one of {', '.join(FORMATS)} "
                         "(or kafka:TOPIC)")
     return path.suffix
 
 
 def open_reader(path: Path, schema: Schema) -> Reader:
     if not path.is_file():
-        raise ToolError(f"--input {path}: no such file")
+        raise UsageError(f"--input {path}: no such file")
     suffix = format_of(path, "--input")
     if suffix == ".avro":
         return AvroFileReader(path, schema)
@@ -86,7 +86,7 @@ def open_writer(path: Path, schema: Schema, append_at: int | None = None) -> Wri
     if suffix == ".jsonl":
         return JsonLinesWriter(path, schema, append_at)
     if append_at is not None:
-        raise ToolError("--resume continues .avro or .jsonl outputs; a Parquet file is written in one go")
+        raise UsageError("--resume continues .avro or .jsonl outputs; a Parquet file is written in one go")
     return ParquetWriter(path, schema)
 
 
@@ -119,7 +119,7 @@ class AvroFileReader(_Sized):
                 records = self._decoded(blocks) if same else self._resolved()
                 yield from (Row(record) for record in islice(records, skip, None))
             except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
-                raise ToolError(f"{self.path} cannot be read as {self.schema.get('name')}: {exc}") from exc
+                raise UsageError(f"{self.path} cannot be read as {self.schema.get('name')}: {exc}") from exc
 
     def _decoded(self, blocks: Any) -> Iterator[dict[str, Any]]:
         read, schema = fastavro.schemaless_reader, self.schema
@@ -262,7 +262,7 @@ def _sync_marker(path: Path) -> bytes:
     """The sync marker of a container file this module wrote: the 16 bytes that end its header."""
     with path.open("rb") as f:
         if f.read(4) != MAGIC:
-            raise ToolError(f"cannot resume: {path} is not an Avro container file")
+            raise UsageError(f"cannot resume: {path} is not an Avro container file")
         _skip_map(f)
         return f.read(16)
 
@@ -282,7 +282,7 @@ def _read_long(f: IO[bytes]) -> int:
     while True:
         byte = f.read(1)
         if not byte:
-            raise ToolError("cannot resume: the output file's header is cut short")
+            raise UsageError("cannot resume: the output file's header is cut short")
         result |= (byte[0] & 0x7F) << shift
         shift += 7
         if not byte[0] & 0x80:
@@ -293,7 +293,7 @@ def cut_back(path: Path, size: int) -> IO[bytes]:
     """``path`` cut back to ``size`` bytes (dropping what an interrupted run wrote after its last
     completed chunk), open for appending."""
     if not path.is_file() or path.stat().st_size < size:
-        raise ToolError(f"cannot resume: {path} is shorter than the progress file says; start over without --resume")
+        raise UsageError(f"cannot resume: {path} is shorter than the progress file says; start over without --resume")
     f = path.open("r+b")
     f.truncate(size)
     f.seek(size)

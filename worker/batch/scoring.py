@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from worker.batch.files import OutFile, Row, cut_back
-from worker.errors import ToolError
+from worker.errors import UsageError
 from worker.records import BatchResult, DeadLetter, InputMessage, Message, Output
 
 
@@ -62,13 +62,13 @@ class Progress:
 
     @classmethod
     def resumed(cls, path: Path, input_name: str, input_size: int) -> Progress:
-        """The progress of an interrupted run of the same input; ``ToolError`` if there is none."""
+        """The progress of an interrupted run of the same input; ``UsageError`` if there is none."""
         try:
             saved = cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as exc:
-            raise ToolError(f"cannot resume: no usable progress file {path} ({exc})") from exc
+            raise UsageError(f"cannot resume: no usable progress file {path} ({exc})") from exc
         if (saved.input, saved.input_size) != (input_name, input_size):
-            raise ToolError(f"cannot resume: {path} is the progress of {saved.input} ({saved.input_size} bytes), "
+            raise UsageError(f"cannot resume: {path} is the progress of {saved.input} ({saved.input_size} bytes), "
                             f"not of {input_name} ({input_size} bytes)")
         return saved
 
