@@ -5,8 +5,10 @@ repeated, also after an interrupted run resumed."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.configs import FRAUD_CONFIG
-from tests.support.fraud import decode_prediction, fraud_events, population
+from tests.support.fraud import avro_container, decode_prediction, fraud_events, population, random_poison, truncated
 from tests.support.infra import repo_root
 from tests.support.kafka_io import TopicReader, Topics, produce
 from worker.cli.main import main
@@ -84,6 +86,41 @@ def test_bad_json_lines_become_dead_letters_and_the_exit_code_says_so(gen: Modul
     assert "amount" in dead[1]["reason"] and dead[0]["value"] is not None
     assert_scored([json.loads(line) for line in (tmp_path / "out.jsonl").open()],
                   {e: s for i, (e, s) in enumerate(expected.items()) if i not in bad})
+
+
+def test_poison_inside_an_avro_container_is_dead_lettered_and_the_run_goes_on(gen: ModuleType, redis_db_url: str,
+                                                                           tmp_path: Path) -> None:
+    """Blocks of 50 encoded values as a writer that copies bytes would write them, with gen.py's
+    poison put in: last in a block (truncated, random), a block of poison alone, and poison in the
+    middle of a block, after which the block's records cannot be told apart."""
+    args = population(n=1000, seed=23)
+    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_db_url}))
+    stream = list(gen.event_stream(args))
+    values, rng = [v for _, v, _ in stream], random.Random(23)
+    poison = {149: truncated(values[149]), 249: random_poison(gen, values[249], rng), 349: truncated(values[349]),
+              500: random_poison(gen, values[500], rng), 620: random_poison(gen, values[620], rng)}
+    values = [poison.get(i, v) for i, v in enumerate(values)]
+    blocks = [values[i:i + 50] for i in range(0, 500, 50)] + [[values[500]]] + [values[i:i + 50]
+                                                                               for i in range(501, 1000, 50)]
+    avro_container(tmp_path / "events.avro", gen.TXN, blocks)
+    unread = set(range(621, 651))  # after 620, in its block (601-650)
+    good = [r for i, (_, _, r) in enumerate(stream) if i not in poison and i not in unread]
+    expected = {r["event_id"]: float(s) for r, s in zip(good, gen.expected_scores(good, args).tolist(), strict=True)}
+
+    code = batch(redis_db_url, "--input", str(tmp_path / "events.avro"), "--output", str(tmp_path / "out.avro"),
+                 "--dead-letters", str(tmp_path / "dead.jsonl"))
+
+    assert code == 1, "dead letters, not a failed run"
+    dead = {d["row"]: d for d in map(json.loads, (tmp_path / "dead.jsonl").open())}
+    assert sorted(dead) == sorted({*poison, *unread})
+    assert all(d["stage"] == "decode" for d in dead.values())
+    for row in (149, 249, 349, 500):  # last of its block: its dead letter carries exactly its bytes
+        assert base64.b64decode(dead[row]["value"]) == poison[row], row
+    assert base64.b64decode(dead[620]["value"]).startswith(poison[620])
+    assert {dead[row]["error_type"] for row in unread} == {"Unread"} and "not read" in dead[621]["reason"]
+    with (tmp_path / "out.avro").open("rb") as f:
+        assert_scored(list(fastavro.reader(f)), expected)  # type: ignore[arg-type]
+    assert len(expected) + len(dead) == len(stream), "every row scored or dead-lettered: 0 missing"
 
 
 def test_a_parquet_file_in(gen: ModuleType, redis_db_url: str, tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ class Row:
     line: bytes | None = None
     message: Message | None = None
     """A message read from a topic (still to decode), instead of a record."""
+    error_type: str = "SchemaMismatch"
+    """The dead letter's error type when the row is not a record."""
 
 
 class Reader(Protocol):
@@ -105,7 +107,12 @@ class AvroFileReader(_Sized):
     """Records of an Avro container file, read as the input schema. When the file was written with
     that schema (the same parsing canonical form), each block's records are decoded as the worker
     decodes a message (2.7 µs a record on the benchmark's file, against 6.9 through fastavro's schema
-    resolution, which the reader falls back to for a file written with another, compatible schema)."""
+    resolution, which the reader uses for a file written with another, compatible schema).
+
+    Records are decoded one by one, so one that cannot be (a value cut short, random bytes) is a
+    dead letter, not the end of the run. A block keeps no record boundaries: the bytes from the bad
+    record to the block's end go with its dead letter, the block's later records are dead letters
+    too ("not read"), and reading goes on at the next block, which the sync marker delimits."""
 
     def __init__(self, path: Path, schema: Schema) -> None:
         super().__init__(path)
@@ -116,22 +123,53 @@ class AvroFileReader(_Sized):
             try:
                 blocks = fastavro.block_reader(self.file)
                 same = to_parsing_canonical_form(blocks.writer_schema) == to_parsing_canonical_form(self.schema)
-                records = self._decoded(blocks) if same else self._resolved()
-                yield from (Row(record) for record in islice(records, skip, None))
+                writer = self.schema if same else _parsed(blocks.writer_schema)
+                reader = None if same else self.schema
+                rows = (row for block in blocks for row in block_rows(block, writer, reader))
+                yield from islice(rows, skip, None)
             except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
                 raise UsageError(f"{self.path} cannot be read as {self.schema.get('name')}: {exc}") from exc
 
-    def _decoded(self, blocks: Any) -> Iterator[dict[str, Any]]:
-        read, schema = fastavro.schemaless_reader, self.schema
-        for block in blocks:
-            data = block.bytes_
-            for _ in range(block.num_records):
-                yield read(data, schema, None)  # type: ignore[misc]  # a record schema reads dicts
 
-    def _resolved(self) -> Iterator[dict[str, Any]]:
-        assert self.file is not None
-        self.file.seek(0)
-        yield from fastavro.reader(self.file, reader_schema=self.schema)  # type: ignore[misc]
+
+def _parsed(schema: Any) -> Schema:
+    parsed = fastavro.parse_schema(schema)
+    if not isinstance(parsed, dict):  # an events file holds records
+        raise UsageError(f"the file's schema is not a record schema: {schema}")
+    return parsed
+
+
+def block_rows(block: Any, writer: Schema, reader: Schema | None) -> Iterator[Row]:
+    """The rows of one container block: its records until one cannot be decoded, which is a dead
+    letter with the rest of the block's bytes, and the block's later records after it, unread."""
+    data: io.BytesIO = block.bytes_
+    end = len(data.getbuffer())
+    for n in range(block.num_records):
+        start = data.tell()
+        record, problem = _next_record(data, writer, reader, last=n == block.num_records - 1, end=end)
+        if problem is None:
+            yield Row(record)
+            continue
+        where = f"record {n + 1} of {block.num_records} in the block at byte {block.offset}"
+        yield Row(None, f"{where}: {problem[1]}", data.getvalue()[start:end], error_type=problem[0])
+        lost = f"not read: after an undecodable record ({where}), the block's records cannot be told apart"
+        yield from (Row(None, lost, None, error_type="Unread") for _ in range(block.num_records - n - 1))
+        return
+
+
+def _next_record(data: io.BytesIO, writer: Schema, reader: Schema | None, last: bool,
+                 end: int) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """The next record, or (error type, reason) if the bytes are not one. A block's last record must
+    end where the block does: bytes left over mean a record before it was not what it seemed."""
+    try:
+        record: dict[str, Any] = fastavro.schemaless_reader(data, writer, reader)  # type: ignore[assignment]
+    except fastavro.read.SchemaResolutionError:
+        raise  # the file's schema, not this record: the whole file cannot be read
+    except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, IndexError, ... on bad bytes
+        return None, (type(exc).__name__, str(exc) or "cut short")
+    if last and data.tell() != end:
+        return None, ("TrailingBytes", f"{end - data.tell()} bytes left after the block's last record")
+    return record, None
 
 
 class JsonLinesReader(_Sized):

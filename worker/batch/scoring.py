@@ -137,7 +137,7 @@ class BatchScorer:
         for n, row in enumerate(rows, first):
             source = InputMessage(row.line, None, "batch", 0, n)
             if row.record is None:
-                refused.append(DeadLetter(source, "decode", row.problem or "not an event", "SchemaMismatch"))
+                refused.append(DeadLetter(source, "decode", row.problem or "not an event", row.error_type))
             else:
                 good.append(row.record)
                 sources.append(source)
