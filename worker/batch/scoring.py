@@ -74,22 +74,31 @@ class Progress:
 
 
 class DeadLetterFile(OutFile):
-    """Dead letters as JSON lines: the row, stage, reason, error type, and what the row was (its
-    bytes in base64, or its record)."""
+    """Dead letters as JSON lines: where the row was (its number in a file; its topic, partition and
+    offset in a topic range), stage, reason, error type, and what the row was (its bytes in base64,
+    or its record)."""
 
     def __init__(self, path: Path, append_at: int | None = None) -> None:
         self.file = path.open("wb") if append_at is None else cut_back(path, append_at)
 
-    def write(self, dead: Sequence[DeadLetter], records: dict[int, dict[str, Any]]) -> None:
+    def write(self, dead: Sequence[DeadLetter], records: dict[int, dict[str, Any]], from_topic: bool = False) -> None:
         lines = []
         for d in dead:
             row = d.message.offset() or 0
             value = d.message.value()
-            lines.append(json.dumps({"row": row, "stage": d.stage, "reason": d.reason, "error_type": d.error_type,
+            lines.append(json.dumps({**_where(d.message, from_topic), "stage": d.stage, "reason": d.reason,
+                                     "error_type": d.error_type,
                                      "value": base64.b64encode(value).decode() if value else None,
                                      "record": records.get(row)}, default=str))
         if lines:
             self.file.write(("\n".join(lines) + "\n").encode())
+
+
+def _where(message: Message, from_topic: bool) -> dict[str, Any]:
+    """A file's row is numbered (the pipeline's offset of it); a message is found by its topic, partition, offset."""
+    if from_topic:
+        return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}
+    return {"row": message.offset() or 0}
 
 
 class BatchScorer:
@@ -118,13 +127,14 @@ class BatchScorer:
         return p
 
     def _batch(self, rows: list[Row], first: int) -> None:
-        if rows and rows[0].message is not None:
+        from_topic = bool(rows) and rows[0].message is not None
+        if from_topic:
             result = self.scorer.process([r.message for r in rows if r.message is not None])
             records: dict[int, dict[str, Any]] = {}
         else:
             result, records = self._records(rows, first)
         self.sink.write(result.outputs)
-        self.dead.write(result.dead_letters, records)
+        self.dead.write(result.dead_letters, records, from_topic)
         self.progress.scored += len(result.outputs)
         self.progress.dead += len(result.dead_letters)
 
