@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from tests.support.configs import FRAUD_CONFIG
 from tests.support.fraud import avro_container, decode_prediction, fraud_events, population, random_poison, truncated
 from tests.support.infra import repo_root
 from tests.support.kafka_io import Sent, TopicReader, Topics, ToSend, produce
+from worker.batch.files import JsonLinesReader
 from worker.cli.main import main
 from worker.kafka import reader as reader_module
 
@@ -69,8 +71,23 @@ def test_an_avro_file_is_scored_as_gen_expects_into_each_format(gen: ModuleType,
         assert_scored(list(container), expected)  # type: ignore[arg-type]
     assert_scored([json.loads(line) for line in (tmp_path / "out.jsonl").open()], expected)
     assert_scored(pq.read_table(tmp_path / "out.parquet").to_pylist(), expected)
+    assert_json_lines_are_records_of(gen.PRED, tmp_path / "out.jsonl", tmp_path / "out.avro")
     assert (tmp_path / "out.avro.dead-letters.jsonl").read_text() == ""
     assert not (tmp_path / "out.avro.progress.json").exists(), "a finished run leaves nothing to resume"
+
+
+def assert_json_lines_are_records_of(schema: Any, jsonl: Path, container: Path) -> None:
+    """Each line is the container's record (scored by another run: its own scored_at) in the
+    schema's own representation, timestamp-millis as its long, and reads back as a record of it."""
+    lines = [json.loads(line) for line in jsonl.open()]
+    with container.open("rb") as f:
+        records: list[dict[str, Any]] = list(fastavro.reader(f))  # type: ignore[arg-type]
+    for line, record in zip(lines, records, strict=True):
+        assert {**line, "scored_at": None} == {**record, "scored_at": None}
+        assert type(line["scored_at"]) is int
+        assert abs(line["scored_at"] - record["scored_at"]) < 120_000  # the worker's schemas keep times as longs
+        fastavro.schemaless_writer(io.BytesIO(), schema, line, strict=True)  # a record of the schema as it is
+    assert all(row.problem is None for row in JsonLinesReader(jsonl, schema).rows())
 
 
 def test_bad_json_lines_become_dead_letters_and_the_exit_code_says_so(gen: ModuleType, redis_db_url: str,

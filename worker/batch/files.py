@@ -253,13 +253,18 @@ class AvroFileWriter(OutFile):
 
 
 class JsonLinesWriter(OutFile):
+    """Records of the output schema as JSON objects, each value in the schema's own representation
+    (a timestamp-millis as its long, a date as its int), so that the file reads back against the
+    schema as ``worker produce`` and a ``.jsonl`` input read it; bytes as Avro's JSON encoding
+    writes them (one character per byte)."""
+
     def __init__(self, path: Path, schema: Schema, append_at: int | None) -> None:
-        self.schema = schema
+        self.schema = _parsed(_without_logical_types(schema))
         self.file = path.open("wb") if append_at is None else cut_back(path, append_at)
 
     def write(self, values: list[bytes]) -> None:
         schema = self.schema
-        lines = [json.dumps(fastavro.schemaless_reader(io.BytesIO(v), schema), default=str) for v in values]
+        lines = [json.dumps(fastavro.schemaless_reader(io.BytesIO(v), schema), default=_bytes_as_text) for v in values]
         if lines:
             self.file.write(("\n".join(lines) + "\n").encode())
 
@@ -285,6 +290,21 @@ class ParquetWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _without_logical_types(node: Any) -> Any:
+    """A schema's plain JSON with no logical types: decoding it gives the underlying Avro values."""
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType" and not k.startswith("__")}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
+def _bytes_as_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")  # Avro's JSON encoding of bytes and fixed
+    raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
 def _container_header(schema: Schema, sync: bytes) -> bytes:
