@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -32,16 +30,6 @@ from bench.report import render
 from worker.devtools.local import LocalBroker, LocalRedis
 
 
-def machine() -> dict[str, Any]:
-    import confluent_kafka
-    import onnxruntime
-
-    cpus = len(os.sched_getaffinity(0))
-    return {"summary": f"{cpus} CPUs, Python {platform.python_version()}, broker and Redis on the same machine",
-            "cpus": cpus, "python": platform.python_version(), "librdkafka": confluent_kafka.libversion()[0],
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
-
-
 def step(name: str, fn: Callable[[], Any]) -> Any:
     print(f"[bench] {name} ...", file=sys.stderr, flush=True)
     start = time.monotonic()
@@ -52,7 +40,7 @@ def step(name: str, fn: Callable[[], Any]) -> Any:
 
 def run(args: argparse.Namespace, infra: Infra, workdir: Path) -> dict[str, Any]:
     n = 50_000 if args.quick else args.n
-    results: dict[str, Any] = {"command": "python -m bench " + shlex.join(sys.argv[1:]), "machine": machine(),
+    results: dict[str, Any] = {"command": "python -m bench " + shlex.join(sys.argv[1:]), "machine": scenarios.machine(),
                                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "throughput": {}}
     step("load features", lambda: scenarios.load_fraud_features(infra))
     seconds = 10 if args.quick else args.seconds

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import platform
 import subprocess
 import sys
 import threading
@@ -31,6 +33,17 @@ WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
 CONTRACT_CONFIG = ROOT / "bench" / "fraud-contract.yaml"
 EXAMPLE_CONFIG = ROOT / "deploy" / "config" / "fraud-example.yaml"
 EXAMPLE_DATA = ROOT / "models" / "fraud" / "data.py"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import confluent_kafka
+    import onnxruntime
+
+    cpus = len(os.sched_getaffinity(0))
+    return {"summary": f"{cpus} CPUs, Python {platform.python_version()}, broker and Redis on the same machine",
+            "cpus": cpus, "python": platform.python_version(), "librdkafka": confluent_kafka.libversion()[0],
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
 def gen_module() -> Any:

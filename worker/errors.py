@@ -114,3 +114,10 @@ class ModelRunError(WorkerError):
 
 class ToolError(WorkerError):
     """A mistake in a hands-on command's input or options; printed without a traceback."""
+
+
+class UsageError(ToolError):
+    """The command was invoked wrongly (an option, an input that is not there, a file in the wrong
+    format, nothing to resume): exit code 2, as a configuration error, so that a script can tell it
+    from exit code 1, which ``worker batch`` keeps for "some rows were dead-lettered" and ``worker
+    models evaluate`` for "a gate failed"."""

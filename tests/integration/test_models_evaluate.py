@@ -179,6 +179,26 @@ def test_a_worse_version_fails_its_gates_and_says_by_how_much(example: Example, 
     assert gates["--min-auc"]["passed"] is False and gates["--max-label-flip"]["passed"] is True
 
 
+def test_a_label_flip_gate_of_0_fails_a_version_that_changes_any_label(example: Example, features: str,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate(example, features, "3", "--input", str(example.jsonl), "--max-label-flip", "0", "--json") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["deltas"]["labels_changed"] > 0 and result["passed"] is False
+    assert [g["option"] for g in result["gates"] if not g["passed"]] == ["--max-label-flip"]
+
+
+def test_batch_scores_with_the_version_asked_for(example: Example, features: str, tmp_path: Path) -> None:
+    """v2 (v1's model under another version; v3 has no reference statistics for the example's
+    explanations): its outputs say v2 and carry ONNX Runtime's v2 scores."""
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in example.records))
+    code = main(["batch", "--config", str(example.config), "--redis-url", features, "--input",
+                 str(tmp_path / "events.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--model-version", "2"])
+    assert code == 0
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").open()]
+    assert {o["model_version"] for o in out} == {"2"}, "the configured version (1) was used"
+    assert np.allclose([o["score"] for o in out], example.scores("2"), atol=1e-6)
+
+
 def test_the_plot_is_a_png(example: Example, features: str, tmp_path: Path) -> None:
     assert evaluate(example, features, "3", "--input", str(example.jsonl), "--plot", str(tmp_path / "eval.png")) == 0
     with Image.open(tmp_path / "eval.png") as image:
@@ -211,7 +231,7 @@ def test_an_unknown_version_or_a_single_model_file_is_a_clear_error(example: Exa
     assert "version 9 is not in the repository" in capsys.readouterr().err
     assert evaluate(example, redis_db_url, "2", "--against", "8", "--input", labelled) == 1
     assert "versions of 'fraud': 1, 2, 3" in capsys.readouterr().err
-    assert evaluate(example, redis_db_url, "2", "--input", str(tmp_path / "none.jsonl")) == 1
+    assert evaluate(example, redis_db_url, "2", "--input", str(tmp_path / "none.jsonl")) == 2, "usage, not a gate"
     assert "no such file" in capsys.readouterr().err
     raw = yaml.safe_load(example.config.read_text())
     raw["model"] = {**raw["model"], "path": str(example.repository / "fraud" / "1" / "model.onnx")}

@@ -6,9 +6,11 @@ import argparse
 import datetime
 import importlib
 import io
+import os
 import random
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -65,12 +67,41 @@ def decodes(gen: ModuleType, value: bytes) -> bool:
 
 def poisoned(gen: ModuleType, value: bytes, rng: random.Random) -> bytes:
     """Half the value, or random bytes of its length, never valid Avro (drawn again if they happen to be)."""
-    if rng.random() < 0.5:
-        return value[: len(value) // 2]
+    return truncated(value) if rng.random() < 0.5 else random_poison(gen, value, rng)
+
+
+def truncated(value: bytes) -> bytes:
+    """gen.py's first kind of poison: the first half of a value."""
+    return value[: len(value) // 2]
+
+
+def random_poison(gen: ModuleType, value: bytes, rng: random.Random) -> bytes:
+    """gen.py's second kind: random bytes of the value's length (never valid Avro by chance)."""
     while True:
         garbage = rng.randbytes(len(value))
         if not decodes(gen, garbage):
             return garbage
+
+
+def avro_container(path: Path, schema: dict[str, Any], blocks: list[list[bytes]]) -> None:
+    """An Avro container file of ``schema`` whose blocks hold the given encoded values as they are
+    (fastavro's writer encodes records, so it cannot put poison in a block)."""
+    sync = os.urandom(16)
+    with path.open("wb") as f:
+        fastavro.writer(f, schema, [], sync_marker=sync)  # the header alone
+        for values in blocks:
+            data = b"".join(values)
+            f.write(zigzag(len(values)) + zigzag(len(data)) + data + sync)
+
+
+def zigzag(n: int) -> bytes:
+    """An Avro long: zigzag, then base-128 varint."""
+    z, out = (n << 1) ^ (n >> 63), bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
 
 
 def fraud_events(gen: ModuleType, args: argparse.Namespace, poison_every: int = 0) -> FraudEvents:

@@ -18,7 +18,7 @@ from worker.batch.files import Row, open_reader, open_writer
 from worker.batch.scoring import BatchScorer, DeadLetterFile, Progress
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
-from worker.errors import ConfigError, ToolError
+from worker.errors import ConfigError, ToolError, UsageError
 from worker.kafka.port import BrokerError
 from worker.kafka.reader import Bound, RangeReader
 from worker.kafka.sink import produce_when_room
@@ -105,12 +105,12 @@ def _source(settings: WorkerSettings, compiled: Compiled,
     """The input's rows (after a number to skip), its size (resume checks it), and how much is read."""
     if job.input.startswith(KAFKA):
         if job.resume:
-            raise ToolError("--resume continues file inputs; a topic range is read again from --from")
+            raise UsageError("--resume continues file inputs; a topic range is read again from --from")
         reader = _range(settings, job)
         read: list[int] = [0]
         return lambda skip: _messages(reader, read), 0, lambda: None
     if job.start or job.end:
-        raise ToolError("--from and --to bound a topic range (--input kafka:TOPIC), not a file")
+        raise UsageError("--from and --to bound a topic range (--input kafka:TOPIC), not a file")
     path = Path(job.input)
     file = open_reader(path, compiled.input_schema)
     return file.rows, path.stat().st_size, file.done
@@ -121,7 +121,8 @@ def _range(settings: WorkerSettings, job: BatchJob) -> RangeReader:
         return RangeReader({**kafka_client(settings), **QUIET}, job.input[len(KAFKA):], bound(job.start or "earliest"),
                            bound(job.end or "latest"))
     except BrokerError as exc:
-        raise ToolError(f"--input {job.input}: {exc.fault.reason}") from exc
+        error = UsageError if exc.fault.code == "UNKNOWN_TOPIC_OR_PART" else ToolError  # no such input: usage
+        raise error(f"--input {job.input}: {exc.fault.reason}") from exc
 
 
 def _messages(reader: RangeReader, read: list[int]) -> Iterator[Row]:
@@ -144,7 +145,7 @@ def bound(text: str) -> Bound:
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ToolError(f"{text!r}: use earliest, latest, an ISO time (2026-11-29T12:00), an offset, "
+        raise UsageError(f"{text!r}: use earliest, latest, an ISO time (2026-11-29T12:00), an offset, "
                         "or partition:offset pairs (0:100,1:250)") from exc
     return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
 
@@ -193,7 +194,7 @@ class _TopicSink:
 def _sink(settings: WorkerSettings, compiled: Compiled, job: BatchJob, progress: Progress) -> Any:
     if job.output.startswith(KAFKA):
         if job.resume:
-            raise ToolError("--resume continues file outputs; to a topic, a rerun repeats the chunk in flight")
+            raise UsageError("--resume continues file outputs; to a topic, a rerun repeats the chunk in flight")
         return _TopicSink(settings, job.output[len(KAFKA):])
     path = Path(job.output)
     return _FileSink(open_writer(path, compiled.output_schema, progress.output_at if job.resume else None))

@@ -27,7 +27,7 @@ from worker.batch.files import Row, open_reader
 from worker.codecs.schemas import Schema, parse_schema
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
-from worker.errors import ConfigError, ModelRunError, ToolError
+from worker.errors import ConfigError, ModelRunError, ToolError, UsageError
 from worker.features.fetcher import FeatureFetcher
 from worker.inference import Model
 from worker.lifecycle.repository import ModelRepository
@@ -223,7 +223,7 @@ def labelled_schema(schema: Schema, label_field: str) -> Schema:
     """The input schema with the label as one more (optional) top-level field, so that the readers
     check the records and keep the label; as it is if the input schema already has that field."""
     if "." in label_field or not label_field:
-        raise ToolError(f"--label-field {label_field!r}: name a top-level field of the labelled rows")
+        raise UsageError(f"--label-field {label_field!r}: name a top-level field of the labelled rows")
     if any(f["name"] == label_field for f in schema["fields"]):
         return schema
     plain = {k: v for k, v in schema.items() if not k.startswith("__")}  # fastavro's parse marks

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from worker.batch.files import OutFile, Row, cut_back
-from worker.errors import ToolError
+from worker.errors import UsageError
 from worker.records import BatchResult, DeadLetter, InputMessage, Message, Output
 
 
@@ -62,34 +62,43 @@ class Progress:
 
     @classmethod
     def resumed(cls, path: Path, input_name: str, input_size: int) -> Progress:
-        """The progress of an interrupted run of the same input; ``ToolError`` if there is none."""
+        """The progress of an interrupted run of the same input; ``UsageError`` if there is none."""
         try:
             saved = cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as exc:
-            raise ToolError(f"cannot resume: no usable progress file {path} ({exc})") from exc
+            raise UsageError(f"cannot resume: no usable progress file {path} ({exc})") from exc
         if (saved.input, saved.input_size) != (input_name, input_size):
-            raise ToolError(f"cannot resume: {path} is the progress of {saved.input} ({saved.input_size} bytes), "
+            raise UsageError(f"cannot resume: {path} is the progress of {saved.input} ({saved.input_size} bytes), "
                             f"not of {input_name} ({input_size} bytes)")
         return saved
 
 
 class DeadLetterFile(OutFile):
-    """Dead letters as JSON lines: the row, stage, reason, error type, and what the row was (its
-    bytes in base64, or its record)."""
+    """Dead letters as JSON lines: where the row was (its number in a file; its topic, partition and
+    offset in a topic range), stage, reason, error type, and what the row was (its bytes in base64,
+    or its record)."""
 
     def __init__(self, path: Path, append_at: int | None = None) -> None:
         self.file = path.open("wb") if append_at is None else cut_back(path, append_at)
 
-    def write(self, dead: Sequence[DeadLetter], records: dict[int, dict[str, Any]]) -> None:
+    def write(self, dead: Sequence[DeadLetter], records: dict[int, dict[str, Any]], from_topic: bool = False) -> None:
         lines = []
         for d in dead:
             row = d.message.offset() or 0
             value = d.message.value()
-            lines.append(json.dumps({"row": row, "stage": d.stage, "reason": d.reason, "error_type": d.error_type,
+            lines.append(json.dumps({**_where(d.message, from_topic), "stage": d.stage, "reason": d.reason,
+                                     "error_type": d.error_type,
                                      "value": base64.b64encode(value).decode() if value else None,
                                      "record": records.get(row)}, default=str))
         if lines:
             self.file.write(("\n".join(lines) + "\n").encode())
+
+
+def _where(message: Message, from_topic: bool) -> dict[str, Any]:
+    """A file's row is numbered (the pipeline's offset of it); a message is found by its topic, partition, offset."""
+    if from_topic:
+        return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}
+    return {"row": message.offset() or 0}
 
 
 class BatchScorer:
@@ -118,13 +127,14 @@ class BatchScorer:
         return p
 
     def _batch(self, rows: list[Row], first: int) -> None:
-        if rows and rows[0].message is not None:
+        from_topic = bool(rows) and rows[0].message is not None
+        if from_topic:
             result = self.scorer.process([r.message for r in rows if r.message is not None])
             records: dict[int, dict[str, Any]] = {}
         else:
             result, records = self._records(rows, first)
         self.sink.write(result.outputs)
-        self.dead.write(result.dead_letters, records)
+        self.dead.write(result.dead_letters, records, from_topic)
         self.progress.scored += len(result.outputs)
         self.progress.dead += len(result.dead_letters)
 
@@ -137,7 +147,7 @@ class BatchScorer:
         for n, row in enumerate(rows, first):
             source = InputMessage(row.line, None, "batch", 0, n)
             if row.record is None:
-                refused.append(DeadLetter(source, "decode", row.problem or "not an event", "SchemaMismatch"))
+                refused.append(DeadLetter(source, "decode", row.problem or "not an event", row.error_type))
             else:
                 good.append(row.record)
                 sources.append(source)

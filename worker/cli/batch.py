@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 def register(sub: Any) -> None:
     p = command(sub, "batch", "score a file or a topic range with the worker's pipeline, config and feature store, "
-                "and exit (0: every row scored, 1: some dead-lettered)", cmd_batch)
+                "and exit (0: every row scored, 1: some dead-lettered, 2: a configuration or usage error such as "
+                "an input that is not there, an unknown extension or nothing to resume)", cmd_batch)
     p.add_argument("--input", required=True, metavar="SRC", help="events: .avro (container file), .jsonl, .parquet, "
                    "or kafka:TOPIC (read without joining a group)")
     p.add_argument("--output", required=True, metavar="DST", help="predictions, in the output schema: .avro, .jsonl, "

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from worker import __version__
 from worker.cli import batch, demo, explain, features, models, monitor, produce, reference, run, tail, topics
 from worker.cli.options import EXIT_CODES, EXIT_CONFIG, EXIT_FENCED, EXIT_INTERRUPTED, EXIT_STARTUP
-from worker.errors import ConfigError, ProducerFenced, StartupError, WorkerError
+from worker.errors import ConfigError, ProducerFenced, StartupError, UsageError, WorkerError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProducerFenced as exc:  # another instance took over: stop, and let the orchestrator decide
         _report("fenced", exc)
         return EXIT_FENCED
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from worker.cli.options import KAFKA, Command, config_options, settings_from
 from worker.config.compile import Compiled, compile_settings
 from worker.config.settings import WorkerSettings
 from worker.devtools.console import ProgressLine, count
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError, UsageError, WorkerError
 from worker.inference import OnnxModel
 from worker.lifecycle.card import card_path, read_card, write_card
 from worker.lifecycle.control import ControlTable
@@ -120,8 +120,8 @@ def _guarded(fn: Command) -> Command:
             for reason in exc.reasons:
                 print(f"  - {reason}", file=sys.stderr)
             return 1
-        except ConfigError:
-            raise
+        except (ConfigError, UsageError):
+            raise  # main gives them their own exit code (2), so that 1 keeps meaning refused or a failed gate
         except WorkerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

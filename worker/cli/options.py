@@ -17,8 +17,10 @@ EXIT_FENCED = 4
 EXIT_INTERRUPTED = 130
 EXIT_CODES = """exit codes:
   0    done (run: stopped by a signal after finishing its work)
-  1    a command failed: bad input for a tool, undelivered events, a refused model
-  2    the configuration is invalid (every problem is printed with its key)
+  1    a command failed: undelivered events, a refused model; batch: some rows dead-lettered;
+       models evaluate: a gate failed
+  2    the configuration is invalid (every problem is printed with its key), or the command was
+       invoked wrongly (an input that is not there or of an unknown format, nothing to resume)
   3    could not start: Kafka, Redis, the model or the Schema Registry not ready in time
   4    fenced: another instance took over this replica's transactional id
   130  interrupted (Ctrl-C) before finishing"""
