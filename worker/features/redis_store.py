@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -57,57 +58,47 @@ def pack(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-class RedisFeatureStore:
-    """``FeatureStore`` over one Redis connection, reconnecting lazily after a failure."""
+class RedisConnection:
+    """One socket to one Redis server, speaking RESP through hiredis: AUTH, SELECT, READONLY and TLS
+    at connect, then whole pipelines sent and their replies read. Any socket or protocol failure
+    closes it (the next send reconnects) and raises ``FeatureStoreUnavailable``."""
 
-    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, ca_file: str | None = None) -> None:
+    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, ca_file: str | None = None,
+                 readonly: bool = False) -> None:
         self.address = address
         self._timeout = timeout_s
         self._ca_file = ca_file
+        self._readonly = readonly
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
 
-    def fetch(self, requests: Requests) -> list[list[KeyValues]]:
-        payload, counts = self._pack_hmgets(requests)
-        replies = self._round_trip(payload, sum(counts))
-        out: list[list[KeyValues]] = []
-        start = 0
-        for n in counts:
-            out.append([_key_values(r) for r in replies[start:start + n]])
-            start += n
-        return out
+    def round_trip(self, payload: bytes, n_replies: int) -> list[object]:
+        self.send(payload)
+        return self.receive(n_replies)
 
-    def ping(self) -> None:
-        reply = self._round_trip(pack(b"PING"), 1)[0]
-        if reply != b"PONG":
-            raise FeatureStoreUnavailable(f"Redis answered PING with {reply!r}")
+    def send(self, payload: bytes) -> None:
+        try:
+            (self._sock or self._connect()).sendall(payload)
+        except (OSError, hiredis.ProtocolError) as exc:
+            raise self._failed(exc) from exc
+
+    def receive(self, n_replies: int) -> list[object]:
+        """The next ``n_replies`` replies to what was sent (a reply may be an error value)."""
+        try:
+            if self._sock is None:
+                raise ConnectionError("not connected")
+            return self._read_replies(self._sock, n_replies)
+        except (OSError, hiredis.ProtocolError) as exc:
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    @staticmethod
-    def _pack_hmgets(requests: Requests) -> tuple[bytes, list[int]]:
-        chunks: list[bytes] = []
-        counts: list[int] = []
-        for fields, keys in requests:
-            head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in map(_bytes, fields))
-            for key in keys:
-                kb = key if isinstance(key, bytes) else key.encode()
-                chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(kb), kb, tail))
-            counts.append(len(keys))
-        return b"".join(chunks), counts
-
-    def _round_trip(self, payload: bytes, n_replies: int) -> list[object]:
-        try:
-            sock = self._sock or self._connect()
-            sock.sendall(payload)
-            return self._read_replies(sock, n_replies)
-        except (OSError, hiredis.ProtocolError) as exc:
-            self.close()
-            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}") from exc
+    def _failed(self, exc: BaseException) -> FeatureStoreUnavailable:
+        self.close()
+        return FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}")
 
     def _read_replies(self, sock: socket.socket, n: int) -> list[object]:
         replies: list[object] = []
@@ -148,12 +139,73 @@ class RedisFeatureStore:
             commands.append(pack(b"AUTH", *auth, a.password.encode()))
         if a.db:
             commands.append(pack(b"SELECT", str(a.db).encode()))
+        if self._readonly:  # a cluster replica answers reads for its master's slots only after READONLY
+            commands.append(pack(b"READONLY"))
         if not commands:
             return
         sock.sendall(b"".join(commands))
         for reply in self._read_replies(sock, len(commands)):
             if isinstance(reply, Exception):
                 raise ConnectionError(f"Redis refused the connection setup: {reply}")
+
+
+class RedisFeatureStore:
+    """``FeatureStore`` over one Redis connection, reconnecting lazily after a failure."""
+
+    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, ca_file: str | None = None) -> None:
+        self._connection = RedisConnection(address, timeout_s, ca_file)
+
+    @property
+    def address(self) -> RedisAddress:
+        return self._connection.address
+
+    def fetch(self, requests: Requests) -> list[list[KeyValues]]:
+        payload, counts = pack_hmgets(requests)
+        replies = self._connection.round_trip(payload, sum(counts))
+        return split_replies(replies, counts)
+
+    def ping(self) -> None:
+        reply = self._connection.round_trip(pack(b"PING"), 1)[0]
+        if reply != b"PONG":
+            raise FeatureStoreUnavailable(f"Redis answered PING with {reply!r}")
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def redacted(self) -> str:
+        return self.address.redacted()
+
+
+def pack_hmgets(requests: Requests) -> tuple[bytes, list[int]]:
+    """Every HMGET of ``requests`` in one RESP payload, and how many keys each request has."""
+    commands, _, counts = hmget_commands(requests)
+    return b"".join(commands), counts
+
+
+def hmget_commands(requests: Requests) -> tuple[list[bytes], list[bytes], list[int]]:
+    """One RESP HMGET per key, in order; the keys as bytes; how many keys each request has."""
+    commands: list[bytes] = []
+    keys: list[bytes] = []
+    counts: list[int] = []
+    for fields, names in requests:
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in map(_bytes, fields))
+        for key in names:
+            kb = key if isinstance(key, bytes) else key.encode()
+            commands.append(b"%s$%d\r\n%s\r\n%s" % (head, len(kb), kb, tail))
+            keys.append(kb)
+        counts.append(len(names))
+    return commands, keys, counts
+
+
+def split_replies(replies: list[object], counts: list[int]) -> list[list[KeyValues]]:
+    """The flat replies cut back into one list per request, each reply checked."""
+    out: list[list[KeyValues]] = []
+    start = 0
+    for n in counts:
+        out.append([_key_values(r) for r in replies[start:start + n]])
+        start += n
+    return out
 
 
 def _bytes(name: Name) -> bytes:
@@ -171,12 +223,19 @@ def _key_values(reply: object) -> KeyValues:
     return ValueError(f"unexpected Redis reply {reply!r}")
 
 
-def wait_for_redis(store: RedisFeatureStore, timeout_s: float) -> None:
+class Reachable(Protocol):
+    """A Redis feature store, one server's or a cluster's."""
+
+    def ping(self) -> None: ...
+    def redacted(self) -> str: ...
+
+
+def wait_for_redis(store: Reachable, timeout_s: float) -> None:
     """Block until Redis answers PING, logging progress; else ``StartupError``."""
-    wait_until_ready(lambda: _ping_problem(store), "Redis", store.address.redacted(), timeout_s)
+    wait_until_ready(lambda: _ping_problem(store), "Redis", store.redacted(), timeout_s)
 
 
-def _ping_problem(store: RedisFeatureStore) -> str | None:
+def _ping_problem(store: Reachable) -> str | None:
     try:
         store.ping()
     except FeatureStoreUnavailable as exc:
