@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from worker.app.explain import make_explainer
 from worker.codecs.avro import (
@@ -22,6 +23,7 @@ from worker.config.compile import Compiled
 from worker.config.settings import WorkerSettings
 from worker.errors import StartupError
 from worker.features.fetcher import FeatureFetcher
+from worker.features.redis_cluster import RedisClusterFeatureStore, seed_addresses
 from worker.features.redis_store import RedisAddress, RedisFeatureStore
 from worker.features.store import FeatureStore
 from worker.pipeline.assembly import Assembler
@@ -31,15 +33,27 @@ from worker.records import UNIT_SECONDS, event_time_reader
 from worker.runner.loop import LoopSettings
 from worker.serving import ModelSlot
 
+RedisStore = RedisFeatureStore | RedisClusterFeatureStore
 
-def make_store(settings: WorkerSettings) -> RedisFeatureStore:
+
+def make_store(settings: WorkerSettings) -> RedisStore:
+    """The fast client for ``redis.url``: one server's, or a cluster's with ``redis.cluster``."""
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
+    ca_file = str(r.ca_file) if r.ca_file else None
     try:
-        address = RedisAddress.from_url(r.url, password)
+        if r.cluster:
+            return RedisClusterFeatureStore(seed_addresses(r.url, password), r.timeout_s, ca_file, r.read_from_replicas)
+        return RedisFeatureStore(RedisAddress.from_url(r.url, password), r.timeout_s, ca_file)
     except ValueError as exc:
         raise StartupError(f"redis.url: {exc}") from exc
-    return RedisFeatureStore(address, r.timeout_s, str(r.ca_file) if r.ca_file else None)
+
+
+def redis_where(settings: WorkerSettings, url: str | None = None) -> str:
+    """``url`` (default ``redis.url``) without its password, for messages; ``ValueError`` if malformed."""
+    if url is None and settings.redis.cluster:
+        return RedisClusterFeatureStore(seed_addresses(settings.redis.url)).redacted()
+    return RedisAddress.from_url(url or settings.redis.url).redacted()
 
 
 def make_registry(settings: WorkerSettings) -> HttpSchemaRegistry:
@@ -68,11 +82,18 @@ def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, 
                                          compiled.output_schema_text)
 
 
-def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.Redis:
-    """A redis-py client for ``url`` (default ``redis.url``) with the feature store's password, CA and
-    timeout; ``ValueError`` for a malformed URL. It connects on its first command."""
+def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.Redis | RedisCluster:
+    """A redis-py client for ``url`` (default ``redis.url``, a ``RedisCluster`` with ``redis.cluster``)
+    with the feature store's password, CA and timeout; ``ValueError`` for a malformed URL. It
+    connects on its first command."""
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
+    if url is None and r.cluster:
+        seeds = seed_addresses(r.url, password)
+        nodes = [ClusterNode(s.host, s.port) for s in seeds]  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return RedisCluster(startup_nodes=nodes, username=seeds[0].username, password=seeds[0].password,
+                            ssl=seeds[0].tls, ssl_ca_certs=str(r.ca_file) if r.ca_file else None,
+                            socket_timeout=r.timeout_s)
     extra = {"ssl_ca_certs": str(r.ca_file)} if r.ca_file else {}
     RedisAddress.from_url(url or r.url, password)
     return redis.Redis.from_url(url or r.url, password=password, socket_timeout=r.timeout_s, **extra)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
-from worker.app.components import make_registry, make_store, redis_connection
+from worker.app.components import make_registry, make_store, redis_connection, redis_where
 from worker.app.explain import make_explainer, model_scores
 from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
 from worker.codecs.avro import (
@@ -28,7 +29,7 @@ from worker.devtools.loader import EntityMatcher
 from worker.devtools.sender import EventSender
 from worker.errors import StartupError, ToolError
 from worker.features.fetcher import FeatureFetcher
-from worker.features.redis_store import RedisAddress, wait_for_redis
+from worker.features.redis_store import wait_for_redis
 from worker.kafka import admin
 from worker.kafka.config import producer_config
 from worker.kafka.confluent import ConfluentProducer
@@ -112,9 +113,8 @@ def redis_client(settings: WorkerSettings) -> Any:
         client.ping()
     except ValueError as exc:
         raise ToolError(f"redis.url: {exc}") from exc
-    except redis.RedisError as exc:
-        where = RedisAddress.from_url(settings.redis.url).redacted()
-        raise StartupError(f"cannot reach Redis at {where}: {exc}") from exc
+    except (redis.RedisError, RedisClusterException) as exc:  # RedisCluster reads the slot map as it is made
+        raise StartupError(f"cannot reach Redis at {redis_where(settings)}: {exc}") from exc
     return client
 
 
