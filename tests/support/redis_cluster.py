@@ -3,6 +3,7 @@ loopback ports, joined by ``redis-cli --cluster create`` (3 masters, a replica e
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -126,3 +127,17 @@ class LocalRedisCluster:
         for node in self.nodes.values():
             node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def dump_hashes(url: str, path: Path) -> int:
+    """Every hash of the Redis at ``url`` as ``worker features load`` JSON lines in ``path``; how many."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    n = 0
+    try:
+        with path.open("w") as out:
+            for key in client.scan_iter(count=1000):
+                out.write(json.dumps({"key": key, "fields": client.hgetall(key)}) + "\n")
+                n += 1
+    finally:
+        client.close()
+    return n
