@@ -4,6 +4,10 @@ scoring the shared fraud workload from the cluster, through a master's failover 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +21,7 @@ from tests.integration.test_fraud_contract import assert_dead_lettered, assert_s
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.faults import Expected, Outputs
 from tests.support.fraud import FraudEvents, fraud_events, population
+from tests.support.infra import repo_root
 from tests.support.kafka_io import RateProducer, TopicReader, Topics, produce
 from tests.support.redis_cluster import LocalRedisCluster, dump_hashes
 from tests.support.worker_process import StartWorker
@@ -27,6 +32,7 @@ from worker.features.redis_cluster import RedisClusterFeatureStore, key_slot, se
 pytestmark = pytest.mark.integration
 
 FIELDS = ["a", "b"]
+REPO = repo_root()
 
 
 def store_on(cluster: LocalRedisCluster, **options: Any) -> RedisClusterFeatureStore:
@@ -224,3 +230,19 @@ def _wait_for_arrivals(outputs: Outputs, count: int, timeout_s: float = 60) -> N
     while len(outputs.values()) < count:
         assert time.monotonic() < deadline, f"fewer than {count} predictions after {timeout_s:.0f}s"
         outputs.refresh()
+
+
+def test_the_demo_loads_and_scores_the_example_on_a_cluster(kafka_bootstrap: str, redis_cluster: LocalRedisCluster,
+                                                             tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORKER_REDIS__CLUSTER": "true"}
+    demo = subprocess.run([sys.executable, "-m", "worker", "demo", "--bootstrap-servers", kafka_bootstrap,
+                           "--redis-url", redis_cluster.url, "--events", "400", "--rate", "0", "--poison", "0.01",
+                           "--workdir", str(tmp_path / "demo")], check=False, capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"using the Redis Cluster {redis_cluster.url}" in demo.stdout
+    scored = int(re.search(r"predictions\s+([\d,]+)", demo.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+    dead = int(re.search(r"dead letters\s+([\d,]+)", demo.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert scored + dead == 400 and scored > 350 and "MISSING" not in demo.stdout
+    assert all(hmgets_served(redis_cluster, port) > 0 for port in redis_cluster.masters()), "read from every shard"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +130,26 @@ class LocalRedisCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def dump_hashes(url: str, path: Path) -> int:
-    """Every hash of the Redis at ``url`` as ``worker features load`` JSON lines in ``path``; how many."""
+def hashes(url: str, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every hash of the single Redis at ``url``, as ``worker features load`` items (``{"key", "fields"}``)."""
     client = redis.Redis.from_url(url, decode_responses=True)
-    n = 0
     try:
-        with path.open("w") as out:
-            for key in client.scan_iter(count=1000):
-                out.write(json.dumps({"key": key, "fields": client.hgetall(key)}) + "\n")
-                n += 1
+        keys = list(client.scan_iter(count=chunk))
+        for start in range(0, len(keys), chunk):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start:start + chunk]:
+                pipe.hgetall(key)
+            yield from ({"key": key, "fields": fields} for key, fields in zip(keys[start:start + chunk],
+                                                                               pipe.execute(), strict=True))
     finally:
         client.close()
+
+
+def dump_hashes(url: str, path: Path) -> int:
+    """Every hash of the single Redis at ``url`` as ``worker features load`` JSON lines in ``path``; how many."""
+    n = 0
+    with path.open("w") as out:
+        for item in hashes(url):
+            out.write(json.dumps(item) + "\n")
+            n += 1
     return n

@@ -181,6 +181,9 @@ class Demo:
     def redis(self) -> None:
         url = self.settings.redis.url
         if self.settings.redis.cluster:  # the demo starts single servers only: a cluster is always the user's
+            if self.args.local:
+                raise ToolError("--local starts a single redis-server, and redis.cluster is set: leave out --local "
+                                "to use the cluster of redis.url, or unset redis.cluster (WORKER_REDIS__CLUSTER)")
             shown = redis_where(self.settings)
             self._may_write(shown)
             self.step("Redis", f"using the Redis Cluster {shown} (redis.cluster)")
