@@ -14,8 +14,12 @@ features load`` does, over redis-py's ``RedisCluster``), and passes the check th
 (where it loads them again, unread) and, with ``--worker``, a worker pointed at the cluster:
 ``--redis-url`` with its seed nodes and ``WORKER_REDIS__CLUSTER=true``.
 
-Prints each run's JSON line (with the machine's 1-minute load average before it) and a summary line
-with the medians and their ratio; ``--out`` writes them as JSON too.
+Then the feature stage alone, in this process, on the same features in the scratch Redis and in the
+cluster (alternated, ``--rounds`` times): the worker's fetch of both entities for batches of 1,000
+events, in µs per event; it is what the cluster changes, and far less noisy than a whole run on a
+shared machine. Prints each run's JSON line (with the machine's 1-minute load average before it) and
+a summary line with the medians, their ratio and the HMGETs each cluster node served; ``--out``
+writes them as JSON too.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.redis_cluster import LocalRedisCluster, hashes
+from worker.app.components import make_store
 from worker.app.tools import entity_matcher, redis_client
+from worker.config.compile import compile_settings
 from worker.config.settings import load_settings
 from worker.devtools.loader import load_hashes
 from worker.devtools.local import LocalRedis
+from worker.features.fetcher import FeatureFetcher
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_CHECK = ROOT.parent / "shared" / "tools" / "contract_check.py"
@@ -64,6 +72,36 @@ def load_cluster(cluster: LocalRedisCluster, scratch_url: str) -> int:
                         entity_matcher(settings))
     cluster.wait_replicated()
     return tally.written
+
+
+def feature_stage(redis_url: str, cluster: bool, records: list[dict[str, Any]], size: int = 1000) -> float:
+    """The worker's feature fetch (both entities, distinct keys, one round trip or one pipeline per
+    node) over every batch of ``size`` events, in this process: µs per event."""
+    settings = load_settings(CONFIG, {"redis": {"url": redis_url, "cluster": cluster}})
+    store = make_store(settings)
+    fetcher = FeatureFetcher(store, compile_settings(settings).entities)
+    batches = [records[i:i + size] for i in range(0, len(records), size)]
+    fetcher.fetch(batches[0])  # connect (and read the slot map) outside the timing
+    started = time.perf_counter()
+    for batch in batches:
+        fetcher.fetch(batch)
+    elapsed = time.perf_counter() - started
+    store.close()
+    return elapsed / len(records) * 1e6
+
+
+def stage_medians(scratch_url: str, cluster_url: str, rounds: int, n: int = 50_000) -> dict[str, float]:
+    """The feature stage on one Redis and on the cluster, alternated ``rounds`` times: median µs per event."""
+    gen = gen_module()
+    parser = argparse.ArgumentParser()
+    gen.population_args(parser)
+    records = [record for _, _, record in gen.event_stream(argparse.Namespace(**{**vars(parser.parse_args([])),
+                                                                                  "n": n}))]
+    us: dict[str, list[float]] = {"single": [], "cluster": []}
+    for _ in range(rounds):
+        us["single"].append(feature_stage(scratch_url, False, records))
+        us["cluster"].append(feature_stage(cluster_url, True, records))
+    return {f"feature_stage_us_per_event_{mode}": round(statistics.median(v), 2) for mode, v in us.items()}
 
 
 def contract_run(n: int, extra: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -99,10 +137,11 @@ def main() -> None:
                     runs.append({"mode": mode, **contract_run(args.n, extra, run_env)})
                     print(json.dumps(runs[-1]), flush=True)
             served = hmgets_by_node(cluster)
+            stage = stage_medians(scratch.url, cluster.url, args.rounds)
         finally:
             cluster.close()
             scratch.stop()
-    summary = {**summarize(runs), "cluster_hmgets_by_node": served}
+    summary = {**summarize(runs), **stage, "cluster_hmgets_by_node": served}
     print(json.dumps(summary))
     if args.out:
         args.out.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n")

@@ -73,7 +73,7 @@ class NodeConnection(Protocol):
 
 
 Connect = Callable[[RedisAddress], NodeConnection]
-Route = tuple[int, NodeConnection, bool]  # command index, node, whether ASKING goes first
+Groups = dict[NodeConnection, list[int]]  # command indexes by the node they are sent to
 
 
 class RedisClusterFeatureStore:
@@ -125,52 +125,61 @@ class RedisClusterFeatureStore:
         return f"{scheme}://{auth}{','.join(f'{s.host}:{s.port}' for s in self.seeds)}/0"
 
     def _execute(self, commands: list[bytes], keys: list[bytes]) -> list[object]:
-        owners = self._owners or self._refresh()
-        routes = [(i, self._owner(owners, key), False) for i, key in enumerate(keys)]
+        moved = self._by_owner(self._owners or self._refresh(), keys)
+        asked: Groups = {}
         replies: list[object] = [None] * len(commands)
         for _ in range(MAX_REDIRECTS + 1):
-            self._run(commands, routes, replies)
-            routes = self._redirects(replies, [i for i, _, _ in routes])
-            if not routes:
+            self._run(commands, moved, replies)
+            self._run(commands, asked, replies, asking=True)
+            errors = [i for group in (moved, asked) for sent in group.values() for i in sent
+                      if isinstance(replies[i], hiredis.ReplyError)]
+            moved, asked = self._redirects(replies, errors)
+            if not moved and not asked:
                 return replies
+        first = next(iter(moved.values()), None) or next(iter(asked.values()))
         raise FeatureStoreUnavailable(f"Redis Cluster still redirecting after {MAX_REDIRECTS} tries "
-                                      f"(slots migrating?): {replies[routes[0][0]]}")
+                                      f"(slots migrating?): {replies[first[0]]}")
 
     @staticmethod
-    def _owner(owners: list[NodeConnection | None], key: bytes) -> NodeConnection:
-        node = owners[key_slot(key)]
-        if node is None:
-            raise FeatureStoreUnavailable(f"no Redis Cluster node serves hash slot {key_slot(key)} (key {key!r})")
-        return node
+    def _by_owner(owners: list[NodeConnection | None], keys: list[bytes]) -> Groups:
+        """The indexes of ``keys`` by the node serving their slot (the hot path: a few steps per key)."""
+        groups: Groups = {}
+        for i, key in enumerate(keys):
+            node = owners[key_slot(key)]
+            if node is None:
+                raise FeatureStoreUnavailable(f"no Redis Cluster node serves hash slot {key_slot(key)} (key {key!r})")
+            sent = groups.get(node)
+            if sent is None:
+                groups[node] = [i]
+            else:
+                sent.append(i)
+        return groups
 
     @staticmethod
-    def _run(commands: list[bytes], routes: list[Route], replies: list[object]) -> None:
-        """Sends each node its pipeline, all before reading any, then files the replies by command."""
-        groups: dict[NodeConnection, list[tuple[int, bool]]] = {}
-        for i, node, asking in routes:
-            groups.setdefault(node, []).append((i, asking))
-        for node, members in groups.items():
-            node.send(b"".join(ASKING + commands[i] if asking else commands[i] for i, asking in members))
-        for node, members in groups.items():
-            answers = iter(node.receive(len(members) + sum(asking for _, asking in members)))
-            for i, asking in members:
-                if asking:
-                    next(answers)  # ASKING's +OK
-                replies[i] = next(answers)
+    def _run(commands: list[bytes], groups: Groups, replies: list[object], asking: bool = False) -> None:
+        """Sends each node its pipeline, all before reading any, then files the replies by command;
+        ``asking`` puts ASKING before each command (and drops its +OK)."""
+        for node, sent in groups.items():
+            node.send(b"".join([ASKING + commands[i] for i in sent] if asking else [commands[i] for i in sent]))
+        for node, sent in groups.items():
+            answers = node.receive(len(sent) * 2 if asking else len(sent))
+            for i, reply in zip(sent, answers[1::2] if asking else answers, strict=True):
+                replies[i] = reply
 
-    def _redirects(self, replies: list[object], sent: list[int]) -> list[Route]:
-        """Where to resend the commands that were answered ``MOVED`` or ``ASK``."""
-        found = [(i, redirect) for i in sent if (redirect := _redirect(replies[i])) is not None]
+    def _redirects(self, replies: list[object], errors: list[int]) -> tuple[Groups, Groups]:
+        """The commands answered ``MOVED`` by their new node, and those answered ``ASK`` by their target."""
+        found = [(i, redirect) for i in errors if (redirect := _redirect(replies[i])) is not None]
         if any(kind == "MOVED" for _, (kind, _, _) in found):
             self._refresh()
-        routes: list[Route] = []
+        moved: Groups = {}
+        asked: Groups = {}
         for i, (kind, slot, where) in found:
             host, _, port = where.rpartition(":")
             node = self._node(host, int(port))
             if kind == "MOVED":
                 self._owners[slot] = node  # the node that said so knows better than a slot map read elsewhere
-            routes.append((i, node, kind == "ASK"))
-        return routes
+            (moved if kind == "MOVED" else asked).setdefault(node, []).append(i)
+        return moved, asked
 
     def _refresh(self) -> list[NodeConnection | None]:
         """The slot map from the first seed (then the first node of the last map) that answers."""
