@@ -25,6 +25,7 @@ import redis
 from tests.support.fraud import load_gen
 from tests.support.infra import RedisServer, kafka_bootstrap_servers, new_redis_server, wait_redis, with_db
 from tests.support.kafka_io import TopicReader, Topics, create_topics
+from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.worker_process import StartWorker, WorkerProcess
 
 _WORKER_LOGS = pytest.StashKey[list[Path]]()
@@ -104,6 +105,17 @@ def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
 def redis_server(make_redis_server: Callable[..., RedisServer]) -> RedisServer:
     """A Redis server of this test's own, which it may stop and start again."""
     return make_redis_server()
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of this test's own: 3 masters with a replica each (local processes), a killed
+    master replaced by its replica within a few seconds."""
+    cluster = LocalRedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

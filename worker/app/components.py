@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from pydantic import SecretStr
+from redis.cluster import ClusterNode, RedisCluster
 
 from worker.app.explain import make_explainer
 from worker.codecs.avro import (
@@ -24,6 +26,7 @@ from worker.config.compile import Compiled
 from worker.config.settings import AvroSettings, WorkerSettings
 from worker.errors import StartupError
 from worker.features.fetcher import FeatureFetcher
+from worker.features.redis_cluster import RedisClusterFeatureStore, seed_addresses
 from worker.features.redis_store import RedisAddress, RedisFeatureStore, TlsFiles, wait_for_redis
 from worker.features.store import FeatureStore
 from worker.pipeline.assembly import Assembler
@@ -39,18 +42,30 @@ REDIS_REFUSALS = {"server_certificate": "redis.ca_file", "client_certificate": "
                   "permissions": "the ACL of the user in redis.url (README: Security)"}
 """The settings that decide each kind of refusal (``worker.startup.REFUSALS``), for its error line."""
 
+RedisStore = RedisFeatureStore | RedisClusterFeatureStore
 
-def make_store(settings: WorkerSettings) -> RedisFeatureStore:
+
+def make_store(settings: WorkerSettings) -> RedisStore:
+    """The fast client for ``redis.url``: one server's, or a cluster's with ``redis.cluster``."""
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
+    tls = redis_tls(settings)
     try:
-        address = RedisAddress.from_url(r.url, password)
+        if r.cluster:
+            return RedisClusterFeatureStore(seed_addresses(r.url, password), r.timeout_s, tls, r.read_from_replicas)
+        return RedisFeatureStore(RedisAddress.from_url(r.url, password), r.timeout_s, tls)
     except ValueError as exc:
         raise StartupError(f"redis.url: {exc}") from exc
-    return RedisFeatureStore(address, r.timeout_s, redis_tls(settings))
 
 
-def ready_store(settings: WorkerSettings) -> RedisFeatureStore:
+def redis_where(settings: WorkerSettings, url: str | None = None) -> str:
+    """``url`` (default ``redis.url``) without its password, for messages; ``ValueError`` if malformed."""
+    if url is None and settings.redis.cluster:
+        return RedisClusterFeatureStore(seed_addresses(settings.redis.url)).redacted()
+    return RedisAddress.from_url(url or settings.redis.url).redacted()
+
+
+def ready_store(settings: WorkerSettings) -> RedisStore:
     """``make_store``, once Redis answers (``StartupError`` after ``redis.startup_timeout_s``, or at once
     if Redis refuses the worker's certificate or credentials)."""
     store = make_store(settings)
@@ -115,16 +130,22 @@ def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, 
                                          compiled.output_schema_text)
 
 
-def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.Redis:
-    """A redis-py client for ``url`` (default ``redis.url``) with the feature store's password, CA and
-    timeout; ``ValueError`` for a malformed URL. It connects on its first command."""
+def redis_connection(settings: WorkerSettings, url: str | None = None) -> redis.Redis | RedisCluster:
+    """A redis-py client for ``url`` (default ``redis.url``, a ``RedisCluster`` with ``redis.cluster``)
+    with the feature store's password, CA and timeout; ``ValueError`` for a malformed URL. It
+    connects on its first command."""
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
-    RedisAddress.from_url(url or r.url, password)
     tls = redis_tls(settings)
     given = {"ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
              "ssl_password": tls.key_password}
-    extra = {key: value for key, value in given.items() if value}
+    extra: dict[str, Any] = {key: value for key, value in given.items() if value}
+    if url is None and r.cluster:
+        seeds = seed_addresses(r.url, password)
+        nodes = [ClusterNode(s.host, s.port) for s in seeds]  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return RedisCluster(startup_nodes=nodes, username=seeds[0].username, password=seeds[0].password,
+                            ssl=seeds[0].tls, socket_timeout=r.timeout_s, **extra)
+    RedisAddress.from_url(url or r.url, password)
     return redis.Redis.from_url(url or r.url, password=password, socket_timeout=r.timeout_s, **extra)
 
 

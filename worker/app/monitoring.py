@@ -15,14 +15,20 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from worker.app.cards import card_of
-from worker.app.components import loop_settings, make_decoder, make_pipeline, ready_store, redis_connection
+from worker.app.components import (
+    loop_settings,
+    make_decoder,
+    make_pipeline,
+    ready_store,
+    redis_connection,
+    redis_where,
+)
 from worker.app.explain import model_scores
 from worker.app.kafka import make_admin, make_checkpointer, make_consumer, make_producer, wait_for_kafka
 from worker.app.tools import topic_reader
 from worker.config.compile import Compiled, compile_settings, prediction_field
 from worker.config.settings import WorkerSettings
 from worker.errors import ConfigError, FeatureStoreUnavailable, ModelRunError, StartupError, ToolError
-from worker.features.redis_store import RedisAddress
 from worker.kafka.admin import create_topics, topic_partitions
 from worker.kafka.sink import Sink
 from worker.monitoring.join import JoinProcessor, LabelFields, MonitorTicker, PredictionFields, RecordReader
@@ -49,9 +55,19 @@ def monitor_store(settings: WorkerSettings) -> MonitorStore:
     try:
         client = redis_connection(settings, m.redis_url)
     except ValueError as exc:
-        raise StartupError(f"monitoring.redis_url: {exc}") from exc
+        raise StartupError(f"{'monitoring.redis_url' if m.redis_url else 'redis.url'}: {exc}") from exc
+    except redis_errors() as exc:  # RedisCluster reads the slot map as it is made
+        raise StartupError(f"cannot reach the Redis Cluster at {redis_where(settings)}: {exc}") from exc
     times = JoinTimes(int(m.labels.wait_hours * 3_600_000), int(m.labels.unmatched_after_s * 1000), m.window_labels)
-    return MonitorStore(client, m.key_prefix or f"monitor:{settings.kafka.group_id}:", times, m.history_entries)
+    return MonitorStore(client, m.key_prefix or default_prefix(settings), times, m.history_entries)
+
+
+def default_prefix(settings: WorkerSettings) -> str:
+    """``monitor:<group>:``; on the feature store's Redis Cluster the group is a hash tag, so that every
+    monitoring key is in one slot, where the join's scripts and multi-key reads are allowed."""
+    group = settings.kafka.group_id
+    on_cluster = settings.redis.cluster and not settings.monitoring.redis_url
+    return f"monitor:{{{group}}}:" if on_cluster else f"monitor:{group}:"
 
 
 def reference_of(settings: WorkerSettings, compiled: Compiled) -> ReferenceOf:
@@ -163,7 +179,7 @@ def build_monitor(settings: WorkerSettings, observers: Sequence[Observer] = (), 
     run_as = monitor_settings(settings)
     compiled = compile_settings(settings)
     store = monitor_store(settings)
-    where = RedisAddress.from_url(run_as.monitoring.redis_url or run_as.redis.url).redacted()
+    where = redis_where(run_as, run_as.monitoring.redis_url)
     wait_until_ready(lambda: _problem(store), "the monitor's Redis", where, run_as.redis.startup_timeout_s)
     k = run_as.kafka
     consumer = make_consumer(run_as)

@@ -70,7 +70,7 @@ def _start_metrics(settings: WorkerSettings, telemetry: Telemetry) -> Metrics:
     health = Health(t.liveness_timeout_s)
     server = TelemetryServer(t.host, t.port, health, REGISTRY)
     store = make_store(settings)
-    probe = RedisProbe(store, t.redis_check_interval_s, f"Redis at {store.address.redacted()}")
+    probe = RedisProbe(store, t.redis_check_interval_s, f"Redis at {store.redacted()}")
     health.checks["redis"] = probe.up
     server.start()
     telemetry.closers.append(server.close)

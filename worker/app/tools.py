@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
-from worker.app.components import make_registry, ready_store, redis_connection
+from worker.app.components import make_registry, ready_store, redis_connection, redis_where
 from worker.app.explain import make_explainer, model_scores
 from worker.app.kafka import QUIET, kafka_client, kafka_common, make_admin, required_topics
 from worker.codecs.avro import (
@@ -117,7 +118,9 @@ def acl_setuser(settings: WorkerSettings, user: str, writer: bool = False) -> st
     if not writer and m.drift and not m.redis_url:
         patterns.append(glob_escape(m.key_prefix or f"monitor:{settings.kafka.group_id}:") + "*")
         commands += ["+set", "+xadd"]
-    if RedisAddress.from_url(settings.redis.url).db:
+    if settings.redis.cluster:  # the fast client reads the slot map and, from replicas, says READONLY
+        commands += ["+cluster|slots", "+readonly"]
+    elif RedisAddress.from_url(settings.redis.url).db:
         commands.append("+select")
     keys = " ".join(f"~{p}" for p in patterns)
     return f"ACL SETUSER {user} reset on {keys} {' '.join(commands)}"
@@ -141,9 +144,8 @@ def redis_client(settings: WorkerSettings) -> Any:
         client.ping()
     except ValueError as exc:
         raise ToolError(f"redis.url: {exc}") from exc
-    except redis.RedisError as exc:
-        where = RedisAddress.from_url(settings.redis.url).redacted()
-        raise StartupError(f"cannot reach Redis at {where}: {exc}") from exc
+    except (redis.RedisError, RedisClusterException) as exc:  # RedisCluster reads the slot map as it is made
+        raise StartupError(f"cannot reach Redis at {redis_where(settings)}: {exc}") from exc
     return client
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from worker.app.components import redis_where
 from worker.app.tools import create_topics, entity_matcher, make_sender, redis_client, topic_decoder, topic_reader
 from worker.cli.options import config_options, settings_from
 from worker.config.compile import compile_settings
@@ -179,6 +180,14 @@ class Demo:
 
     def redis(self) -> None:
         url = self.settings.redis.url
+        if self.settings.redis.cluster:  # the demo starts single servers only: a cluster is always the user's
+            if self.args.local:
+                raise ToolError("--local starts a single redis-server, and redis.cluster is set: leave out --local "
+                                "to use the cluster of redis.url, or unset redis.cluster (WORKER_REDIS__CLUSTER)")
+            shown = redis_where(self.settings)
+            self._may_write(shown)
+            self.step("Redis", f"using the Redis Cluster {shown} (redis.cluster)")
+            return
         address = RedisAddress.from_url(url)
         shown = address.redacted()
         explicit = self.args.redis_url is not None or f"{ENV_PREFIX}REDIS__URL" in os.environ

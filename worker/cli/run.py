@@ -14,6 +14,7 @@ from worker import __version__
 from worker.cli.options import command, settings_from
 from worker.config.compile import compile_settings
 from worker.config.settings import WorkerSettings
+from worker.errors import ConfigError
 from worker.logs import configure
 from worker.startup import request_stop
 
@@ -53,12 +54,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     compiled = compile_settings(settings)
     k = settings.kafka
     tensors = ", ".join(f"{t.name}[N{'' if t.rank == 1 else f',{len(t.columns)}'}] {t.dtype}" for t in compiled.tensors)
+    redis = describe_redis(settings)
     print(f"config OK: {args.config}")
     print(f"  kafka   {k.bootstrap_servers}: {', '.join(k.input_topics)} -> {k.output_topic} (dead letters: "
           f"{k.dlq_topic}), group {k.group_id}, {settings.processing_guarantee}")
     warning = unstable_transactional_id(settings)
     if warning:
         print(f"  warning {warning}")
+    print(f"  redis   {redis}")
     print(f"  model   {compiled.model.name} v{compiled.model.version} (version from {compiled.version_from}): "
           f"{tensors}")
     print(f"  features{' none' if not compiled.entities else ''}")
@@ -69,6 +72,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  explain {explain.describe(settings, compiled)}")
     print(f"  monitoring {monitoring.describe(settings, compiled)}")
     return 0
+
+
+def describe_redis(settings: WorkerSettings) -> str:
+    from worker.app.components import redis_where
+
+    r = settings.redis
+    try:
+        where = redis_where(settings)
+    except ValueError as exc:
+        raise ConfigError.at("redis.url", str(exc)) from exc
+    if not r.cluster:
+        return where
+    reads = "replicas (READONLY), masters where a slot has none" if r.read_from_replicas else "masters"
+    return (f"Redis Cluster, seed nodes {where}: slot map from CLUSTER SLOTS, one pipeline per node per batch, "
+            f"reads from {reads}")
 
 
 def describe_telemetry(settings: WorkerSettings) -> str:

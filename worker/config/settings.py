@@ -14,6 +14,7 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -101,7 +102,8 @@ class KafkaSettings(_Section):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
-    """``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=N``."""
+    """``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix:///path?db=N``. With
+    ``cluster``: seed nodes, ``redis://[user:password@]host:port,host:port/0`` (database 0 only)."""
     password: SecretStr | None = None
     """Overrides a password in the URL; never logged."""
     timeout_s: float = Field(default=2.0, gt=0)
@@ -116,6 +118,29 @@ class RedisSettings(_Section):
     """The passphrase of an encrypted ``key_file``; never logged."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long startup waits for Redis before giving up."""
+    cluster: bool = False
+    """The features are in a Redis Cluster, reached through the seed nodes of ``url``: keys are
+    read from the node serving their hash slot (one pipeline per node per batch, sent together),
+    following ``MOVED``/``ASK`` redirects; a cluster that cannot answer (``CLUSTERDOWN``, a failed
+    master not yet replaced) holds the batch like a Redis outage."""
+    read_from_replicas: bool = False
+    """(cluster) Read each slot from a replica of its master (sent ``READONLY``), the master only
+    where it has none. Takes reads off the masters, at the cost of replication lag."""
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        if self.read_from_replicas and not self.cluster:
+            raise ValueError("read_from_replicas needs cluster: true")
+        if not self.cluster:
+            return self
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"a Redis Cluster (cluster: true) is reached over TCP: give url redis:// or rediss:// "
+                             f"seed nodes, not {parts.scheme}://")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError(f"a Redis Cluster (cluster: true) has database 0 only, and url names database "
+                             f"{parts.path.strip('/')}: end it with /0")
+        return self
 
 
 class AvroSettings(_Section):

@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -58,61 +59,51 @@ def pack(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-class RedisFeatureStore:
-    """``FeatureStore`` over one Redis connection, reconnecting lazily after a failure."""
+class RedisConnection:
+    """One socket to one Redis server, speaking RESP through hiredis: AUTH, SELECT, READONLY and TLS
+    at connect, then whole pipelines sent and their replies read. Any socket or protocol failure
+    closes it (the next send reconnects) and raises ``FeatureStoreUnavailable``."""
 
-    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, tls: TlsFiles | None = None) -> None:
+    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, tls: TlsFiles | None = None,
+                 readonly: bool = False) -> None:
         self.address = address
         self._timeout = timeout_s
         self._tls = tls or TlsFiles()
+        self._readonly = readonly
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
 
-    def fetch(self, requests: Requests) -> list[list[KeyValues]]:
-        payload, counts = self._pack_hmgets(requests)
-        replies = self._round_trip(payload, sum(counts))
-        out: list[list[KeyValues]] = []
-        start = 0
-        for n in counts:
-            out.append([_key_values(r) for r in replies[start:start + n]])
-            start += n
-        return out
+    def round_trip(self, payload: bytes, n_replies: int) -> list[object]:
+        self.send(payload)
+        return self.receive(n_replies)
 
-    def ping(self) -> None:
-        reply = self._round_trip(pack(b"PING"), 1)[0]
-        if reply != b"PONG":
-            refused = "permissions" if str(reply).startswith("NOPERM") else ""
-            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()} answered PING with {reply}", refused)
+    def send(self, payload: bytes) -> None:
+        try:
+            (self._sock or self._connect()).sendall(payload)
+        except (OSError, hiredis.ProtocolError) as exc:
+            raise self._failed(exc) from exc
+        except FeatureStoreUnavailable:  # refused while connecting
+            self.close()
+            raise
+
+    def receive(self, n_replies: int) -> list[object]:
+        """The next ``n_replies`` replies to what was sent (a reply may be an error value)."""
+        try:
+            if self._sock is None:
+                raise ConnectionError("not connected")
+            return self._read_replies(self._sock, n_replies)
+        except (OSError, hiredis.ProtocolError) as exc:
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    @staticmethod
-    def _pack_hmgets(requests: Requests) -> tuple[bytes, list[int]]:
-        chunks: list[bytes] = []
-        counts: list[int] = []
-        for fields, keys in requests:
-            head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in map(_bytes, fields))
-            for key in keys:
-                kb = key if isinstance(key, bytes) else key.encode()
-                chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(kb), kb, tail))
-            counts.append(len(keys))
-        return b"".join(chunks), counts
-
-    def _round_trip(self, payload: bytes, n_replies: int) -> list[object]:
-        try:
-            sock = self._sock or self._connect()
-            sock.sendall(payload)
-            return self._read_replies(sock, n_replies)
-        except (OSError, hiredis.ProtocolError) as exc:
-            self.close()
-            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}", _refused(exc)) from exc
-        except FeatureStoreUnavailable:
-            self.close()
-            raise
+    def _failed(self, exc: BaseException) -> FeatureStoreUnavailable:
+        self.close()
+        return FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}",
+                                       _refused(exc) if isinstance(exc, Exception) else "")
 
     def _read_replies(self, sock: socket.socket, n: int) -> list[object]:
         replies: list[object] = []
@@ -160,6 +151,8 @@ class RedisFeatureStore:
             commands.append(pack(b"AUTH", *auth, a.password.encode()))
         if a.db:
             commands.append(pack(b"SELECT", str(a.db).encode()))
+        if self._readonly:  # a cluster replica answers reads for its master's slots only after READONLY
+            commands.append(pack(b"READONLY"))
         if a.tls:
             commands.append(pack(b"PING"))  # a first exchange on every TLS connection: see _connect
         if not commands:
@@ -170,6 +163,34 @@ class RedisFeatureStore:
                 text = str(reply)
                 refused = "credentials" if _is_auth_error(text) else "permissions" if text.startswith("NOPERM") else ""
                 raise FeatureStoreUnavailable(f"Redis at {a.redacted()} refused the connection setup: {text}", refused)
+
+
+class RedisFeatureStore:
+    """``FeatureStore`` over one Redis connection, reconnecting lazily after a failure."""
+
+    def __init__(self, address: RedisAddress, timeout_s: float = 2.0, tls: TlsFiles | None = None) -> None:
+        self._connection = RedisConnection(address, timeout_s, tls)
+
+    @property
+    def address(self) -> RedisAddress:
+        return self._connection.address
+
+    def fetch(self, requests: Requests) -> list[list[KeyValues]]:
+        payload, counts = pack_hmgets(requests)
+        replies = self._connection.round_trip(payload, sum(counts))
+        return split_replies(replies, counts)
+
+    def ping(self) -> None:
+        reply = self._connection.round_trip(pack(b"PING"), 1)[0]
+        if reply != b"PONG":
+            refused = "permissions" if str(reply).startswith("NOPERM") else ""
+            raise FeatureStoreUnavailable(f"Redis at {self.address.redacted()} answered PING with {reply}", refused)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def redacted(self) -> str:
+        return self.address.redacted()
 
 
 @dataclass(frozen=True)
@@ -219,6 +240,38 @@ def _is_auth_error(text: str) -> bool:
     return text.startswith(("WRONGPASS", "ERR AUTH", "ERR invalid password", "ERR invalid username"))
 
 
+def pack_hmgets(requests: Requests) -> tuple[bytes, list[int]]:
+    """Every HMGET of ``requests`` in one RESP payload, and how many keys each request has."""
+    commands, _, counts = hmget_commands(requests)
+    return b"".join(commands), counts
+
+
+def hmget_commands(requests: Requests) -> tuple[list[bytes], list[bytes], list[int]]:
+    """One RESP HMGET per key, in order; the keys as bytes; how many keys each request has."""
+    commands: list[bytes] = []
+    keys: list[bytes] = []
+    counts: list[int] = []
+    for fields, names in requests:
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in map(_bytes, fields))
+        for key in names:
+            kb = key if isinstance(key, bytes) else key.encode()
+            commands.append(b"%s$%d\r\n%s\r\n%s" % (head, len(kb), kb, tail))
+            keys.append(kb)
+        counts.append(len(names))
+    return commands, keys, counts
+
+
+def split_replies(replies: list[object], counts: list[int]) -> list[list[KeyValues]]:
+    """The flat replies cut back into one list per request, each reply checked."""
+    out: list[list[KeyValues]] = []
+    start = 0
+    for n in counts:
+        out.append([_key_values(r) for r in replies[start:start + n]])
+        start += n
+    return out
+
+
 def _bytes(name: Name) -> bytes:
     return name if isinstance(name, bytes) else name.encode()
 
@@ -234,19 +287,26 @@ def _key_values(reply: object) -> KeyValues:
     return ValueError(f"unexpected Redis reply {reply!r}")
 
 
-def wait_for_redis(store: RedisFeatureStore, timeout_s: float, settings_of: Mapping[str, str] | None = None) -> None:
+class Reachable(Protocol):
+    """A Redis feature store, one server's or a cluster's."""
+
+    def ping(self) -> None: ...
+    def redacted(self) -> str: ...
+
+
+def wait_for_redis(store: Reachable, timeout_s: float, settings_of: Mapping[str, str] | None = None) -> None:
     """Block until Redis answers PING, logging progress; else ``StartupError``: at once when it
     refuses this client (a certificate, the credentials), naming the settings ``settings_of`` gives
     for that refusal, since waiting cannot mend a configuration."""
-    wait_until_ready(lambda: _ping_problem(store, settings_of or {}), "Redis", store.address.redacted(), timeout_s)
+    wait_until_ready(lambda: _ping_problem(store, settings_of or {}), "Redis", store.redacted(), timeout_s)
 
 
-def _ping_problem(store: RedisFeatureStore, settings_of: Mapping[str, str]) -> str | None:
+def _ping_problem(store: Reachable, settings_of: Mapping[str, str]) -> str | None:
     try:
         store.ping()
     except FeatureStoreUnavailable as exc:
         if exc.refused:
-            raise StartupError(refusal_line(f"Redis at {store.address.redacted()}", exc.refused, str(exc),
+            raise StartupError(refusal_line(f"Redis at {store.redacted()}", exc.refused, str(exc),
                                             settings_of)) from exc
         return str(exc)
     return None

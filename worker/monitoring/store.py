@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.exceptions import RedisClusterException
 
 logger = logging.getLogger(__name__)
 
@@ -244,5 +245,6 @@ def _joined(event_id: str, reply: list[Any]) -> Joined | None:
 
 
 def redis_errors() -> tuple[type[Exception], ...]:
-    """What the store raises while Redis is unreachable or refuses a command."""
-    return (redis.RedisError,)
+    """What the store raises while Redis is unreachable or refuses a command (a cluster's redis-py
+    client raises ``RedisClusterException``, which is no ``RedisError``, when no node answers)."""
+    return (redis.RedisError, RedisClusterException)
