@@ -32,7 +32,7 @@ from tests.support.worker_process import StartWorker, WorkerProcess
 from worker.cli.main import main
 from worker.monitoring import report
 from worker.quality.bins import psi
-from worker.quality.reference import from_card
+from worker.quality.reference import Reference, from_card, from_file
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +52,12 @@ def drift_workload(gen: ModuleType, redis_url: str, n: int, seed: int, drift: bo
     return args, fraud_events(gen, args)
 
 
-def offline_psi(gen: ModuleType, args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, float]:
-    """PSI of these events' model inputs against the card's bins, computed here."""
+def offline_psi(gen: ModuleType, args: argparse.Namespace, records: list[dict[str, Any]],
+                reference: Reference | None = None) -> dict[str, float]:
+    """PSI of these events' model inputs against the card's bins (or ``reference``'s), computed here."""
     x = gen.feature_matrix(records, args)
     card = json.loads((fraud_workload_dir() / "model-card.json").read_text())
-    reference = from_card(card)
+    reference = reference or from_card(card)
     assert reference is not None
     out = {}
     for j, name in enumerate(card["feature_order"]):
@@ -138,22 +139,28 @@ class Quality:
         self.labels = create_topic(bootstrap, f"labels-{uid}", 2)
         self.joined = create_topic(bootstrap, f"joined-{uid}", 1) if create_joined else f"joined-{uid}"
         self.port = free_port()
-        base = changed(fraud_config(), **{
+        self.base = changed(fraud_config(), **{
             "monitoring.labels.topic": self.labels, "monitoring.joined_topic": self.joined,
             "monitoring.window_labels": 100_000, "monitoring.key_prefix": f"m{uid}:",
             "monitoring.snapshot_interval_s": 1})
-        self.worker_config = write_config(tmp_path / "worker.yaml", base)
-        self.monitor_config = write_config(tmp_path / "monitor.yaml", changed(
-            base, telemetry={"port": self.port, "host": "127.0.0.1"}))
+        self.worker_config = write_config(tmp_path / "worker.yaml", self.base)
+        self.monitor_config = self.monitor_config_on(self.port)
+
+    def monitor_config_on(self, port: int) -> Path:
+        """The monitor's config exporting metrics on ``port``: replicas differ only in that."""
+        return write_config(self.worker_config.with_name(f"monitor-{port}.yaml"), changed(
+            self.base, telemetry={"port": port, "host": "127.0.0.1"}))
 
     def worker(self) -> WorkerProcess:
         return self.start(self.worker_config, self.topics, self.redis_url)
 
-    def monitor(self) -> WorkerProcess:
-        return self.start(self.monitor_config, self.topics, self.redis_url, verb="monitor")
+    def monitor(self, port: int | None = None) -> WorkerProcess:
+        config = self.monitor_config if port is None else self.monitor_config_on(port)
+        return self.start(config, self.topics, self.redis_url, verb="monitor")
 
-    def figures(self, monitor: WorkerProcess, matched: int) -> Samples:
-        return scrape(self.port, lambda s: s.get(("worker_labels_matched_total", ()), -1) >= matched, monitor.alive)
+    def figures(self, monitor: WorkerProcess, matched: int, port: int | None = None) -> Samples:
+        return scrape(port or self.port, lambda s: s.get(("worker_labels_matched_total", ()), -1) >= matched,
+                      monitor.alive)
 
 
 def predictions(gen: ModuleType, reader: TopicReader, topic: str) -> dict[str, float]:
@@ -233,3 +240,79 @@ def test_labels_that_come_before_their_predictions_are_all_matched(
     samples = q.figures(monitor, matched=len(events.good))
     assert samples[("worker_labels_unmatched_total", ())] == 0
     assert samples[("worker_labels_received_total", ())] == len(events.good)
+
+
+@pytest.mark.slow
+def test_two_monitor_replicas_share_the_join_and_match_each_label_once(
+        gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
+        start_worker: StartWorker, tmp_path: Path) -> None:
+    args = population(n=4000, seed=41)
+    gen.cmd_features(argparse.Namespace(**{**vars(args), "redis": redis_db_url}))
+    events = fraud_events(gen, args)
+    q = Quality(gen, kafka_bootstrap, redis_db_url, kafka_topics(partitions=2, prefix="pair"), start_worker, tmp_path)
+    ports = [q.port, free_port()]
+    monitors = [q.monitor(port) for port in ports]
+    for port, monitor in zip(ports, monitors, strict=True):  # one group: each holds a share before anything flows
+        scrape(port, lambda s: s.get(("worker_assigned_partitions", ()), 0) > 0, monitor.alive)
+    worker = q.worker()
+    produce(kafka_bootstrap, q.topics.input, events.messages)
+    produce(kafka_bootstrap, q.labels, label_messages(gen, events.good, labels_of(gen, args, events.good)))
+    n = len(events.good)
+    figures = [q.figures(monitor, n, port) for port, monitor in zip(ports, monitors, strict=True)]
+    assert worker.alive()
+    consumed = [f[("worker_events_consumed_total", ())] for f in figures]
+    # One group: each replica read a share of the predictions and labels (2n in all), neither all of them.
+    assert all(0 < c < 2 * n for c in consumed) and sum(consumed) >= 2 * n, consumed
+    version = (("model_name", "fraud-gbdt"), ("model_version", "1"))
+    shared = [{name: f[(name, ())] for name in ("worker_labels_received_total", "worker_labels_matched_total",
+                                                "worker_labels_late_total")} | {"auc": f[("worker_model_auc", version)]}
+              for f in figures]
+    assert shared[0] == shared[1], "the figures come from the shared store, whichever replica is asked"
+    assert shared[0]["worker_labels_matched_total"] == n == shared[0]["worker_labels_received_total"]
+
+
+def write_reference(gen: ModuleType, tmp_path: Path, rows: int) -> Path:
+    """``worker monitor reference --data`` on ``rows`` drifted events (amounts 4x, 10% card present)."""
+    drifted = population(n=rows, seed=43)
+    drifted.drift_from, drifted.amount_scale, drifted.card_present_rate = 0.0, 4.0, 0.1
+    data, out = tmp_path / "train.npz", tmp_path / "reference.json"
+    np.savez(data, features=gen.feature_matrix(fraud_events(gen, drifted).good, drifted))
+    config = write_config(tmp_path / "reference.yaml", fraud_config())
+    assert main(["monitor", "reference", "--config", str(config), "--data", str(data), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_a_reference_made_from_a_data_file_is_what_the_worker_measures_drift_against(
+        gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
+        topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
+    path = write_reference(gen, tmp_path, rows=5000)
+    written = json.loads(path.read_text())
+    card = json.loads((fraud_workload_dir() / "model-card.json").read_text())
+    assert list(written["features"]) == card["feature_order"] and written["rows"] == 5000
+    assert written["score"]["bins"]["edges"], "the score's bins too"
+
+    window = 2000
+    args, events = drift_workload(gen, redis_db_url, n=3000, seed=47, drift=False)
+    topics = kafka_topics(partitions=1, prefix="ref")  # one partition: the window is the stream's last events
+    port = free_port()
+    config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{
+        "telemetry": {"port": port, "host": "127.0.0.1"}, "monitoring.window_events": window,
+        "monitoring.reference": str(path)}))
+    worker = start_worker(config, topics, redis_db_url)
+    produce(kafka_bootstrap, topics.input, events.messages)
+    reader = topic_reader(topics.output)
+    assert reader.read_until(lambda r: r.count(topics.output) >= len(events.good), 120, worker.alive)
+    samples = scrape(port, lambda s: sum(by_label(s, "worker_drift_window_events", "model_version").values())
+                     >= window, worker.alive)
+
+    reference = from_file(path)
+    live = by_label(samples, "worker_feature_psi", "feature")
+    offline = offline_psi(gen, args, events.good[-window:], reference)
+    assert live == pytest.approx(offline, abs=0.02)
+    assert live["amount"] > 0.2, "undrifted events against the drifted reference (the card's bins give < 0.1)"
+    assert reference.score is not None
+    scores = np.array(list(predictions(gen, reader, topics.output).values())[-window:])
+    counts = np.bincount(np.searchsorted(reference.score.edges, scores, side="right"), minlength=reference.score.size)
+    (score_psi,) = by_label(samples, "worker_score_psi", "model_version").values()
+    assert score_psi == pytest.approx(psi(counts, reference.score.shares), abs=0.02)

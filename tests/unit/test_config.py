@@ -342,6 +342,20 @@ def test_environment_overrides_nested_and_top_level_keys(tmp_path: Path, base: d
     assert (settings.batch.max_events, settings.batch.commit_interval_ms, settings.log_level) == (77, 1000.0, "DEBUG")
 
 
+def test_the_environment_sets_explanations_and_the_labels_topic(tmp_path: Path, base: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path / "c.yaml", base)
+    monkeypatch.setenv("WORKER_EXPLAIN__WHEN", "all")
+    monkeypatch.setenv("WORKER_EXPLAIN__TOP_K", "5")
+    monkeypatch.setenv("WORKER_MONITORING__LABELS__TOPIC", "chargebacks")
+
+    settings = load_settings(path)
+
+    assert (settings.explain.when, settings.explain.top_k) == ("all", 5)
+    assert settings.monitoring.labels is not None and settings.monitoring.labels.topic == "chargebacks"
+    assert settings.monitoring.labels.id_field == base["monitoring"]["labels"]["id_field"], "the rest from the file"
+
+
 def test_an_invalid_environment_value_is_one_problem(tmp_path: Path, base: dict[str, Any],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_config(tmp_path / "c.yaml", base)

@@ -180,6 +180,13 @@ def test_the_lock_pins_every_runtime_dependency_within_pyproject() -> None:
     assert "with Python 3.11" in header, "the lock must be compiled for the image's Python (3.11)"
 
 
+def test_the_lock_names_no_package_source_of_the_machine_that_compiled_it() -> None:
+    # The image installs from PyPI: an index or wheel directory of one machine means nothing in the build.
+    options = [line for line in LOCK.read_text().splitlines()
+               if line.startswith(("--index-url", "--extra-index-url", "--find-links", "-i ", "-f "))]
+    assert options == [], "regenerate with pip-compile --no-emit-index-url --no-emit-find-links"
+
+
 # --- the compose stack -----------------------------------------------------------------------------
 
 def test_docker_compose_accepts_the_file() -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import copy
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import fastavro
 import numpy as np
 import pytest
 
-from tests.unit.test_example_model import CONFIG, data
+from tests.unit.test_example_model import CONFIG, MODEL_DIR, REPO, data
 from tests.unit.test_model_router import pipeline_with, versioned
 from tests.unit.test_pipeline import payment
 from worker.app.components import make_pipeline
@@ -27,6 +29,7 @@ from worker.records import InputMessage
 from worker.serving import Serving
 
 NAMES = ["a", "b", "c", "d"]
+PREDICTION_SCHEMA = REPO / "schemas" / "fraud" / "prediction.avsc"
 
 
 class Fixed:
@@ -93,7 +96,12 @@ def test_the_canary_explains_its_own_rows() -> None:
 
 
 def example_pipeline(method: str) -> tuple[Pipeline, Any]:
-    settings = load_settings(CONFIG, {"explain": {"when": "all", "method": method}})
+    return example_with({"explain": {"when": "all", "method": method}})
+
+
+def example_with(overrides: dict[str, Any]) -> tuple[Pipeline, Any]:
+    """The example's pipeline (its model, card and features) with ``overrides`` on its settings."""
+    settings = load_settings(CONFIG, overrides)
     compiled = compile_settings(settings)
     store = InMemoryFeatureStore({h["key"]: {k: str(v) for k, v in h["fields"].items()} for h in data.features()})
     return make_pipeline(settings, compiled, store), compiled
@@ -105,20 +113,64 @@ def encoded(compiled: Any, record: dict[str, Any]) -> InputMessage:
     return InputMessage(buf.getvalue(), record["card"]["id"].encode())
 
 
-@pytest.mark.parametrize("method", ["occlusion", "tree_shap"])
-def test_an_amount_fifty_times_the_cards_average_is_the_first_reason(method: str) -> None:
-    pipeline, compiled = example_pipeline(method)
+def decoded(compiled: Any, value: bytes | None) -> dict[str, Any]:
+    record = fastavro.schemaless_reader(io.BytesIO(value or b""), compiled.output_schema)  # type: ignore[call-overload]
+    assert isinstance(record, dict)
+    return record
+
+
+def outsized(n: int) -> list[dict[str, Any]]:
+    """``n`` ordinary card-present payments, each with an amount 50 times its card's 30-day average."""
     world = data.make_world()
-    ordinary = [r for r in data.events(400, seed=3) if r["card"]["present"] and r["amount"] < 100][:20]
+    ordinary = [r for r in data.events(400, seed=3) if r["card"]["present"] and r["amount"] < 100][:n]
     extreme = []
     for record in ordinary:
         changed = copy.deepcopy(record)
         average = world.cards.get(record["card"]["id"], {}).get("amount_avg_30d", 0.0)
         changed["amount"] = 50 * max(average, 10.0)
         extreme.append(changed)
-    result = pipeline.process([encoded(compiled, r) for r in extreme])
-    reasons = [fastavro.schemaless_reader(io.BytesIO(o.value), compiled.output_schema)["reasons"]  # type: ignore[call-overload]
-               for o in result.outputs]
-    assert len(reasons) == 20
-    first = [r[0] if r else None for r in reasons]
-    assert first.count("amount") >= 19, first
+    return extreme
+
+
+@pytest.mark.parametrize("method", ["occlusion", "tree_shap"])
+def test_an_amount_fifty_times_the_cards_average_is_the_first_reason(method: str) -> None:
+    pipeline, compiled = example_pipeline(method)
+    result = pipeline.process([encoded(compiled, r) for r in outsized(20)])
+    first = [decoded(compiled, o.value)["reasons"][:1] for o in result.outputs]
+    assert first == [["amount"]] * 20, first
+
+
+def test_a_method_returning_the_wrong_number_of_rows_publishes_every_prediction_without_reasons() -> None:
+    pipeline, compiled = example_pipeline("occlusion")
+    assert pipeline.explainer is not None
+    pipeline.explainer.method = Fixed(np.ones((1, len(pipeline.explainer.names))))  # one row for twenty events
+    result = pipeline.process([encoded(compiled, r) for r in data.events(20, seed=4)])
+    assert [decoded(compiled, o.value)["reasons"] for o in result.outputs] == [[]] * 20
+    assert not result.dead_letters
+    assert result.explain_failures == 20 and result.explained == 0
+
+
+def test_with_the_examples_settings_exactly_the_flagged_payments_carry_reasons() -> None:
+    pipeline, compiled = example_with({})
+    assert pipeline.explainer is not None and pipeline.explainer.when == "flagged"
+    result = pipeline.process([encoded(compiled, r) for r in data.events(2000, seed=5)])
+    outputs = [decoded(compiled, o.value) for o in result.outputs]
+    assert len(outputs) == 2000 and sum(o["is_fraud"] for o in outputs) >= 10, "too few flagged to tell"
+    assert [o["event_id"] for o in outputs if bool(o["reasons"]) != o["is_fraud"]] == []
+    assert result.explained == sum(o["is_fraud"] for o in outputs)
+
+
+def test_contributions_decode_from_an_output_as_every_card_feature_with_the_outsized_amount_largest(
+        tmp_path: Path) -> None:
+    schema = json.loads(PREDICTION_SCHEMA.read_text())
+    schema["fields"].append({"name": "contributions", "type": {"type": "map", "values": "double"}, "default": {}})
+    (tmp_path / "prediction.avsc").write_text(json.dumps(schema))
+    pipeline, compiled = example_with({"avro": {"output_schema": str(tmp_path / "prediction.avsc")},
+                                       "output": {"fields": {"contributions": "$contributions"}},
+                                       "explain": {"when": "all"}})
+    result = pipeline.process([encoded(compiled, r) for r in outsized(5)])
+    card = json.loads((MODEL_DIR / "model-card.json").read_text())
+    for output in result.outputs:
+        contributions = decoded(compiled, output.value)["contributions"]
+        assert list(contributions) == card["feature_order"]
+        assert max(contributions, key=contributions.__getitem__) == "amount", contributions

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -358,6 +359,28 @@ def test_the_batch_job_is_a_suspended_template(docs: tuple[Doc, ...]) -> None:
     assert cron["spec"]["suspend"] is True
     script = " ".join(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "worker batch --config /etc/worker/config.yaml" in script and "--resume" in script
+
+
+def test_the_commented_batch_patch_of_the_example_unsuspends_a_filled_in_job(tmp_path: Path) -> None:
+    """The example's commented-out CronJob patch, uncommented, applies: a site that follows it gets
+    a running job with its own input, output directory and claim."""
+    example = K8S / "overlays" / "example"
+    lines = (example / "kustomization.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # - target: {kind: CronJob, name: batch}"))
+    end = next(i for i in range(start, len(lines)) if not re.match(r"  # (- |  )", lines[i]))
+    lines[start:end] = [line.replace("  # ", "  ", 1) for line in lines[start:end]]
+    text = "\n".join(lines).replace("../../base", os.path.relpath(K8S / "base", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(text)
+    shutil.copy(example / "secrets.env", tmp_path / "secrets.env")
+    result = subprocess.run([_tool("kubectl"), "kustomize", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    cron = _one(tuple(d for d in yaml.safe_load_all(result.stdout) if d), "CronJob", "batch")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert cron["spec"]["suspend"] is False
+    assert _env(pod["containers"][0])["BATCH_OUTPUT_DIR"] == "/data/out/fraud-scores"
+    assert {v["name"]: v.get("persistentVolumeClaim") for v in pod["volumes"]}["output"] == {
+        "claimName": "fraud-batch-output"}
 
 
 def test_the_config_passes_check_config(docs: tuple[Doc, ...], tmp_path: Path) -> None:

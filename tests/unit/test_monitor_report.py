@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 import redis
 from PIL import Image
 
+from worker.cli.monitor import parse_when
+from worker.errors import ToolError
 from worker.monitoring import report
 from worker.monitoring.report import NO_DRIFT, NO_LABELS, render, summarize
 from worker.monitoring.store import JoinTimes, Label, MonitorStore, Prediction
@@ -163,3 +166,26 @@ def test_without_matplotlib_it_says_what_to_install(store: MonitorStore, tmp_pat
     with pytest.raises(ImportError, match=r"pip install 'inference-worker\[report\]'"):
         render(store, tmp_path / "report.html")
     assert report.NEEDS_MATPLOTLIB.startswith("worker monitor report needs matplotlib")
+
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, None),
+    ("2026-11-29T12:00", NOW),  # no zone: UTC
+    ("2026-11-29T12:00+01:00", datetime(2026, 11, 29, 11, 0, tzinfo=UTC)),
+    ("2026-11-29", datetime(2026, 11, 29, tzinfo=UTC)),
+    ("30m", datetime(2026, 11, 29, 11, 30, tzinfo=UTC)),
+    (" 24h ", datetime(2026, 11, 28, 12, 0, tzinfo=UTC)),
+    ("1.5h", datetime(2026, 11, 29, 10, 30, tzinfo=UTC)),
+    ("7d", datetime(2026, 11, 22, 12, 0, tzinfo=UTC)),
+])
+def test_from_and_to_are_iso_times_or_spans_ago(text: str | None, expected: datetime | None) -> None:
+    assert parse_when(text, NOW) == (None if expected is None else int(expected.timestamp() * 1000))
+
+
+@pytest.mark.parametrize("text", ["yesterday", "24", "2w", "-1h"])
+def test_a_time_that_is_neither_says_what_is_accepted(text: str) -> None:
+    with pytest.raises(ToolError, match=r"neither an ISO time .* nor a span ago"):
+        parse_when(text, NOW)

@@ -161,13 +161,14 @@ class Pipeline:
         reasons: list[Sequence[str]] = [NO_REASONS] * len(scores)
         contributions: list[Mapping[str, float]] = [NO_CONTRIBUTIONS] * len(scores)
         for model, group in _by_model(serving, rows.groups, chosen):
-            try:
+            try:  # describing is inside: a method returning the wrong number of rows fails here too
                 found = explainer.contributions(model, _take(rows.feeds, group), scores[group])
+                described = list(zip(group.tolist(), explainer.describe(found), strict=True))
             except Exception as exc:  # any failure of any method: the prediction goes out without reasons
                 result.explain_failures += len(group)
                 _explain_failed(model, exc)
                 continue
-            for row, (why, parts) in zip(group.tolist(), explainer.describe(found), strict=True):
+            for row, (why, parts) in described:
                 reasons[row], contributions[row] = why, parts
             result.explained += len(group)
         scored.reasons, scored.contributions = reasons, contributions
