@@ -5,6 +5,9 @@ generated once per schema reads the fields straight from the ``bytes`` with an i
 one-byte varint through a table, and builds the record dict in one literal. The dicts are the
 ones fastavro builds (same keys, order and values), which a property test checks on random
 records of random schemas.
+On the fraud workload's events it decodes in 3.8 µs per event against fastavro's 5.6
+(``python -m bench.decode``, CPU time, best of 5, load 4.3); the contract check went from
+16.6k-22.8k to 23.6k-25.0k events/s (3 alternating runs each, load 2.3-4.3).
 
 The generated code reads well-formed data only. Anything unusual (a truncated value, a negative
 length, a union or enum index it does not expect, a varint longer than 10 bytes, invalid UTF-8)
