@@ -414,8 +414,8 @@ def test_partitions_that_hand_out_nothing_while_events_wait_are_reported_with_wh
 
 def test_a_partition_whose_fetch_position_never_comes_is_reported_and_caught_up_ones_are_not(
         caplog: pytest.LogCaptureFixture) -> None:
-    r = rig(partitions=2, stall_report_s=0.05)
-    r.consumer.unpositioned = {P1}
+    r = rig(partitions=3, stall_report_s=0.05)
+    r.consumer.unpositioned = {P1, ("in", 2)}  # partition 2 holds nothing: not knowing its position is no stall
     r.send("a", partition=0)
     r.send("b", partition=1)
     period(r)

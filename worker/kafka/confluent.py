@@ -239,7 +239,20 @@ class ConfluentConsumer:
 
     def progress(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionProgress]:
         positions = self.position(partitions)
-        return {tp: PartitionProgress(positions.get(tp), *self._ends(tp, timeout_s)) for tp in partitions}
+        unknown = [tp for tp in partitions if tp not in positions]
+        # librdkafka has no position before it hands a message out, even once fetching has started: then
+        # the committed offset says where reading stands, if the coordinator answers.
+        committed, unanswered = self._committed(unknown, timeout_s) if unknown else ({}, False)
+        positions.update(committed)
+        return {tp: PartitionProgress(positions.get(tp), *self._ends(tp, timeout_s),
+                                      offsets_unanswered=unanswered and tp in unknown) for tp in partitions}
+
+    def _committed(self, partitions: Sequence[TP], timeout_s: float) -> tuple[dict[TP, int], bool]:
+        try:
+            found = self._consumer.committed(_partitions(partitions), timeout=timeout_s)
+        except KafkaException:
+            return {}, True
+        return {(p.topic, p.partition): p.offset for p in found if p.offset >= 0}, False
 
     def _ends(self, tp: TP, timeout_s: float) -> tuple[int | None, int | None]:
         """(stable end, high watermark). Asked of the broker, the end comes with this consumer's isolation

@@ -339,7 +339,9 @@ class MemoryConsumer:
         log = self.broker.partitions[tp[0]][tp[1]]
         stable = next((r.offset for r in log if self.read_committed and r.transaction is not None
                        and r.transaction.state == "open"), len(log))
-        return PartitionProgress(None if tp in self.unpositioned else self.positions.get(tp), stable, len(log))
+        if tp in self.unpositioned:
+            return PartitionProgress(None, stable, len(log), offsets_unanswered=True)
+        return PartitionProgress(self.positions.get(tp), stable, len(log))
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         self._maybe_fail("commit")

@@ -32,9 +32,12 @@ class Stall:
 def stall_of(tp: TP, p: PartitionProgress) -> Stall | None:
     """What reading ``tp`` waits for, if events wait on it; None if it is caught up (or nothing is known)."""
     end = p.end if p.end is not None else p.stable_end
+    if p.offsets_unanswered and (end or 0) > 0:
+        return Stall(tp, NO_POSITION, f"no fetch position: the group's committed offset does not come (the log "
+                     f"ends at {end}; the coordinator does not answer, or holds the request behind a join in "
+                     "progress, or a transaction committing offsets to the group is still open)")
     if p.position is None:
-        return Stall(tp, NO_POSITION, "no fetch position: the group's committed offset has not come (the "
-                     "coordinator does not answer, or a transaction committing offsets to the group is still open)")
+        return None  # where reading stands is not known: nothing to say
     if p.stable_end is not None and p.position < p.stable_end:
         return Stall(tp, NOT_FETCHED, f"{p.stable_end - p.position} readable events from offset {p.position} "
                      "are not fetched (the broker returns nothing)")
