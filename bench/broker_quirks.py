@@ -5,6 +5,7 @@
     python -m bench.broker_quirks dead-member --broker noida
     python -m bench.broker_quirks transaction-timeout --broker noida
     python -m bench.broker_quirks restart-aborts --broker noida
+    python -m bench.broker_quirks cooperative-join --broker noida
 
 Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
@@ -36,6 +37,14 @@ Kafka aborts the open transaction after 5 s, and a read_committed consumer then 
 record; both brokers never abort it, so read_committed reads nothing (for 30 s here: the last
 stable offset stays at the open transaction). A worker reading such a partition reports it
 (``worker_stalled_partitions{reason="open_transaction"}``).
+
+``cooperative-join`` (noida-db 0.2.3): consumer A (cooperative-sticky, the worker's assignor) holds
+the 4 partitions of a topic; B joins the group. A gives up half (revoked [0, 1], then an empty
+incremental assignment), but the second round never completes for B: no assignment in 30 s, 3 of 3
+trials (60 s
+and more in the fault tests). tansu gives B its half in ~11 s; with the eager ``range`` assignor
+noida-db gives B its half in ~3 s, which the script also measures as the control. So on noida-db a
+worker group cannot grow (scale out, or a replica restarting without static membership).
 
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
 initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
@@ -191,6 +200,37 @@ def first_assignment(bootstrap: str, topic: str, group: str, instance: str = "")
     return round(time.monotonic() - started, 1) if len(got) == 2 else None
 
 
+def second_member(bootstrap: str, strategy: str) -> tuple[list[int], float | None]:
+    """A holds a 4-partition topic, B joins: A's partitions then, and seconds until B has some (None: not
+    within WAIT_S)."""
+    topic, group = new_topic(bootstrap, 4), f"quirk-{uuid.uuid4().hex[:8]}"
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+              "partition.assignment.strategy": strategy}
+    a, held, b, got = Consumer(config), set(), Consumer(config), []
+    a.subscribe([topic], on_assign=lambda _, ps: held.update(p.partition for p in ps),
+                on_revoke=lambda _, ps: held.difference_update(p.partition for p in ps))
+    while len(held) < 4:
+        a.poll(0.1)
+    b.subscribe([topic], on_assign=lambda _, ps: got.extend(p.partition for p in ps))
+    started = time.monotonic()
+    while not got and time.monotonic() - started < WAIT_S:
+        a.poll(0.05)
+        b.poll(0.05)
+    seconds, kept = (round(time.monotonic() - started, 1) if got else None), sorted(held)
+    a.close()
+    b.close()
+    return kept, seconds
+
+
+def cooperative_join(bootstrap: str, trials: int) -> dict[str, object]:
+    out: dict[str, object] = {"quirk": "cooperative-join", "waited_s": WAIT_S}
+    for strategy in ("cooperative-sticky", "range"):
+        runs = [second_member(bootstrap, strategy) for _ in range(trials)]
+        out[strategy] = {"first_member_keeps": [k for k, _ in runs],
+                         "seconds_until_the_second_member_gets_partitions": [s for _, s in runs]}
+    return out
+
+
 def dead_member(bootstrap: str) -> dict[str, object]:
     topic = new_topic(bootstrap, 2)
     killed(_MEMBER, bootstrap, topic, "dynamic", "")
@@ -251,7 +291,8 @@ def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     quirks = {"leave-during-rebalance": lambda b: rebalance(b, args.trials), "list-offsets": list_offsets,
-              "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts}
+              "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
+              "cooperative-join": lambda b: cooperative_join(b, args.trials)}
     ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--broker", choices=BROKER_KINDS, default="tansu", help="the local broker to start")
