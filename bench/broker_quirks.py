@@ -41,9 +41,9 @@ stable offset stays at the open transaction). A worker reading such a partition 
 ``cooperative-join`` (noida-db 0.2.3): consumer A (cooperative-sticky, the worker's assignor) holds
 the 4 partitions of a topic; B joins the group. A gives up half (revoked [0, 1], then an empty
 incremental assignment), but the second round never completes for B: no assignment in 30 s, 3 of 3
-trials (60 s
-and more in the fault tests). tansu gives B its half in ~11 s; with the eager ``range`` assignor
-noida-db gives B its half in ~3 s, which the script also measures as the control. So on noida-db a
+trials (60 s and more in the fault tests; B gets partitions only once A leaves). tansu gives B its half
+in ~11 s; with the eager ``range`` assignor noida-db gives B its half in 3.1 s (the control, measured
+by the same command). So on noida-db a
 worker group cannot grow (scale out, or a replica restarting without static membership).
 
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
