@@ -30,7 +30,7 @@ import redis
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.faults import Expected, Outputs, Tally
 from tests.support.fraud import FraudEvents, decode_prediction, default_feature_scores, workload
-from tests.support.infra import RedisServer, new_local_broker
+from tests.support.infra import COOPERATIVE_JOIN, RedisServer, new_local_broker, skip_on_noida
 from tests.support.kafka_io import RateProducer, TopicReader, Topics, create_topics
 from tests.support.worker_process import StartWorker, WorkerProcess
 from worker.devtools.local import LocalBroker, NoidaBroker
@@ -99,6 +99,7 @@ def wait_for_arrivals(outputs: Outputs, count: int, timeout_s: float = 60) -> No
         time.sleep(0.2)
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_replicas_killed_with_sigkill_mid_stream_and_restarted_lose_nothing(
         guarantee: str, gen: ModuleType, kafka_bootstrap: str, redis_db_url: str,
@@ -133,6 +134,7 @@ def test_replicas_killed_with_sigkill_mid_stream_and_restarted_lose_nothing(
         assert worker.stop() == 0
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_scaling_from_one_to_three_replicas_and_back_mid_stream_loses_and_repeats_nothing(
         guarantee: str, gen: ModuleType, kafka_bootstrap: str, redis_db_url: str,
@@ -285,6 +287,7 @@ def test_a_broker_frozen_for_ten_seconds_loses_nothing_and_needs_no_restart(
     assert worker.stop() == 0
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 def test_a_replica_whose_transactional_id_is_taken_over_is_fenced_and_stops(
         gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:
