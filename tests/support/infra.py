@@ -85,6 +85,9 @@ def test_broker_kind() -> str:
 COOPERATIVE_JOIN = ("noida-db never completes a cooperative rebalance for a member joining a group whose members "
                     "stay (python -m bench.broker_quirks cooperative-join --broker noida)")
 
+DEAD_MEMBER = ("noida-db never expires a SIGKILLed dynamic group member, so its partitions never move to a "
+               "successor (python -m bench.broker_quirks dead-member --broker noida)")
+
 
 def skip_on_noida(quirk: str) -> pytest.MarkDecorator:
     """Skips a test the suite's noida-db broker cannot pass, naming the quirk (README, broker notes)."""
