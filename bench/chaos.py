@@ -19,8 +19,9 @@ As in the fault tests, each replica slot keeps its transactional id across resta
 partitioned like the worker's outputs; tansu needs both (see tests/integration/test_faults.py). On
 noida-db each slot also keeps its ``group_instance_id`` (static membership): noida-db never expires
 a dead dynamic member, so without it a killed replica's partitions are never reassigned (README,
-broker notes). ``--static-membership`` asks for it on tansu too. Worker logs stay in the directory
-the JSON line names (``logs``).
+broker notes). ``--static-membership`` asks for it on tansu too. ``--assignor range`` replaces the
+worker's cooperative-sticky assignor (noida-db never completes a cooperative join of a new member).
+Worker logs stay in the directory the JSON line names (``logs``).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Fleet:
     """Worker processes in slots; each slot keeps its transactional id across restarts."""
 
     def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], guarantee: str, workdir: Path,
-                 broker: str = "tansu", static: bool = False) -> None:
+                 broker: str = "tansu", static: bool = False, assignor: str = "") -> None:
         self.bootstrap, self.redis_url, self.topics, self.guarantee, self.workdir = (
             bootstrap, redis_url, topics, guarantee, workdir)
-        self.broker, self.static = broker, static
+        self.broker, self.static, self.assignor = broker, static, assignor
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.starts = 0
 
@@ -74,6 +75,8 @@ class Fleet:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}", "WORKER_KAFKA__SESSION_TIMEOUT_MS": session_ms,
                "WORKER_KAFKA__STALL_REPORT_S": "10"}
+        if self.assignor:
+            env["WORKER_KAFKA__CONSUMER"] = json.dumps({"partition.assignment.strategy": self.assignor})
         if self.static:
             env["WORKER_KAFKA__GROUP_INSTANCE_ID"] = f"slot-{slot}"
         self.starts += 1
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                                            for k in ("input", "output", "dlq")]).values():
             future.result(30)
         fleet = Fleet(bootstrap, redis_server.url, topics, guarantee, workdir, args.broker,
-                      static=args.static_membership or args.broker == "noida")
+                      static=args.static_membership or args.broker == "noida", assignor=args.assignor)
         for slot in range(args.replicas):
             fleet.start(slot)
         started = time.monotonic()
@@ -221,6 +224,8 @@ def main() -> None:
     parser.add_argument("--broker", choices=BROKER_KINDS, default="tansu")
     parser.add_argument("--static-membership", action="store_true",
                         help="each slot keeps a group_instance_id across restarts (always on noida)")
+    parser.add_argument("--assignor", choices=["range", "roundrobin", "cooperative-sticky"],
+                        help="the consumer's partition.assignment.strategy (default: the worker's cooperative-sticky)")
     parser.add_argument("--guarantee", choices=["at-least-once", "exactly-once", "both"], default="both")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=4000, help="events per second produced (0: all at once)")
