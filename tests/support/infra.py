@@ -82,8 +82,9 @@ def test_broker_kind() -> str:
     return kind
 
 
-COOPERATIVE_JOIN = ("noida-db never completes a cooperative rebalance for a member joining a group whose members "
-                    "stay (python -m bench.broker_quirks cooperative-join --broker noida)")
+COOPERATIVE_JOIN = ("noida-db mishandles a member joining a cooperative group: the newcomer gets no partitions while "
+                    "the others stay, or they lose theirs uncommitted (ILLEGAL_GENERATION) "
+                    "(python -m bench.broker_quirks cooperative-join --broker noida)")
 
 DEAD_MEMBER = ("noida-db never expires a SIGKILLed dynamic group member, so its partitions never move to a "
                "successor (python -m bench.broker_quirks dead-member --broker noida)")
