@@ -20,6 +20,7 @@ OPEN_TRANSACTION = "open_transaction"
 NOT_FETCHED = "not_fetched"
 STALL_REASONS = (NO_POSITION, OPEN_TRANSACTION, NOT_FETCHED)
 _ASK_TIMEOUT_S = 1.0  # per partition, at most once per period: the loop polls again soon enough
+_MOST_ASKED = 8  # partitions asked about per period: a broker that answers nothing holds the loop ~8 s at most
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class StallWatch:
         """None until a period has passed; then the stalls of partitions quiet all period (maybe none)."""
         if self.clock() - self._last < self.every_s:
             return None
-        quiet = sorted(self._quiet)
+        quiet = sorted(self._quiet)[:_MOST_ASKED]
         self._last, self._quiet = self.clock(), set(self._assigned)
         if not quiet:
             return []
