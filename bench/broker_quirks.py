@@ -7,6 +7,7 @@
     python -m bench.broker_quirks restart-aborts --broker noida
     python -m bench.broker_quirks cooperative-join --broker noida
     python -m bench.broker_quirks unstable-offsets --broker noida
+    python -m bench.broker_quirks static-restart --broker noida
 
 Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
@@ -56,6 +57,16 @@ machine); both brokers answer the old offset (none) at once. Then the transactio
 offset is 7. So there a partition that moves while its old
 owner's transaction is committing can be read again from the older offset: duplicates in
 exactly-once mode (not seen in the soak, where static members get their own partitions back).
+
+``static-restart`` (noida-db 0.2.3): three static members (``group.instance.id`` a, b, c; 6
+partitions) share a topic; in turn each is SIGKILLed and restarted with its id, 4 s apart, as the
+soak does. Kafka gives a static member that comes back its own partitions and moves nothing; noida-db
+can hand the restarted member partitions another live member still holds, revoking nothing, so two
+members own them at once (and neither is fenced: in the soak both committed their transactions,
+5,161 duplicates for a read_committed reader), while the partitions the restarted member had are
+owned by nobody. First run: after b's restart a and b both held [2, 5] and nobody [0, 3]; after c's,
+nobody held [1, 4]. tansu (the control) never gave a partition to two members. Prints, after each
+restart, what every member holds and every partition held by two.
 
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
 initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
@@ -263,6 +274,64 @@ def unstable_offsets(bootstrap: str) -> dict[str, object]:
             "answered_in_s": seconds, "committed_after_it_commits": after}
 
 
+_STATIC = """
+import sys
+from confluent_kafka import Consumer
+bootstrap, topic, group, instance = sys.argv[1:5]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+              "group.instance.id": instance, "partition.assignment.strategy": "cooperative-sticky"})
+show = lambda kind: lambda _, ps: print(kind, *[p.partition for p in ps], flush=True)
+c.subscribe([topic], on_assign=show("assign"), on_revoke=show("revoke"), on_lost=show("revoke"))
+while True:
+    c.poll(0.1)
+"""
+
+
+class StaticMember:
+    """A static member in a child process; ``held`` follows what its callbacks print."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, instance: str) -> None:
+        self.held: set[int] = set()
+        self.proc = subprocess.Popen([sys.executable, "-c", _STATIC, bootstrap, topic, group, instance],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, *partitions = line.split()
+            change = {int(p) for p in partitions}
+            self.held = self.held | change if kind == "assign" else self.held - change
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def overlaps(members: dict[str, StaticMember]) -> dict[int, list[str]]:
+    owners: dict[int, list[str]] = {}
+    for name, member in members.items():
+        for p in member.held:
+            owners.setdefault(p, []).append(name)
+    return {p: names for p, names in sorted(owners.items()) if len(names) > 1}
+
+
+def static_restart(bootstrap: str) -> dict[str, object]:
+    topic, group = new_topic(bootstrap, 6), f"quirk-{uuid.uuid4().hex[:8]}"
+    members = {name: StaticMember(bootstrap, topic, group, name) for name in "abc"}
+    time.sleep(8)
+    found: list[dict[str, object]] = [{"at_start": {n: sorted(m.held) for n, m in members.items()}}]
+    for name in "abc":
+        members[name].kill()
+        members[name] = StaticMember(bootstrap, topic, group, name)
+        time.sleep(4)
+        found.append({"restarted": name, "held": {n: sorted(m.held) for n, m in members.items()},
+                      "held_by_two": overlaps(members)})
+    for member in members.values():
+        member.kill()
+    return {"quirk": "static-restart", "rounds": found}
+
+
 def dead_member(bootstrap: str) -> dict[str, object]:
     topic = new_topic(bootstrap, 2)
     killed(_MEMBER, bootstrap, topic, "dynamic", "")
@@ -324,7 +393,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     quirks = {"leave-during-rebalance": lambda b: rebalance(b, args.trials), "list-offsets": list_offsets,
               "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
-              "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets}
+              "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets,
+              "static-restart": static_restart}
     ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--broker", choices=BROKER_KINDS, default="tansu", help="the local broker to start")
