@@ -2,6 +2,14 @@
 
     python -m bench.broker_quirks leave-during-rebalance [--trials 6]
     python -m bench.broker_quirks list-offsets
+    python -m bench.broker_quirks dead-member --broker noida
+    python -m bench.broker_quirks transaction-timeout --broker noida
+    python -m bench.broker_quirks restart-aborts --broker noida
+    python -m bench.broker_quirks cooperative-join --broker noida
+    python -m bench.broker_quirks unstable-offsets --broker noida
+    python -m bench.broker_quirks static-restart --broker noida
+
+Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
 ``leave-during-rebalance`` (tansu 0.6): consumer A holds both partitions of a topic; B joins A's
 group, and A leaves (closes) while the rebalance B started is still in progress. Tansu removes A
@@ -17,21 +25,71 @@ partitions (5 each); the broker is asked for each partition's watermarks and, wi
 the middle, after all). Kafka answers the true end (5) and 0, the middle offset, -1; tansu answers
 a high watermark of 1 and offset 0 for every time. Prints what it answered beside the truth (from
 the producer's delivery reports).
+
+``dead-member`` (noida-db 0.2.3): a consumer (session.timeout.ms 6000, dynamic membership) holds
+both partitions of a topic and is SIGKILLed; a new member joins the group. Kafka (and tansu, in
+~11 s) expires the dead member after its session timeout and gives the new one both partitions;
+noida-db never does (nothing in 30 s). The control: a static member (``group.instance.id``)
+killed and restarted with the same id gets both partitions back at once on both brokers. So on
+noida-db a worker's partitions stay with a crashed replica until it comes back under its own id.
+
+``transaction-timeout`` (noida-db 0.2.3 and tansu 0.6): a producer (transaction.timeout.ms 5000)
+writes one record in a transaction and is SIGKILLed; another producer then writes a plain record.
+Kafka aborts the open transaction after 5 s, and a read_committed consumer then reads the plain
+record; both brokers never abort it, so read_committed reads nothing (for 30 s here: the last
+stable offset stays at the open transaction). A worker reading such a partition reports it
+(``worker_stalled_partitions{reason="open_transaction"}``).
+
+``cooperative-join`` (noida-db 0.2.3): consumer A (cooperative-sticky, the worker's assignor) holds
+the 4 partitions of a topic; B joins the group. A gives up half (revoked [0, 1], then an empty
+incremental assignment), but the second round never completes for B: no assignment in 30 s, 3 of 3
+trials (60 s and more in the fault tests; B gets partitions only once A leaves). tansu gives B its half
+in ~11 s; with the eager ``range`` assignor noida-db gives B its half in 3.1 s (the control, measured
+by the same command). So on noida-db a
+worker group cannot grow (scale out, or a replica restarting without static membership).
+
+``unstable-offsets`` (noida-db 0.2.3 and tansu 0.6): a transactional producer sends offset 7 of a partition to
+its open transaction for group G (as the worker does in exactly-once mode) and holds it open; a
+read_committed member of G asks for G's committed offset. Kafka (KIP-447) answers
+UNSTABLE_OFFSET_COMMIT until the transaction ends, which librdkafka retries, so the member cannot
+start from an offset that is about to change (not checked against Kafka here: no Kafka on this
+machine); both brokers answer the old offset (none) at once. Then the transaction commits and the
+offset is 7. So there a partition that moves while its old
+owner's transaction is committing can be read again from the older offset: duplicates in
+exactly-once mode (not seen in the soak, where static members get their own partitions back).
+
+``static-restart`` (noida-db 0.2.3): three static members (``group.instance.id`` a, b, c; 6
+partitions) share a topic; in turn each is SIGKILLed and restarted with its id, 4 s apart, as the
+soak does. Kafka gives a static member that comes back its own partitions and moves nothing; noida-db
+can hand the restarted member partitions another live member still holds, revoking nothing, so two
+members own them at once (and neither is fenced: in the soak both committed their transactions,
+5,161 duplicates for a read_committed reader), while the partitions the restarted member had are
+owned by nobody. First run: after b's restart a and b both held [2, 5] and nobody [0, 3]; after c's,
+nobody held [1, 4]. tansu (the control) never gave a partition to two members. Prints, after each
+restart, what every member holds and every partition held by two.
+
+``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
+initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
+noida-db that aborts the predecessor's transaction: read_committed reads only the new record, at
+once. Tansu aborts it too but still hands the aborted record to read_committed consumers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from contextlib import nullcontext
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.devtools.local import LocalBroker
+from worker.devtools.local import BROKER_KINDS, local_broker
 
 WAIT_S = 30.0
 
@@ -104,6 +162,224 @@ def list_offsets(bootstrap: str) -> dict[str, object]:
     return out
 
 
+# A client that does its part and waits to be killed (SIGKILL: no goodbye to the broker).
+_OPEN_TRANSACTION = """
+import sys, time
+from confluent_kafka import Producer
+bootstrap, txid, topic = sys.argv[1:4]
+p = Producer({"bootstrap.servers": bootstrap, "transactional.id": txid, "transaction.timeout.ms": 5000})
+p.init_transactions(10)
+p.begin_transaction()
+p.produce(topic, b"left-open", partition=0)
+p.flush(10)
+print("ready", flush=True)
+time.sleep(600)
+"""
+_MEMBER = """
+import sys
+from confluent_kafka import Consumer
+bootstrap, topic, group, instance = sys.argv[1:5]
+config = {"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000}
+if instance:
+    config["group.instance.id"] = instance
+c, got = Consumer(config), []
+c.subscribe([topic], on_assign=lambda _, ps: got.extend(ps))
+while len(got) < 2:
+    c.poll(0.1)
+print("ready", flush=True)
+while True:
+    c.poll(0.1)
+"""
+
+
+def killed(script: str, *args: str) -> None:
+    """Run ``script`` until it prints ready, then SIGKILL it."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline().strip() == b"ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not ready:
+        raise RuntimeError(f"the client to kill failed before it was ready: {args}")
+
+
+def new_topic(bootstrap: str, partitions: int = 1) -> str:
+    topic = f"quirk-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept: the future needs its client
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(10)
+    return topic
+
+
+def first_assignment(bootstrap: str, topic: str, group: str, instance: str = "") -> float | None:
+    """Seconds until a new member of ``group`` holds both partitions (None: not within WAIT_S)."""
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+              **({"group.instance.id": instance} if instance else {})}
+    consumer, got, started = Consumer(config), set(), time.monotonic()
+    consumer.subscribe([topic], on_assign=lambda _, ps: got.update(p.partition for p in ps))
+    while len(got) < 2 and time.monotonic() - started < WAIT_S:
+        consumer.poll(0.1)
+    consumer.close()
+    return round(time.monotonic() - started, 1) if len(got) == 2 else None
+
+
+def second_member(bootstrap: str, strategy: str) -> tuple[list[int], float | None]:
+    """A holds a 4-partition topic, B joins: A's partitions then, and seconds until B has some (None: not
+    within WAIT_S)."""
+    topic, group = new_topic(bootstrap, 4), f"quirk-{uuid.uuid4().hex[:8]}"
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+              "partition.assignment.strategy": strategy}
+    a, held, b, got = Consumer(config), set(), Consumer(config), []
+    a.subscribe([topic], on_assign=lambda _, ps: held.update(p.partition for p in ps),
+                on_revoke=lambda _, ps: held.difference_update(p.partition for p in ps))
+    while len(held) < 4:
+        a.poll(0.1)
+    b.subscribe([topic], on_assign=lambda _, ps: got.extend(p.partition for p in ps))
+    started = time.monotonic()
+    while not got and time.monotonic() - started < WAIT_S:
+        a.poll(0.05)
+        b.poll(0.05)
+    seconds, kept = (round(time.monotonic() - started, 1) if got else None), sorted(held)
+    a.close()
+    b.close()
+    return kept, seconds
+
+
+def cooperative_join(bootstrap: str, trials: int) -> dict[str, object]:
+    out: dict[str, object] = {"quirk": "cooperative-join", "waited_s": WAIT_S}
+    for strategy in ("cooperative-sticky", "range"):
+        runs = [second_member(bootstrap, strategy) for _ in range(trials)]
+        out[strategy] = {"first_member_keeps": [k for k, _ in runs],
+                         "seconds_until_the_second_member_gets_partitions": [s for _, s in runs]}
+    return out
+
+
+def unstable_offsets(bootstrap: str) -> dict[str, object]:
+    topic, group = new_topic(bootstrap), f"quirk-{uuid.uuid4().hex[:8]}"
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed"})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{group}-tx"})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.produce(topic, b"x", partition=0)
+    producer.send_offsets_to_transaction([TopicPartition(topic, 0, 7)], member.consumer_group_metadata(), 10)
+    started = time.monotonic()
+    try:
+        during: object = member.committed([TopicPartition(topic, 0)], timeout=5)[0].offset
+    except KafkaException as exc:  # Kafka: UNSTABLE_OFFSET_COMMIT retried until the timeout
+        during = str(exc.args[0])
+    seconds = round(time.monotonic() - started, 1)
+    producer.commit_transaction(10)
+    after = member.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    member.close()
+    return {"quirk": "unstable-offsets", "committed_while_the_transaction_is_open": during,
+            "answered_in_s": seconds, "committed_after_it_commits": after}
+
+
+_STATIC = """
+import sys
+from confluent_kafka import Consumer
+bootstrap, topic, group, instance = sys.argv[1:5]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+              "group.instance.id": instance, "partition.assignment.strategy": "cooperative-sticky"})
+show = lambda kind: lambda _, ps: print(kind, *[p.partition for p in ps], flush=True)
+c.subscribe([topic], on_assign=show("assign"), on_revoke=show("revoke"), on_lost=show("revoke"))
+while True:
+    c.poll(0.1)
+"""
+
+
+class StaticMember:
+    """A static member in a child process; ``held`` follows what its callbacks print."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, instance: str) -> None:
+        self.held: set[int] = set()
+        self.proc = subprocess.Popen([sys.executable, "-c", _STATIC, bootstrap, topic, group, instance],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, *partitions = line.split()
+            change = {int(p) for p in partitions}
+            self.held = self.held | change if kind == "assign" else self.held - change
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def overlaps(members: dict[str, StaticMember]) -> dict[int, list[str]]:
+    owners: dict[int, list[str]] = {}
+    for name, member in members.items():
+        for p in member.held:
+            owners.setdefault(p, []).append(name)
+    return {p: names for p, names in sorted(owners.items()) if len(names) > 1}
+
+
+def static_restart(bootstrap: str) -> dict[str, object]:
+    topic, group = new_topic(bootstrap, 6), f"quirk-{uuid.uuid4().hex[:8]}"
+    members = {name: StaticMember(bootstrap, topic, group, name) for name in "abc"}
+    time.sleep(8)
+    found: list[dict[str, object]] = [{"at_start": {n: sorted(m.held) for n, m in members.items()}}]
+    for name in "abc":
+        members[name].kill()
+        members[name] = StaticMember(bootstrap, topic, group, name)
+        time.sleep(4)
+        found.append({"restarted": name, "held": {n: sorted(m.held) for n, m in members.items()},
+                      "held_by_two": overlaps(members)})
+    for member in members.values():
+        member.kill()
+    return {"quirk": "static-restart", "rounds": found}
+
+
+def dead_member(bootstrap: str) -> dict[str, object]:
+    topic = new_topic(bootstrap, 2)
+    killed(_MEMBER, bootstrap, topic, "dynamic", "")
+    dynamic = first_assignment(bootstrap, topic, "dynamic")
+    killed(_MEMBER, bootstrap, topic, "static", "replica-0")
+    static = first_assignment(bootstrap, topic, "static", "replica-0")
+    return {"quirk": "dead-member", "session_timeout_s": 6, "waited_s": WAIT_S,
+            "seconds_until_a_new_member_gets_a_dead_dynamic_members_partitions": dynamic,
+            "seconds_until_a_static_member_restarted_with_its_id_gets_them_back": static}
+
+
+def committed_values(bootstrap: str, topic: str, until: bytes) -> tuple[list[str], float | None]:
+    """What a plain read_committed consumer reads from ``topic`` (partition 0) until it reads ``until``
+    (seconds it took) or WAIT_S passes (None)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got: list[bytes] = []
+    started = time.monotonic()
+    while until not in got and time.monotonic() - started < WAIT_S:
+        got += [m.value() for m in consumer.consume(100, 0.5) if not m.error()]
+    consumer.close()
+    return [g.decode() for g in got], (round(time.monotonic() - started, 1) if until in got else None)
+
+
+def transaction_timeout(bootstrap: str) -> dict[str, object]:
+    topic = new_topic(bootstrap)
+    killed(_OPEN_TRANSACTION, bootstrap, "quirk-timeout", topic)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, b"plain", partition=0)
+    producer.flush(10)
+    read, seconds = committed_values(bootstrap, topic, b"plain")
+    return {"quirk": "transaction-timeout", "transaction_timeout_s": 5, "waited_s": WAIT_S,
+            "read_committed_read": read, "seconds_until_the_plain_record": seconds}
+
+
+def restart_aborts(bootstrap: str) -> dict[str, object]:
+    topic = new_topic(bootstrap)
+    killed(_OPEN_TRANSACTION, bootstrap, "quirk-restart", topic)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "quirk-restart"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"successor", partition=0)
+    producer.commit_transaction(10)
+    read, seconds = committed_values(bootstrap, topic, b"successor")
+    return {"quirk": "restart-aborts", "read_committed_read": read, "seconds_until_the_successors_record": seconds,
+            "aborted_record_shown": "left-open" in read}
+
+
 def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
     overlapping = run(bootstrap, trials, overlap=True)
     control = run(bootstrap, trials, overlap=False)
@@ -115,13 +391,18 @@ def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("quirk", choices=["leave-during-rebalance", "list-offsets"])
+    quirks = {"leave-during-rebalance": lambda b: rebalance(b, args.trials), "list-offsets": list_offsets,
+              "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
+              "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets,
+              "static-restart": static_restart}
+    ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--bootstrap", help="ask this broker instead of starting tansu")
+    ap.add_argument("--broker", choices=BROKER_KINDS, default="tansu", help="the local broker to start")
+    ap.add_argument("--bootstrap", help="ask this broker instead of starting one")
     args = ap.parse_args()
-    with LocalBroker() if args.bootstrap is None else nullcontext() as broker:
+    with local_broker(args.broker) if args.bootstrap is None else nullcontext() as broker:
         bootstrap = args.bootstrap or broker.bootstrap_servers  # type: ignore[union-attr]
-        found = list_offsets(bootstrap) if args.quirk == "list-offsets" else rebalance(bootstrap, args.trials)
+        found = {"broker": args.bootstrap or args.broker, **quirks[args.quirk](bootstrap)}
     print(json.dumps(found))
 
 

@@ -2,19 +2,26 @@
 
   python -m bench.chaos                                   # both guarantees, the acceptance run
   python -m bench.chaos --guarantee exactly-once --events 50000 --kill-every 3
+  python -m bench.chaos --broker noida --guarantee exactly-once --events 100000 --kill-every 3.5
 
-Starts a tansu broker and a redis-server of its own, loads the workload's features, produces
-``--events`` events (a ``--poison`` share undecodable) at ``--rate`` per second, runs
-``--replicas`` worker processes, and every ``--kill-every`` seconds kills one of them with
-SIGKILL (in turn) and starts it again, until every event has its prediction (or dead letter) or
-``--timeout``. Then it reads the prediction topic as a read_committed consumer would (from the
-log's transaction markers, so aborted records never count even on tansu, which does not filter
-them) and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
+Starts a broker (tansu, or noida-db with ``--broker noida``) and a redis-server of its own, loads the
+workload's features, produces ``--events`` events (a ``--poison`` share undecodable) at ``--rate``
+per second, runs ``--replicas`` worker processes, and every ``--kill-every`` seconds kills one of
+them with SIGKILL (in turn) and starts it again, until every event has its prediction (or dead
+letter) or ``--timeout``. Then it reads the prediction topic as a read_committed consumer would: on
+tansu from the log's transaction markers (so aborted records never count, though tansu does not
+filter them), on noida-db with a plain librdkafka read_committed consumer (it filters them, as Kafka
+does); and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
 letters, kills, and how long the run took. Exit 0 only if nothing is missing or wrong, every
 poison event was dead-lettered, and, in exactly-once mode, nothing is duplicated.
 
 As in the fault tests, each replica slot keeps its transactional id across restarts and events are
-partitioned like the worker's outputs; tansu needs both (see tests/integration/test_faults.py).
+partitioned like the worker's outputs; tansu needs both (see tests/integration/test_faults.py). On
+noida-db each slot also keeps its ``group_instance_id`` (static membership): noida-db never expires
+a dead dynamic member, so without it a killed replica's partitions are never reassigned (README,
+broker notes). ``--static-membership`` asks for it on tansu too. ``--assignor range`` replaces the
+worker's cooperative-sticky assignor (noida-db never completes a cooperative join of a new member).
+Worker logs stay in the directory the JSON line names (``logs``).
 """
 
 from __future__ import annotations
@@ -31,25 +38,30 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.infra import Infra
 from bench.scenarios import fraud_events, gen_module, workload_args
 from tests.support.committed_reader import LogRecord, read_committed
-from tests.support.infra import LocalRedisServer, TansuBroker, stop_process, wait_redis
+from tests.support.infra import LocalRedisServer, stop_process, wait_redis
+from worker.devtools.local import BROKER_KINDS, local_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "bench" / "fraud-contract.yaml"
-# A killed replica's partitions wait this long for the group to notice; the soak kills often.
-SESSION_TIMEOUT_MS = int(os.environ.get("CHAOS_SESSION_TIMEOUT_MS", "3000"))
+# A killed replica's partitions wait this long for the group to notice; the soak kills often. noida-db, as
+# Kafka (group.min.session.timeout.ms), refuses joins below 6 s: INVALID_SESSION_TIMEOUT, for ever.
+SESSION_TIMEOUT_MS = {"tansu": 3000, "noida": 6000}
 
 
 class Fleet:
     """Worker processes in slots; each slot keeps its transactional id across restarts."""
 
-    def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], guarantee: str, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], guarantee: str, workdir: Path,
+                 broker: str = "tansu", static: bool = False, assignor: str = "") -> None:
         self.bootstrap, self.redis_url, self.topics, self.guarantee, self.workdir = (
             bootstrap, redis_url, topics, guarantee, workdir)
+        self.broker, self.static, self.assignor = broker, static, assignor
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.starts = 0
 
@@ -59,9 +71,14 @@ class Fleet:
                    "--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url,
                    "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
                    "--group-id", t["group"], "--guarantee", self.guarantee]
+        session_ms = os.environ.get("CHAOS_SESSION_TIMEOUT_MS", str(SESSION_TIMEOUT_MS[self.broker]))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}",
-               "WORKER_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
+               "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}", "WORKER_KAFKA__SESSION_TIMEOUT_MS": session_ms,
+               "WORKER_KAFKA__STALL_REPORT_S": "10"}
+        if self.assignor:
+            env["WORKER_KAFKA__CONSUMER"] = json.dumps({"partition.assignment.strategy": self.assignor})
+        if self.static:
+            env["WORKER_KAFKA__GROUP_INSTANCE_ID"] = f"slot-{slot}"
         self.starts += 1
         log = open(self.workdir / f"slot{slot}-{self.starts}.log", "wb")  # noqa: SIM115  # the child owns it
         self.procs[slot] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -104,9 +121,40 @@ def verdict(records: list[LogRecord], expected: dict[str, float]) -> dict[str, i
             "duplicates": sum(n - 1 for n in seen.values())}
 
 
+def plain_read_committed(bootstrap: str, topics: list[str], idle_s: float = 5.0,
+                         timeout_s: float = 120.0) -> dict[str, list[LogRecord]]:
+    """The topics as librdkafka's own read_committed consumer hands them out (by assignment, from the
+    start): until ``idle_s`` without more (30 s before the first), or ``timeout_s``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-check-{uuid.uuid4().hex[:6]}",
+                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    listed = consumer.list_topics(timeout=10).topics
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in listed[t].partitions])
+    out: dict[str, list[LogRecord]] = {t: [] for t in topics}
+    count, quiet_since, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < (idle_s if count else 30.0):
+        batch = [m for m in consumer.consume(10_000, 0.5) if not m.error()]
+        if batch:
+            quiet_since = time.monotonic()
+        for m in batch:
+            out[m.topic()].append(LogRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                            tuple(m.headers() or ()), -1, False))
+        count += len(batch)
+    consumer.close()
+    return out
+
+
+def read_outputs(args: argparse.Namespace, bootstrap: str, topics: dict[str, str]) -> dict[str, list[LogRecord]]:
+    """Predictions and dead letters as read_committed sees them (see the module docstring)."""
+    wanted = [topics["output"], topics["dlq"]]
+    if args.broker == "tansu":
+        return read_committed(bootstrap, wanted, 120)
+    return plain_read_committed(bootstrap, wanted)
+
+
 def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{guarantee}-"))
-    broker, redis_server = TansuBroker(), LocalRedisServer()
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{args.broker}-{guarantee}-"))
+    broker, redis_server = local_broker(args.broker, workdir / "broker.log").start(), LocalRedisServer()
+    bootstrap = broker.bootstrap_servers
     fleet: Fleet | None = None
     try:
         redis_server.start()
@@ -115,16 +163,17 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
         uid = uuid.uuid4().hex[:8]
         topics = {"input": f"chaos-in-{uid}", "output": f"chaos-out-{uid}", "dlq": f"chaos-dlq-{uid}",
                   "group": f"chaos-{uid}"}
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin = AdminClient({"bootstrap.servers": bootstrap})
         for future in admin.create_topics([NewTopic(topics[k], args.partitions, 1)
                                            for k in ("input", "output", "dlq")]).values():
             future.result(30)
-        fleet = Fleet(broker.bootstrap, redis_server.url, topics, guarantee, workdir)
+        fleet = Fleet(bootstrap, redis_server.url, topics, guarantee, workdir, args.broker,
+                      static=args.static_membership or args.broker == "noida", assignor=args.assignor)
         for slot in range(args.replicas):
             fleet.start(slot)
         started = time.monotonic()
         # Partitioned like the worker's outputs (same key, same partitioner): see the module docstring.
-        producer = _background(Infra(broker.bootstrap, redis_server.url).produce, topics["input"], messages,
+        producer = _background(Infra(bootstrap, redis_server.url).produce, topics["input"], messages,
                                args.rate, partitioner="murmur2_random", **{"enable.idempotence": True})
         kills, victim, complete, last_check = 0, 0, False, 0.0
         next_kill = started + args.kill_every
@@ -136,20 +185,21 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                 kills, victim, next_kill = kills + 1, (victim + 1) % args.replicas, next_kill + args.kill_every
             if not producer.is_alive() and time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
-                found = read_committed(broker.bootstrap, [topics["output"], topics["dlq"]], 120)
+                found = read_outputs(args, bootstrap, topics)
                 result = verdict(found[topics["output"]], expected)
                 if not result["missing"] and len(found[topics["dlq"]]) >= poison:
                     complete = True
                     break
         elapsed = time.monotonic() - started
         exit_codes = fleet.stop()
-        found = read_committed(broker.bootstrap, [topics["output"], topics["dlq"]], 120)
+        found = read_outputs(args, bootstrap, topics)
         result = verdict(found[topics["output"]], expected)
         dead = {(dict(r.headers)["dlq.source.partition"], dict(r.headers)["dlq.source.offset"])
                 for r in found[topics["dlq"]]}
         ok = (complete and result["missing"] == 0 and result["wrong_score"] == 0 and len(dead) == poison
               and (guarantee == "at-least-once" or (result["duplicates"] == 0 and len(found[topics["dlq"]]) == poison)))
-        return {"guarantee": guarantee, "events": len(messages), "well_formed": len(expected), "poison": poison,
+        return {"broker": args.broker, "guarantee": guarantee, "events": len(messages), "well_formed": len(expected),
+                "poison": poison,
                 "replicas": args.replicas, "partitions": args.partitions, "rate": args.rate,
                 "kill_every_s": args.kill_every, "kills": kills, **result,
                 "dead_lettered": len(found[topics["dlq"]]), "seconds": round(elapsed, 1),
@@ -157,7 +207,7 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
     finally:
         if fleet is not None:
             fleet.stop()
-        broker.close()
+        broker.stop()
         redis_server.close()
 
 
@@ -171,6 +221,11 @@ def _background(fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=BROKER_KINDS, default="tansu")
+    parser.add_argument("--static-membership", action="store_true",
+                        help="each slot keeps a group_instance_id across restarts (always on noida)")
+    parser.add_argument("--assignor", choices=["range", "roundrobin", "cooperative-sticky"],
+                        help="the consumer's partition.assignment.strategy (default: the worker's cooperative-sticky)")
     parser.add_argument("--guarantee", choices=["at-least-once", "exactly-once", "both"], default="both")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=4000, help="events per second produced (0: all at once)")

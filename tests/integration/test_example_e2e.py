@@ -26,12 +26,13 @@ import onnxruntime as ort
 import pytest
 import redis
 
+from tests.support.infra import new_local_broker
 from tests.unit.test_example_model import data
 from worker.app.tools import create_topics, entity_matcher, make_sender, redis_client, topic_reader
 from worker.codecs.schemas import load_schema
 from worker.config.settings import WorkerSettings, load_settings
 from worker.devtools.loader import load_hashes
-from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis
+from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis, NoidaBroker
 from worker.devtools.sender import send_all
 from worker.kafka.reader import TopicReader
 
@@ -45,8 +46,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    with LocalBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | NoidaBroker]:
+    with new_local_broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
         yield b
 
 
@@ -63,7 +64,7 @@ def fresh_names() -> dict[str, Any]:
             "group_id": f"example-{uid}"}
 
 
-def example_settings(broker: LocalBroker, redis_server: LocalRedis) -> WorkerSettings:
+def example_settings(broker: LocalBroker | NoidaBroker, redis_server: LocalRedis) -> WorkerSettings:
     return load_settings(CONFIG, {"kafka": {"bootstrap_servers": broker.bootstrap_servers, **fresh_names()},
                                   "redis": {"url": redis_server.url}})
 
@@ -98,8 +99,8 @@ def edge_cases(world: Any) -> list[dict[str, Any]]:
     return [unknown, farm, present]
 
 
-def test_every_published_score_matches_onnxruntime_on_the_same_inputs(broker: LocalBroker, redis_server: LocalRedis,
-                                                                      tmp_path: Path) -> None:
+def test_every_published_score_matches_onnxruntime_on_the_same_inputs(
+        broker: LocalBroker | NoidaBroker, redis_server: LocalRedis, tmp_path: Path) -> None:
     settings = example_settings(broker, redis_server)
     k = settings.kafka
     create_topics(settings, partitions=3)
@@ -149,7 +150,7 @@ def test_every_published_score_matches_onnxruntime_on_the_same_inputs(broker: Lo
         assert record["event_time"] <= p["scored_at"] <= int(time.time() * 1000)
 
 
-def test_the_commands_round_trip_events_and_features(broker: LocalBroker, redis_server: LocalRedis,
+def test_the_commands_round_trip_events_and_features(broker: LocalBroker | NoidaBroker, redis_server: LocalRedis,
                                                      tmp_path: Path) -> None:
     names = fresh_names()
     options = ["--config", str(CONFIG), "--bootstrap-servers", broker.bootstrap_servers,

@@ -30,9 +30,10 @@ import redis
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.faults import Expected, Outputs, Tally
 from tests.support.fraud import FraudEvents, decode_prediction, default_feature_scores, workload
-from tests.support.infra import RedisServer, TansuBroker
+from tests.support.infra import COOPERATIVE_JOIN, RedisServer, new_local_broker, skip_on_noida
 from tests.support.kafka_io import RateProducer, TopicReader, Topics, create_topics
 from tests.support.worker_process import StartWorker, WorkerProcess
+from worker.devtools.local import LocalBroker, NoidaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -98,6 +99,7 @@ def wait_for_arrivals(outputs: Outputs, count: int, timeout_s: float = 60) -> No
         time.sleep(0.2)
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_replicas_killed_with_sigkill_mid_stream_and_restarted_lose_nothing(
         guarantee: str, gen: ModuleType, kafka_bootstrap: str, redis_db_url: str,
@@ -132,6 +134,7 @@ def test_replicas_killed_with_sigkill_mid_stream_and_restarted_lose_nothing(
         assert worker.stop() == 0
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_scaling_from_one_to_three_replicas_and_back_mid_stream_loses_and_repeats_nothing(
         guarantee: str, gen: ModuleType, kafka_bootstrap: str, redis_db_url: str,
@@ -250,21 +253,18 @@ def test_with_the_degrade_policy_a_redis_outage_scores_with_defaults_and_marks_t
 
 
 @pytest.fixture
-def own_broker() -> Iterator[TansuBroker]:
-    """A broker of this test's own, which it freezes (SIGSTOP) and continues (SIGCONT)."""
-    broker = TansuBroker()
-    try:
+def own_broker() -> Iterator[LocalBroker | NoidaBroker]:
+    """A broker of this test's own (of the suite's kind), which it freezes (SIGSTOP) and continues (SIGCONT)."""
+    with new_local_broker() as broker:
         yield broker
-    finally:
-        broker.close()
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_a_broker_frozen_for_ten_seconds_loses_nothing_and_needs_no_restart(
-        guarantee: str, gen: ModuleType, own_broker: TansuBroker, redis_db_url: str, start_worker: StartWorker,
-        tmp_path: Path) -> None:
+        guarantee: str, gen: ModuleType, own_broker: LocalBroker | NoidaBroker, redis_db_url: str,
+        start_worker: StartWorker, tmp_path: Path) -> None:
     args, events = workload(gen, redis_db_url, n=12_000, seed=47, poison_every=600)
-    bootstrap = own_broker.bootstrap
+    bootstrap = own_broker.bootstrap_servers
     topics = create_topics(bootstrap, partitions=3, prefix="stall")
     with TopicReader(bootstrap, (topics.output, topics.dlq)) as reader:
         outputs = outputs_for(bootstrap, topics, guarantee, reader)
@@ -287,6 +287,7 @@ def test_a_broker_frozen_for_ten_seconds_loses_nothing_and_needs_no_restart(
     assert worker.stop() == 0
 
 
+@skip_on_noida(COOPERATIVE_JOIN)
 def test_a_replica_whose_transactional_id_is_taken_over_is_fenced_and_stops(
         gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:

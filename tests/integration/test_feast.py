@@ -25,13 +25,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.support.infra import repo_root
+from tests.support.infra import new_local_broker, repo_root
 from tests.support.telemetry import metric_samples, total, wait_http
 from tests.unit.test_example_model import data
 from worker.app.tools import create_topics, make_sender, topic_reader
 from worker.codecs.schemas import load_schema
 from worker.config.settings import load_settings
-from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis, free_port
+from worker.devtools.local import LocalBroker, LocalProcess, LocalRedis, NoidaBroker, free_port
 from worker.devtools.sender import send_all
 from worker.features.feast import FeastKey, FeastLayout
 from worker.features.fetcher import EntitySpec, FeatureFetcher
@@ -110,7 +110,7 @@ def inputs_from_feast(records: list[dict[str, Any]], online: dict[str, dict[str,
 def test_the_example_scores_from_feast_materialised_features_and_never_uses_stale_ones(tmp_path: Path) -> None:
     work = tmp_path / "feast"
     with LocalRedis(log_path=tmp_path / "redis.log", workdir=tmp_path) as redis_server, \
-            LocalBroker(log_path=tmp_path / "broker.log") as broker:
+            new_local_broker(log_path=tmp_path / "broker.log") as broker:
         url = redis_server.url
         two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
         feast(ROOT / "deploy" / "feast" / "materialize.py", "--redis-url", url, "--work-dir", work,
@@ -142,7 +142,7 @@ def test_the_example_scores_from_feast_materialised_features_and_never_uses_stal
     assert total(samples, "worker_feature_age_seconds_bucket", entity="merchant", le="10800.0") == len(records)
 
 
-def score_with_the_worker(broker: LocalBroker, redis_url: str, records: list[dict[str, Any]],
+def score_with_the_worker(broker: LocalBroker | NoidaBroker, redis_url: str, records: list[dict[str, Any]],
                           tmp_path: Path) -> tuple[dict[str, float], dict[Any, float]]:
     """``worker run`` on fraud-feast.yaml (cards past 3600 s are stale); every prediction and the
     final metrics."""

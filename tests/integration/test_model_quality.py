@@ -25,7 +25,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from tests.support.configs import changed, fraud_config, fraud_workload_dir, write_config
 from tests.support.fraud import FraudEvents, decode_prediction, fraud_events, population
-from tests.support.infra import free_port
+from tests.support.infra import DEAD_MEMBER, free_port, skip_on_noida
 from tests.support.kafka_io import RateProducer, TopicReader, Topics, ToSend, create_topic, produce
 from tests.support.telemetry import metric_samples, wait_http
 from tests.support.worker_process import StartWorker, WorkerProcess
@@ -179,6 +179,7 @@ def assert_accuracy_as_offline(samples: Samples, scores: np.ndarray, truth: np.n
 
 
 @pytest.mark.slow
+@skip_on_noida(DEAD_MEMBER)
 def test_online_accuracy_equals_offline_and_a_killed_monitor_loses_and_repeats_nothing(
         gen: ModuleType, kafka_bootstrap: str, redis_db_url: str, kafka_topics: Callable[..., Topics],
         topic_reader: Callable[..., TopicReader], start_worker: StartWorker, tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def test_check_config_warns_of_a_transactional_id_unique_per_process(tmp_path: P
     assert warned == ([] if stable else [
         "  warning exactly-once with a transactional id unique per process: after a crash, read_committed "
         "consumers of the outputs wait for the dead producer's open transaction until the broker times it out "
-        "(kafka.transaction_timeout_ms, 30 s; some brokers, tansu for one, never do). Set "
+        "(kafka.transaction_timeout_ms, 30 s; some brokers, tansu and noida-db, never do). Set "
         "kafka.group_instance_id (or kafka.transactional_id) to a name stable per replica, such as its "
         "StatefulSet pod name, and a restart aborts it at once"])
 

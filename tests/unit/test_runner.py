@@ -14,13 +14,14 @@ import pytest
 
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka.checkpoint import Checkpointer
-from worker.kafka.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+from worker.kafka.memory import MemoryBroker, MemoryConsumer, MemoryProducer, Transaction
 from worker.kafka.port import Fault
 from worker.kafka.sink import Sink
 from worker.kafka.transactions import TransactionalCheckpointer
 from worker.records import TP, BatchResult, DeadLetter, Delivery, Message, Output
 from worker.runner.loop import LoopSettings, Runner
 from worker.runner.observer import Observer
+from worker.runner.stall import Stall
 
 P0, P1 = ("in", 0), ("in", 1)
 REFUSED = Fault("refused", "_MSG_TIMED_OUT")
@@ -56,6 +57,7 @@ class ScriptedPipeline:
 class Recorder(Observer):
     events: list[str] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)
+    stalls: list[dict[TP, str]] = field(default_factory=list)
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         self.events.append(f"done {len(batch)}")
@@ -74,6 +76,9 @@ class Recorder(Observer):
 
     def rejoined(self, waited_s: float) -> None:
         self.events.append("rejoined")
+
+    def stalled(self, stalls: Sequence[Stall]) -> None:
+        self.stalls.append({s.partition: s.reason for s in stalls})
 
 
 @dataclass
@@ -112,7 +117,7 @@ class Rig:
 
 def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, commit_interval_s: float = 3600.0,
         max_pending: int = 50_000, degrade_after: int | None = None, stalled_joins: int = 0,
-        assignment_timeout_s: float = 60.0) -> Rig:
+        assignment_timeout_s: float = 60.0, stall_report_s: float = 30.0) -> Rig:
     broker = MemoryBroker()
     for topic, n in (("in", partitions), ("out", 1), ("dlq", 1)):
         broker.create_topic(topic, n)
@@ -133,7 +138,8 @@ def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, co
         checkpointer = Checkpointer(consumer, sink, commit_interval_s, 1.0)
     pipeline, recorder = ScriptedPipeline(), Recorder()
     settings = LoopSettings(max_events, 0.0, retry_initial_s=0.001, retry_max_s=0.004, probe_interval_s=0.002,
-                            degrade_after=degrade_after, assignment_timeout_s=assignment_timeout_s)
+                            degrade_after=degrade_after, assignment_timeout_s=assignment_timeout_s,
+                            stall_report_s=stall_report_s)
     runner = Runner(consumer, ["in"], pipeline, sink, checkpointer, settings, [recorder], probe=pipeline.probe,
                     serve_deliveries=False)
     runner.start()
@@ -375,3 +381,67 @@ class _NoListener:
     def lost(self, partitions: list[TP]) -> None:
         pass
 
+
+
+def period(r: Rig, steps: int = 3) -> None:
+    """Past one ``stall_report_s`` period (0.05 s), stepping the loop before and after."""
+    r.steps(steps)
+    time.sleep(0.06)
+    r.steps(steps)
+
+
+def test_partitions_that_hand_out_nothing_while_events_wait_are_reported_with_what_they_wait_for(
+        caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(partitions=2, exactly_once=True, stall_report_s=0.05)
+    period(r)  # assigned within the last period: not watched yet
+    left_open = Transaction()  # another producer's transaction that nobody ends (a killed producer's)
+    r.broker.append("in", b"t", partition=0, transaction=left_open)
+    r.send("a", partition=0)  # committed, but after the open transaction: read_committed stops before it
+    r.send("b", partition=1)
+    r.steps(3)
+    assert r.outputs() == ["s:b"]
+    period(r)
+
+    assert r.recorder.stalls[-1] == {P0: "open_transaction"}, "partition 1 is caught up, not stalled"
+    assert "waiting for an open transaction: read_committed stops at the last stable offset 0, the log ends at 2" \
+        in caplog.text
+    left_open.state = "committed"
+    period(r)
+    assert r.outputs() == ["s:b", "s:t", "s:a"]
+    period(r)
+    assert r.recorder.stalls[-1] == {}, "reading resumed: nothing to report"
+
+
+def test_a_partition_whose_fetch_position_never_comes_is_reported_and_caught_up_ones_are_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(partitions=3, stall_report_s=0.05)
+    r.consumer.unpositioned = {P1, ("in", 2)}  # partition 2 holds nothing: not knowing its position is no stall
+    r.send("a", partition=0)
+    r.send("b", partition=1)
+    period(r)
+    period(r)
+
+    assert r.outputs() == ["s:a"]
+    assert r.recorder.stalls[-1] == {P1: "no_fetch_position"}
+    assert caplog.text.count("no events for 0 s from 1 assigned partitions") == len(
+        [s for s in r.recorder.stalls if s]), "one warning per period, not per step"
+
+
+
+def test_partitions_held_paused_on_purpose_are_not_reported() -> None:
+    r = rig(partitions=2, stall_report_s=0.05)
+    period(r)
+    r.send("a", "b", "c", partition=0)  # the whole batch (max_events 3): "d" waits on partition 1
+    r.send("d", partition=1)
+    r.pipeline.down = True
+    started = time.monotonic()
+
+    def meanwhile(n: int) -> None:
+        r.pipeline.down = time.monotonic() - started < 0.15  # down for three periods
+    r.when_polled(meanwhile)
+    r.steps()
+
+    assert r.outputs() == ["s:a", "s:b", "s:c"]
+    assert all(not s for s in r.recorder.stalls), r.recorder.stalls
+    r.steps()
+    assert r.outputs() == ["s:a", "s:b", "s:c", "s:d"]

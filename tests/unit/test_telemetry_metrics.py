@@ -14,6 +14,7 @@ from tests.support.telemetry import metric_samples, total
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka.port import Fault
 from worker.records import BatchResult, DeadLetter, Delivery, InputMessage, Output, StageTiming
+from worker.runner.stall import Stall
 from worker.telemetry.metrics import ConsumerLag, Metrics, WeightedHistogram
 
 
@@ -252,3 +253,17 @@ def test_dependency_and_kafka_errors_are_counted_and_logged_once_a_minute(caplog
     assert total(s, "worker_dependency_errors_total", dependency="redis") == 1
     assert total(s, "worker_kafka_errors_total", client="consumer", error="_TRANSPORT") == 3
     assert [r.getMessage() for r in caplog.records] == ["Kafka consumer error: broker down"]
+
+
+def test_stalled_partitions_are_counted_by_reason_and_cleared_when_reading_resumes() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert total(samples(registry), "worker_stalled_partitions", reason="open_transaction") == 0
+    metrics.stalled([Stall(("in", 0), "open_transaction", ""), Stall(("in", 1), "open_transaction", ""),
+                     Stall(("in", 2), "no_fetch_position", "")])
+    s = samples(registry)
+    assert total(s, "worker_stalled_partitions", reason="open_transaction") == 2
+    assert total(s, "worker_stalled_partitions", reason="no_fetch_position") == 1
+    assert total(s, "worker_stalled_partitions", reason="not_fetched") == 0
+    metrics.stalled([])
+    assert total(samples(registry), "worker_stalled_partitions") == 0

@@ -169,4 +169,4 @@ def loop_settings(settings: WorkerSettings) -> LoopSettings:
     b, f = settings.batch, settings.faults
     return LoopSettings(b.max_events, b.latency_budget_ms / 1000, f.retry_initial_ms / 1000, f.retry_max_ms / 1000,
                         f.probe_interval_ms / 1000, f.degrade_after_retries if f.on_redis_down == "degrade" else None,
-                        settings.kafka.assignment_timeout_s)
+                        settings.kafka.assignment_timeout_s, settings.kafka.stall_report_s)

@@ -104,7 +104,7 @@ def unstable_transactional_id(settings: WorkerSettings) -> str | None:
     return (f"exactly-once with a transactional id unique per process: after a crash, read_committed "
             f"consumers of the outputs wait for the dead producer's open transaction until the broker times "
             f"it out (kafka.transaction_timeout_ms, {k.transaction_timeout_ms / 1000:g} s; some brokers, tansu "
-            f"for one, never do). Set kafka.group_instance_id (or kafka.transactional_id) to a name stable "
+            f"and noida-db, never do). Set kafka.group_instance_id (or kafka.transactional_id) to a name stable "
             f"per replica, such as its StatefulSet pod name, and a restart aborts it at once")
 
 

@@ -51,6 +51,10 @@ class KafkaSettings(_Section):
     """A join of the group that brings no assignment (not even an empty one) within this long is
     left and made again, with a warning (counted in ``worker_rebalances_total{change="rejoined"}``);
     keep it above the longest rebalance the group can take."""
+    stall_report_s: float = Field(default=30.0, ge=1)
+    """Assigned partitions with events waiting that hand out none for this long are reported, once per
+    period: a warning naming what reading each waits for (an open transaction, a fetch position that
+    never came, a broker that returns nothing) and ``worker_stalled_partitions{reason}``."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
     """librdkafka ``security.protocol``."""
     sasl_mechanism: str | None = None

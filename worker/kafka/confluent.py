@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic as ConfluentNewTopic  # what confluent_kafka.admin re-exports, typed
 
 from worker.errors import StartupError
-from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, RebalanceListener
+from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, PartitionProgress, RebalanceListener
 from worker.records import TP, Headers, Message
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,35 @@ class ConfluentConsumer:
         except KafkaException as exc:
             raise broker_error(exc) from exc
         return {(p.topic, p.partition): p.offset for p in found if p.offset >= 0}
+
+    def progress(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionProgress]:
+        positions = self.position(partitions)
+        unknown = [tp for tp in partitions if tp not in positions]
+        # librdkafka has no position before it hands a message out, even once fetching has started: then
+        # the committed offset says where reading stands, if the coordinator answers.
+        committed, unanswered = self._committed(unknown, timeout_s) if unknown else ({}, False)
+        positions.update(committed)
+        return {tp: PartitionProgress(positions.get(tp), *self._ends(tp, timeout_s),
+                                      offsets_unanswered=unanswered and tp in unknown) for tp in partitions}
+
+    def _committed(self, partitions: Sequence[TP], timeout_s: float) -> tuple[dict[TP, int], bool]:
+        try:
+            found = self._consumer.committed(_partitions(partitions), timeout=timeout_s)
+        except KafkaException:
+            return {}, True
+        return {(p.topic, p.partition): p.offset for p in found if p.offset >= 0}, False
+
+    def _ends(self, tp: TP, timeout_s: float) -> tuple[int | None, int | None]:
+        """(stable end, high watermark). Asked of the broker, the end comes with this consumer's isolation
+        level (a read_committed consumer gets the last stable offset); the one cached from the last fetch
+        is the high watermark."""
+        partition = TopicPartition(*tp)
+        try:
+            stable = self._consumer.get_watermark_offsets(partition, timeout_s, cached=False)[1]
+            end = self._consumer.get_watermark_offsets(partition, cached=True)[1]
+        except KafkaException:
+            return None, None  # the broker did not answer in time: unknown, not an error of the loop
+        return (stable if stable >= 0 else None), (end if end >= 0 else None)
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         try:

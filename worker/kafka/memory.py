@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, RebalanceListener
+from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, PartitionProgress, RebalanceListener
 from worker.records import TP, Headers, InputMessage, Message
 
 NOT_OWNED = Fault("the partition is not assigned to this member (stale generation)", "ILLEGAL_GENERATION",
@@ -209,6 +209,9 @@ class MemoryConsumer:
         self.stall_joins = 0
         """The next this many joins never complete (the coordinator loses them): no assignment."""
         self.unsubscribes = 0
+        self.unpositioned: set[TP] = set()
+        """Partitions whose fetch position is never established (their committed offset never comes):
+        nothing is fetched from them."""
         self._joining = False  # subscribed, and the first assignment not yet handed out
         self._stalled = False
         self._listener: RebalanceListener | None = None
@@ -252,7 +255,7 @@ class MemoryConsumer:
 
     def _fetch(self, max_messages: int) -> list[Message]:
         out: list[Message] = []
-        for tp in sorted(self.assignment - self.paused):
+        for tp in sorted(self.assignment - self.paused - self.unpositioned):
             part = self.broker.partitions[tp[0]][tp[1]]
             position = self.positions[tp]
             while position < len(part) and len(out) < max_messages:
@@ -327,6 +330,18 @@ class MemoryConsumer:
     def position(self, partitions: Sequence[TP]) -> dict[TP, int]:
         with self.broker.lock:
             return {tp: self.positions[tp] for tp in partitions if tp in self.positions}
+
+    def progress(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionProgress]:
+        with self.broker.lock:
+            return {tp: self._progress(tp) for tp in partitions}
+
+    def _progress(self, tp: TP) -> PartitionProgress:
+        log = self.broker.partitions[tp[0]][tp[1]]
+        stable = next((r.offset for r in log if self.read_committed and r.transaction is not None
+                       and r.transaction.state == "open"), len(log))
+        if tp in self.unpositioned:
+            return PartitionProgress(None, stable, len(log), offsets_unanswered=True)
+        return PartitionProgress(self.positions.get(tp), stable, len(log))
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         self._maybe_fail("commit")

@@ -85,6 +85,24 @@ class Rebalance:
     lost: Callable[[list[TP]], None]
 
 
+@dataclass(frozen=True)
+class PartitionProgress:
+    """Where reading a partition stands, for telling why nothing arrives from it."""
+
+    position: int | None
+    """The offset of the next message to be handed out: the consumer's own once it has handed one out,
+    before that the group's committed offset (where fetching starts); None if neither is known."""
+    stable_end: int | None
+    """The end of what this consumer may read: the last stable offset for a read_committed one (no
+    further than the first record of a transaction still open), the high watermark otherwise."""
+    end: int | None
+    """The high watermark: the end of the log, open transactions' records included (None: not known yet)."""
+    offsets_unanswered: bool = False
+    """The group's committed offset was asked for and did not come in time: the consumer cannot start
+    fetching (a coordinator that does not answer, or holds the request behind a join in progress; on
+    Kafka also offsets an open transaction is committing, KIP-447's UNSTABLE_OFFSET_COMMIT)."""
+
+
 class Metadata(Protocol):
     def topics(self, timeout_s: float) -> dict[str, int]:
         """Every topic the brokers list, with its partition count; ``BrokerError`` if none answers."""
@@ -115,6 +133,9 @@ class Consumer(Metadata, Protocol):
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         """Commit synchronously (``BrokerError`` if refused)."""
+
+    def progress(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionProgress]:
+        """Per partition, where reading it stands; asks the broker (a round trip, so not per batch)."""
 
     def group_metadata(self) -> object:
         """The member's group identity, which a transaction commits input offsets with."""

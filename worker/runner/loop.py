@@ -36,6 +36,7 @@ from worker.kafka.sink import DeliveryThread, Sink, output_bytes
 from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming
 from worker.runner.batching import BatchConsumer, BatchPolicy
 from worker.runner.observer import Observer
+from worker.runner.stall import Stall, StallWatch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class LoopSettings:
     probe_interval_s: float = 0.2
     degrade_after: int | None = None  # failed attempts before scoring with default features; None: never
     assignment_timeout_s: float = 60.0  # no assignment this long after joining: leave and join again
+    stall_report_s: float = 30.0  # assigned partitions with events waiting, nothing received this long: say why
 
 
 DEGRADED_HEADER: Headers = [("x-worker-degraded", b"1")]
@@ -93,6 +95,7 @@ class Runner:
         self._fatal: WorkerError | None = None  # raised by a rebalance callback; re-raised by the loop
         self._listener = Rebalance(self._on_assign, self._on_revoke, self._on_lost)
         self._joining_since: float | None = None  # joined (or lost its partitions), no assignment yet
+        self.stalls = StallWatch(consumer, settings.stall_report_s)
         sink.on_acknowledged(self._acked)
         checkpointer.on_rewind = self._rewound
         self.deliveries = DeliveryThread(sink) if serve_deliveries else None
@@ -120,6 +123,7 @@ class Runner:
     def step(self) -> None:
         batch, received_ns = self._next_batch()
         if batch:
+            self.stalls.received(batch)
             self._handle(batch, received_ns)
         else:
             for observer in self.observers:
@@ -128,6 +132,7 @@ class Runner:
             self._checkpoint(complete=False)
         if self._joining_since is not None:
             self._watch_join()
+        self._watch_progress()
         if self._fatal is not None:
             raise self._fatal
 
@@ -146,6 +151,19 @@ class Runner:
         self._joining_since = time.monotonic()
         for observer in self.observers:
             observer.rejoined(waited)
+
+    def _watch_progress(self) -> None:
+        """Assigned partitions with events waiting that hand out nothing for ``stall_report_s`` must not
+        leave the worker silent: say, once per period, what their reading waits for (an open
+        transaction, a fetch position that never came, a broker that returns nothing)."""
+        stalls = self.stalls.check()
+        if stalls is None:
+            return
+        if stalls:
+            logger.warning("no events for %.0f s from %d assigned partitions although events wait there: %s",
+                           self.settings.stall_report_s, len(stalls), _describe_stalls(stalls))
+        for observer in self.observers:
+            observer.stalled(stalls)
 
     def _next_batch(self) -> tuple[list[Message], int]:
         """The next batch: events held while paused first, then what the consumer hands out;
@@ -317,6 +335,7 @@ class Runner:
 
     def _resume(self, why: str) -> None:
         self._paused = False
+        self.stalls.restart()
         partitions = sorted(self.assignment)
         self.consumer.resume(partitions)
         logger.info("%s; resumed %d partitions", why, len(partitions))
@@ -349,6 +368,7 @@ class Runner:
         self.assignment.update(added)
         if self._paused:
             self.consumer.pause(added)
+        self.stalls.assigned(added)
         logger.info("assigned %s", _describe(added))
         for observer in self.observers:
             observer.partitions_changed(added, [])
@@ -371,6 +391,7 @@ class Runner:
 
     def _forget(self, partitions: list[TP], how: str) -> None:
         self.assignment.difference_update(partitions)
+        self.stalls.revoked(partitions)
         self._revoked.update(partitions)
         self._held = self._owned(self._held)
         logger.info("%s %s", how, _describe(partitions))
@@ -403,6 +424,11 @@ def _describe(partitions: list[TP]) -> str:
     for topic, partition in partitions:
         by_topic.setdefault(topic, []).append(partition)
     return "; ".join(f"{t}{sorted(ps)}" for t, ps in by_topic.items())
+
+
+def _describe_stalls(stalls: list[Stall], most: int = 5) -> str:
+    shown = "; ".join(f"{t}[{p}]: {s.detail}" for s in stalls[:most] for t, p in [s.partition])
+    return shown + (f"; and {len(stalls) - most} more" if len(stalls) > most else "")
 
 
 def owned_only(result: BatchResult, owned: Callable[[Message], bool]) -> None:

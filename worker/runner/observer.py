@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming
+from worker.runner.stall import Stall
 
 
 class Observer:
@@ -42,6 +43,10 @@ class Observer:
 
     def rejoined(self, waited_s: float) -> None:
         """The worker left and joined the group again: no assignment came ``waited_s`` after joining."""
+
+    def stalled(self, stalls: Sequence[Stall]) -> None:
+        """Once per ``stall_report_s``: the assigned partitions that had events waiting and handed out none
+        for that long, each with what its reading waits for (empty: none)."""
 
     def stopped(self) -> None:
         """The worker has committed its last offsets and left the group."""

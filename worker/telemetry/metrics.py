@@ -45,6 +45,7 @@ from worker.records import (
     message_time_s,
 )
 from worker.runner.observer import Observer
+from worker.runner.stall import STALL_REASONS, Stall
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +257,12 @@ class Metrics(Observer):
                                   "left and made again because no assignment came (rejoined)", ["change"],
                                   registry=registry)
         self.assigned = Gauge("worker_assigned_partitions", "Partitions assigned to this worker", registry=registry)
+        self.stalled_partitions = Gauge("worker_stalled_partitions", "Assigned partitions with events waiting that "
+                                        "handed out none for kafka.stall_report_s, by what reading them waits for "
+                                        "(open_transaction, no_fetch_position, not_fetched)", ["reason"],
+                                        registry=registry)
+        for reason in STALL_REASONS:
+            self.stalled_partitions.labels(reason).set(0)
         self.info = Gauge("worker_info", "The worker and the model it serves", ["worker_version", "model_name",
                           "model_version"], registry=registry)
         self.spans = Counter("worker_trace_spans", "Spans by export outcome (dropped: the export queue was full)",
@@ -340,6 +347,10 @@ class Metrics(Observer):
 
     def rejoined(self, waited_s: float) -> None:
         self.rebalances.labels("rejoined").inc()
+
+    def stalled(self, stalls: Sequence[Stall]) -> None:
+        for reason in STALL_REASONS:
+            self.stalled_partitions.labels(reason).set(sum(s.reason == reason for s in stalls))
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         if assigned:
