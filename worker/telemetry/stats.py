@@ -96,7 +96,7 @@ class RunStats(Observer):
         self.stage_s["commit"] += timing.seconds
         if self.snapshot_every_s is not None and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
             self._last_snapshot = time.monotonic()
-            self._write(self.summary())
+            self._write(self.snapshot())
 
     def _write(self, content: dict[str, Any]) -> None:
         """Replace the file whole (a reader, or a kill, never sees half of it)."""
@@ -113,8 +113,6 @@ class RunStats(Observer):
         with self._lock:
             latencies = [(ms, size) for _, ms, size, _ in self.samples]
             last_acked = self.last_acked_ns
-            ack_ms = dict(self.ack_ms)
-        per_batch = dict(self.events_per_batch)
         p50, p90, p99, p999, worst = weighted_percentiles(latencies, (50, 90, 99, 99.9, 100))
         span_s = (last_acked - self.first_received_ns) / 1e9 if self.first_received_ns and last_acked else 0.0
         return {
@@ -127,9 +125,20 @@ class RunStats(Observer):
             "stage_us_per_event": {k: round(v / max(self.events, 1) * 1e6, 3) for k, v in self.stage_s.items()},
             "batch_sizes": {f"<={b}": self.sizes[b] for b in _SIZE_BUCKETS if self.sizes[b]},
             "mean_batch": round(self.events / max(sum(self.sizes.values()), 1), 1),
+            **self.snapshot(),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "ready_s": round(self.ready_s, 3) if self.ready_s is not None else None,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """What is rewritten while running: counts and histograms, cheap whatever the run's length
+        (the latency percentiles sort every batch's sample, tens of ms a second into a long run)."""
+        with self._lock:
+            ack_ms = dict(self.ack_ms)
+        per_batch = dict(self.events_per_batch)
+        return {
+            "events": self.events, "outputs": self.outputs, "dead_letters": self.dead_letters,
             "events_per_batch": histogram_percentiles(per_batch),
             "broker_ack_ms": histogram_percentiles(ack_ms),
             "histograms": {"events_per_batch": per_batch, "broker_ack_ms": ack_ms},
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "ready_s": round(self.ready_s, 3) if self.ready_s is not None else None,
         }
