@@ -377,7 +377,8 @@ class BatchSettings(_Section):
     already breaks; fewer, larger produce requests let a loaded broker catch up instead of
     slowing further. Back to the budget once acknowledgements take under half of ``slow_ack_ms``."""
     slow_ack_ms: float = Field(default=20.0, gt=0)
-    """Acknowledgement time (moving average over batches) above which the broker counts as slow."""
+    """Acknowledgement time (moving average over batches) above which the broker counts as slow; the
+    default is about four times a healthy tansu's median acknowledgement (3.7-4.7 ms)."""
     max_linger_ms: float = Field(default=100.0, ge=0)
     """Longest a partial batch waits for more events while the broker is slow."""
     max_in_flight_events: int = Field(default=50_000, ge=1000)
