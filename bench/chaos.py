@@ -12,8 +12,10 @@ letter) or ``--timeout``. Then it reads the prediction topic as a read_committed
 tansu from the log's transaction markers (so aborted records never count, though tansu does not
 filter them), on noida-db with a plain librdkafka read_committed consumer (it filters them, as Kafka
 does); and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
-letters, kills, and how long the run took. Exit 0 only if nothing is missing or wrong, every
-poison event was dead-lettered, and, in exactly-once mode, nothing is duplicated.
+letters, kills, and how long the run took, with the batch sizes and broker acknowledgement times
+of every replica process (their ``--stats-file`` snapshots, merged: a killed one's up to its last
+second). Exit 0 only if nothing is missing or wrong, every poison event was dead-lettered, and, in
+exactly-once mode, nothing is duplicated.
 
 As in the fault tests, each replica slot keeps its transactional id across restarts and events are
 partitioned like the worker's outputs; tansu needs both (see tests/integration/test_faults.py). On
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from bench.scenarios import fraud_events, gen_module, workload_args
 from tests.support.committed_reader import LogRecord, read_committed
 from tests.support.infra import LocalRedisServer, stop_process, wait_redis
 from worker.devtools.local import BROKER_KINDS, local_broker
+from worker.telemetry.stats import histogram_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "bench" / "fraud-contract.yaml"
@@ -70,7 +74,8 @@ class Fleet:
         command = [sys.executable, "-m", "worker", "run", "--config", str(CONFIG),
                    "--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url,
                    "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
-                   "--group-id", t["group"], "--guarantee", self.guarantee]
+                   "--group-id", t["group"], "--guarantee", self.guarantee,
+                   "--stats-file", str(self.workdir / f"slot{slot}-{self.starts + 1}.json"), "--stats-every", "1"]
         session_ms = os.environ.get("CHAOS_SESSION_TIMEOUT_MS", str(SESSION_TIMEOUT_MS[self.broker]))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "WORKER_KAFKA__TRANSACTIONAL_ID": f"{t['group']}-{slot}", "WORKER_KAFKA__SESSION_TIMEOUT_MS": session_ms,
@@ -151,6 +156,17 @@ def read_outputs(args: argparse.Namespace, bootstrap: str, topics: dict[str, str
     return plain_read_committed(bootstrap, wanted)
 
 
+def fleet_stats(workdir: Path) -> dict[str, Any]:
+    """Events per batch and broker acknowledgement times (per batch) over every replica process."""
+    merged: dict[str, Counter[float]] = {"events_per_batch": Counter(), "broker_ack_ms": Counter()}
+    for path in workdir.glob("slot*.json"):
+        histograms = json.loads(path.read_text()).get("histograms", {})
+        for name, counts in merged.items():
+            counts.update({float(k): n for k, n in histograms.get(name, {}).items()})
+    return {"batches": sum(merged["events_per_batch"].values()),
+            **{name: histogram_percentiles(counts) for name, counts in merged.items()}}
+
+
 def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{args.broker}-{guarantee}-"))
     broker, redis_server = local_broker(args.broker, workdir / "broker.log").start(), LocalRedisServer()
@@ -203,7 +219,7 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                 "replicas": args.replicas, "partitions": args.partitions, "rate": args.rate,
                 "kill_every_s": args.kill_every, "kills": kills, **result,
                 "dead_lettered": len(found[topics["dlq"]]), "seconds": round(elapsed, 1),
-                "exit_codes_at_stop": exit_codes, "logs": str(workdir), "ok": ok}
+                "exit_codes_at_stop": exit_codes, **fleet_stats(workdir), "logs": str(workdir), "ok": ok}
     finally:
         if fleet is not None:
             fleet.stop()

@@ -33,6 +33,7 @@ from worker.pipeline.assembly import Assembler
 from worker.pipeline.deadline import Deadline
 from worker.pipeline.pipeline import Pipeline
 from worker.records import UNIT_SECONDS, event_time_reader
+from worker.runner.batching import Adaptive
 from worker.runner.loop import LoopSettings
 from worker.serving import ModelSlot
 
@@ -167,6 +168,7 @@ def make_deadline(settings: WorkerSettings) -> Deadline | None:
 
 def loop_settings(settings: WorkerSettings) -> LoopSettings:
     b, f = settings.batch, settings.faults
+    adaptive = Adaptive(b.adaptive, b.slow_ack_ms / 1000, max_linger_s=b.max_linger_ms / 1000)
     return LoopSettings(b.max_events, b.latency_budget_ms / 1000, f.retry_initial_ms / 1000, f.retry_max_ms / 1000,
                         f.probe_interval_ms / 1000, f.degrade_after_retries if f.on_redis_down == "degrade" else None,
-                        settings.kafka.assignment_timeout_s, settings.kafka.stall_report_s)
+                        settings.kafka.assignment_timeout_s, settings.kafka.stall_report_s, adaptive)

@@ -57,10 +57,11 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
                   [*t.observers, ProgressLog(), *observers], probe=store.ping)
 
 
-def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None) -> None:
+def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None,
+        stats_every_s: float | None = None) -> None:
     telemetry = make_telemetry(settings)
     try:
-        observers = [RunStats(stats_file, launched_at or time.time())] if stats_file else []
+        observers = [RunStats(stats_file, launched_at or time.time(), stats_every_s)] if stats_file else []
         runner = build_runner(settings, observers, telemetry)
         runner.install_signal_handlers()
         check_stop()  # a signal that came while starting, after the last wait

@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
     p = command(sub, "run", "consume, score and publish until stopped", cmd_run)
     p.add_argument("--stats-file", type=Path, help="write run statistics (throughput, latency percentiles, stage "
                    "times, batch sizes, peak RSS) as JSON here on exit")
+    p.add_argument("--stats-every", type=float, metavar="SECONDS", help="also rewrite the --stats-file summary "
+                   "this often while running (a killed worker leaves its figures up to then)")
     command(sub, "check-config", "validate a config file without connecting anywhere", cmd_check_config)
 
 
@@ -37,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("worker %s starting with %s", __version__, args.config)
     for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop runs and takes the signals over
         signal.signal(sig, _stop_starting)
-    run_worker(settings, args.stats_file, launched_at)
+    run_worker(settings, args.stats_file, launched_at, args.stats_every)
     return 0
 
 

@@ -374,6 +374,17 @@ class BatchSettings(_Section):
     """Worker-added latency a partial batch may spend waiting for more events: it waits only
     while its oldest event can still be scored and acknowledged within this budget, and only
     if more events are expected meanwhile (a lone event is scored at once). 0 never waits."""
+    adaptive: bool = True
+    """Adapt batching to a slow broker: while output acknowledgements take longer than
+    ``slow_ack_ms`` (moving average), a partial batch waits for more events up to half the
+    acknowledgement time (at most ``max_linger_ms``), beyond the latency budget, which the broker
+    already breaks; fewer, larger produce requests let a loaded broker catch up instead of
+    slowing further. Back to the budget once acknowledgements take under half of ``slow_ack_ms``."""
+    slow_ack_ms: float = Field(default=20.0, gt=0)
+    """Acknowledgement time (moving average over batches) above which the broker counts as slow; the
+    default is about four times a healthy tansu's median acknowledgement (3.7-4.7 ms)."""
+    max_linger_ms: float = Field(default=100.0, ge=0)
+    """Longest a partial batch waits for more events while the broker is slow."""
     max_in_flight_events: int = Field(default=50_000, ge=1000)
     """Cap on events held at once: prefetched by the consumer (a quarter of this per partition)
     plus outputs awaiting acknowledgement. When the cap is reached the worker stops fetching

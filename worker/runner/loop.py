@@ -34,7 +34,7 @@ from worker.kafka.checkpoint import Checkpointer
 from worker.kafka.port import Consumer, Rebalance
 from worker.kafka.sink import DeliveryThread, Sink, output_bytes
 from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming
-from worker.runner.batching import BatchConsumer, BatchPolicy
+from worker.runner.batching import FIXED, Adaptive, BatchConsumer, BatchPolicy
 from worker.runner.observer import Observer
 from worker.runner.stall import Stall, StallWatch
 
@@ -61,6 +61,7 @@ class LoopSettings:
     degrade_after: int | None = None  # failed attempts before scoring with default features; None: never
     assignment_timeout_s: float = 60.0  # no assignment this long after joining: leave and join again
     stall_report_s: float = 30.0  # assigned partitions with events waiting, nothing received this long: say why
+    adaptive: Adaptive = FIXED  # how batches linger while the broker is slow
 
 
 DEGRADED_HEADER: Headers = [("x-worker-degraded", b"1")]
@@ -82,7 +83,7 @@ class Runner:
         self.settings = settings
         self.observers = list(observers)
         self.probe = probe  # raises FeatureStoreUnavailable while the feature store is down
-        self.policy = BatchPolicy(settings.max_events, settings.latency_budget_s)
+        self.policy = BatchPolicy(settings.max_events, settings.latency_budget_s, settings.adaptive)
         self.batches = BatchConsumer(consumer, self.policy)
         self.stopping = False
         self.assignment: set[TP] = set()
