@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from worker.codecs.codegen import Namespace
 from worker.codecs.schemas import PRIMITIVES, Schema, TypeNode
 
 Read = Callable[[bytes, int], tuple[dict[str, Any], int]]
@@ -118,26 +119,16 @@ class _Function:
         self.lines.append(("    " * indent + line, path))
 
 
-class _Gen:
+class _Gen(Namespace):
     """Generates ``read(b, p)``; a recursive record type becomes a function of its own."""
 
     def __init__(self, schema: Schema) -> None:
         self.named: dict[str, Any] = schema.get("__named_schemas", {})
-        self.names: dict[str, Any] = dict(_BUILTINS)
+        super().__init__(_BUILTINS)
         self.functions: list[_Function] = []
         self.record_functions: dict[str, str] = {}
         self.stack: list[str] = []
         self.fn = _Function("def read(b, p):")
-        self._n = 0
-
-    def fresh(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def constant(self, value: Any) -> str:
-        name = self.fresh("K")
-        self.names[name] = value
-        return name
 
     def emit(self, line: str, indent: int, path: str) -> None:
         self.fn.emit(line, indent, path)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from worker.codecs.codegen import Namespace
 from worker.codecs.schemas import Schema, TypeNode
 
 Writer = Callable[[dict[str, Any]], bytes]
@@ -72,24 +73,14 @@ class _Unsupported(Exception):
     pass
 
 
-class _Gen:
+class _Gen(Namespace):
     """Builds ``write(record)``: statements binding each field, then one join of their parts."""
 
     def __init__(self, schema: Schema) -> None:
         self.named = schema.get("__named_schemas", {})
         self.lines: list[str] = []
         self.parts: list[str] = []
-        self.names: dict[str, Any] = dict(_PRIMITIVES)
-        self._n = 0
-
-    def fresh(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def constant(self, value: Any) -> str:
-        name = self.fresh("K")
-        self.names[name] = value
-        return name
+        super().__init__(_PRIMITIVES)
 
     def record(self, node: dict[str, Any], source: str) -> None:
         for field in node["fields"]:
