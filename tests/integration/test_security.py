@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 import redis
 
-from tests.integration.test_example_e2e import CONFIG, ENV, MODEL, TOLERANCE, fresh_names
+from tests.integration.test_example_e2e import CONFIG, ENV, MODEL, TOLERANCE, fresh_names, read_until
 from tests.support.certs import KEY_PASSWORD
 from tests.support.configs import fraud_config, write_config
 from tests.support.infra import repo_root
@@ -151,15 +151,12 @@ def score_example(env: dict[str, str], settings: Any, log: Path, n: int = 300) -
     command = [sys.executable, "-m", "worker", "run", "--config", str(CONFIG), "--input-topic", k.input_topics[0],
                "--output-topic", k.output_topic, "--dlq-topic", k.dlq_topic, "--group-id", k.group_id]
     with LocalProcess("worker", command, log, env={**ENV, **env}) as worker:
-        predictions: dict[str, Any] = {}
-        deadline = time.monotonic() + 120
-        while len(predictions) < n and time.monotonic() < deadline:
-            assert worker.running(), "\n".join(worker.log_lines()[-30:])
-            for m in reader.read():
-                p = reader_decoded(settings, m.value())
-                predictions[p["event_id"]] = p
+        messages = read_until(reader, lambda ms: len(ms) >= n, 120, worker)
         lines = worker.log_lines()
     reader.close()
+    schema = load_schema(settings.avro.output_schema)
+    predictions = {p["event_id"]: p for p in (fastavro.schemaless_reader(io.BytesIO(m.value()), schema)
+                                              for m in messages)}
     assert len(predictions) == n, f"{n - len(predictions)} missing"
     session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     expected = session.run(["probabilities"], {"features": data.feature_matrix(records, world)})[0][:, 1]
@@ -167,9 +164,6 @@ def score_example(env: dict[str, str], settings: Any, log: Path, n: int = 300) -
     assert np.abs(published - expected).max() <= TOLERANCE
     return lines
 
-
-def reader_decoded(settings: Any, value: bytes) -> dict[str, Any]:
-    return dict(fastavro.schemaless_reader(io.BytesIO(value), load_schema(settings.avro.output_schema)))
 
 
 def no_secret_in(lines: list[str] | str) -> None:
