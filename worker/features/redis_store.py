@@ -102,8 +102,7 @@ class RedisConnection:
 
     def _failed(self, exc: BaseException) -> FeatureStoreUnavailable:
         self.close()
-        return FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}",
-                                       _refused(exc) if isinstance(exc, Exception) else "")
+        return FeatureStoreUnavailable(f"Redis at {self.address.redacted()}: {exc}", _refused(exc))
 
     def _read_replies(self, sock: socket.socket, n: int) -> list[object]:
         replies: list[object] = []
@@ -218,7 +217,7 @@ class TlsFiles:
 _CLIENT_CERTIFICATE_ALERTS = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
 
 
-def _refused(exc: Exception) -> str:
+def _refused(exc: BaseException) -> str:
     """Which refusal ``exc`` is (see ``worker.startup.REFUSALS``), or "" for an outage."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "server_certificate"
