@@ -86,6 +86,34 @@ def test_back_to_the_budget_once_acknowledgements_are_fast_again_not_before() ->
     assert p.wait_s(5) == 0.0
 
 
+def test_a_slow_verdict_without_fresh_acknowledgements_expires() -> None:
+    """After an idle spell (nothing in flight, so no acknowledgements) the next batch keeps to the
+    budget: the warm-up's slow acknowledgements once made the first measured second linger 100 ms."""
+    now = [0.0]
+    p = BatchPolicy(2000, 0.003, ADAPTIVE, clock=lambda: now[0])
+    for tick in range(100):
+        p.arrived(10, tick * 0.01)
+    acks(p, 0.15)
+    now[0] = 0.9
+    assert p.wait_s(5) > 0.003  # still recent: lingering
+
+    now[0] = 1.1
+    assert p.wait_s(5) <= 0.003 and not p.slow
+    acks(p, 0.15)  # slow again, freshly observed
+    assert p.slow and p.wait_s(5) > 0.003
+
+
+def test_a_backlogs_full_batches_do_not_make_the_broker_look_slow() -> None:
+    p = policy(max_events=2000)
+    for _ in range(30):
+        p.acknowledged(0.05, 2000)
+    assert not p.slow and p.wait_s(5) <= 0.003
+
+    for _ in range(30):
+        p.acknowledged(0.05, 20)
+    assert p.slow
+
+
 def test_fixed_batching_never_lingers_and_a_zero_budget_never_waits() -> None:
     fixed, zero = policy(adaptive=FIXED), policy(budget_s=0.0)
     acks(fixed, 0.15)

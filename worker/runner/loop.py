@@ -360,7 +360,7 @@ class Runner:
         self._stale = True
 
     def _acked(self, delivery: Delivery) -> None:
-        self.policy.acknowledged((delivery.acked_ns - delivery.published_ns) / 1e9)
+        self.policy.acknowledged((delivery.acked_ns - delivery.published_ns) / 1e9, delivery.size)
         for observer in self.observers:
             observer.batch_acked(delivery)
 
