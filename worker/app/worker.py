@@ -3,6 +3,7 @@ and run it."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -64,6 +65,12 @@ def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: f
         observers = [RunStats(stats_file, launched_at or time.time(), stats_every_s)] if stats_file else []
         runner = build_runner(settings, observers, telemetry)
         runner.install_signal_handlers()
+        # Everything built so far (modules, the model, schemas, reference bins) lives as long as the
+        # process: frozen out of the collector's view, a full collection walks only what the loop
+        # allocates. Unfrozen, one took 50-55 ms in the middle of the latency benchmark (its p99 at
+        # 5,000 events/s on noida-db: 37-89 ms before, 16.8 ms after).
+        gc.collect()
+        gc.freeze()
         check_stop()  # a signal that came while starting, after the last wait
         runner.run(ready=lambda: logger.info("worker ready"))
     finally:
