@@ -391,3 +391,55 @@ def test_arrays_and_maps_are_written_as_fastavro_writes_them(record: dict[str, A
 
     assert value == buf.getvalue()
     assert PlainAvroDecoder(schema)(value, InputMessage(value)) == record
+
+
+# --- Batches written as columns -----------------------------------------------------------------
+
+def _columns(batch: list[dict[str, Any]], names: list[str]) -> dict[str, list[Any]]:
+    return {name: [record[name] for record in batch] for name in names}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records, max_size=6))
+def test_a_batch_written_as_columns_is_each_row_written_alone(batch: list[dict[str, Any]]) -> None:
+    schema = parse_schema(TRANSACTION)
+    encoder = PlainAvroEncoder(schema)
+
+    values = encoder.encode_columns(_columns(batch, [f["name"] for f in TRANSACTION["fields"]]))
+
+    assert values == [encoder(record, InputMessage(None)) for record in batch]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(explained, min_size=1, max_size=4))
+def test_arrays_and_maps_written_as_columns_are_what_fastavro_writes(batch: list[dict[str, Any]]) -> None:
+    schema = parse_schema(EXPLAINED)
+    expected = []
+    for record in batch:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, record)
+        expected.append(buf.getvalue())
+
+    assert PlainAvroEncoder(schema).encode_columns(_columns(batch, list(batch[0]))) == expected
+
+
+def test_columns_take_defaults_for_missing_fields_and_framed_values_their_header() -> None:
+    registry = InMemorySchemaRegistry()
+    encoder = ConfluentAvroEncoder(parse_schema(READER_V2), registry, "users-value", json.dumps(READER_V2))
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+
+    values = encoder.encode_columns(_columns(rows, ["id", "name"]))
+
+    assert values == [encoder(row, InputMessage(None)) for row in rows]
+    assert values is not None and values[0].endswith(b"\x04NL")
+
+
+def test_a_batch_with_a_row_that_does_not_encode_is_left_to_the_row_by_row_path(
+        schema: dict[str, Any], message: InputMessage) -> None:
+    encoder = PlainAvroEncoder(schema)
+    good, bad = dict(RECORD), {**RECORD, "mcc": "not a number"}
+    names = list(RECORD)
+
+    assert encoder.encode_columns(_columns([good, bad], names)) is None
+    assert encoder.encode_columns(_columns([good], [n for n in names if n != "mcc"])) is None  # no default
+    assert encoder.encode_columns(_columns([good, good], names)) == [encoder(good, message)] * 2

@@ -15,9 +15,10 @@ import json
 import logging
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import fastavro
 
@@ -25,7 +26,7 @@ from worker.codecs.evolution import incompatibility, same_shape
 from worker.codecs.reader import CompiledReader, ReadRefused, compile_reader
 from worker.codecs.registry import SchemaRegistry
 from worker.codecs.schemas import Schema, parse_schema, record_name
-from worker.codecs.writer import compile_writer
+from worker.codecs.writer import compile_column_writer, compile_writer
 from worker.errors import DecodeError, EncodeError
 from worker.records import Message, Record
 
@@ -42,6 +43,14 @@ class Decoder(Protocol):
 
 class Encoder(Protocol):
     def __call__(self, record: Record, ctx: Message) -> bytes: ...
+
+
+@runtime_checkable
+class ColumnEncoder(Protocol):
+    """An encoder that can also write a whole batch given as columns (``{field: values}``): None
+    means "encode the rows one by one" (some row fails, or the schema needs fastavro)."""
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[bytes] | None: ...
 
 
 DEFAULT_MAX_BYTES = 1 << 20
@@ -175,10 +184,21 @@ class ConfluentAvroDecoder:
 class PlainAvroEncoder:
     """Schemaless Avro binary; a writer compiled for the schema when it can be (see avro_writer)."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, prefix: bytes = b"") -> None:
         self._schema = schema
         self._name = record_name(schema)
         self._write = compile_writer(schema) or self._fastavro
+        self._columns = compile_column_writer(schema, prefix)
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[bytes] | None:
+        """Every row of a batch given as columns, or None when some row does not encode (or the
+        schema needs fastavro): then each row is encoded on its own, and the failing ones named."""
+        if self._columns is None:
+            return None
+        try:
+            return self._columns(columns)
+        except Exception:  # any error: the row-by-row path says which row and why
+            return None
 
     def __call__(self, record: Record, ctx: Message) -> bytes:
         try:
@@ -196,9 +216,9 @@ class ConfluentAvroEncoder(PlainAvroEncoder):
     """Registers the output schema under ``subject`` at construction and frames each value."""
 
     def __init__(self, schema: Schema, registry: SchemaRegistry, subject: str, schema_text: str) -> None:
-        super().__init__(schema)
         schema_id = registry.register(subject, schema_text)
         self._prefix = _HEADER.pack(_MAGIC, schema_id)
+        super().__init__(schema, self._prefix)
         logger.info("output schema registered", extra={"subject": subject, "schema_id": schema_id})
 
     def __call__(self, record: Record, ctx: Message) -> bytes:

@@ -95,6 +95,12 @@ def select(output: Any, column: int | None) -> np.ndarray:
     return array[:, 0 if column is None else column]
 
 
+def as_rows(columns: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Columns (``{field: values}``) as one dict per row."""
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
 class OutputBuilder:
     """Turns a batch of events and their model results into output records and keys."""
 
@@ -116,11 +122,13 @@ class OutputBuilder:
         return names
 
     def records(self, events: Sequence[Record], scored: ScoredBatch) -> list[dict[str, Any]]:
+        return as_rows(self.columns(events, scored))
+
+    def columns(self, events: Sequence[Record], scored: ScoredBatch) -> dict[str, Sequence[Any]]:
+        """The output records of a batch as one sequence of values per field (what ``records`` zips)."""
         n = len(events)
         scores = select(scored.outputs[self.score.output], self.score.column)
-        columns = [self._column(source, events, scores, scored, n) for source in self.fields.values()]
-        names = list(self.fields)
-        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        return {name: self._column(source, events, scores, scored, n) for name, source in self.fields.items()}
 
     def _column(self, source: Source, events: Sequence[Record], scores: np.ndarray, scored: ScoredBatch,
                 n: int) -> Sequence[Any]:

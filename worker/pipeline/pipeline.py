@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from worker.codecs.avro import Decoder, Encoder
+from worker.codecs.avro import ColumnEncoder, Decoder, Encoder
 from worker.errors import EventError, InferenceError, ModelRunError
 from worker.explain.explainer import Explainer
 from worker.features.fetcher import EntityLookup, FeatureFetcher
 from worker.inference import Model
 from worker.pipeline.assembly import Assembler
 from worker.pipeline.deadline import LATE_HEADER, Deadline
-from worker.pipeline.output import NO_CONTRIBUTIONS, NO_REASONS, OutputBuilder, ScoredBatch, select
+from worker.pipeline.output import NO_CONTRIBUTIONS, NO_REASONS, OutputBuilder, ScoredBatch, as_rows, select
 from worker.records import (
     BatchResult,
     DeadLetter,
@@ -56,6 +56,7 @@ class Pipeline:
         self.slot = slot
         self.builder = builder
         self.encoder = encoder
+        self._encode_columns = encoder.encode_columns if isinstance(encoder, ColumnEncoder) else None
         self._model_outputs = builder.model_outputs()
         self._clock = clock
 
@@ -252,8 +253,25 @@ class Pipeline:
                 late: AbstractSet[int] = frozenset()) -> None:
         """Encodes every row not in ``skip``; skipped rows and rows that fail to encode become dead
         letters when ``dead_letters`` is given (the shadow's are dropped: its events were published)."""
+        columns = self.builder.columns(events, scored)
+        values = self._encode_columns(columns) if self._encode_columns is not None else None
+        if values is None:
+            self._encode_rows(as_rows(columns), keys, sources, skip, outputs, dead_letters, late)
+        elif not skip and not late:  # the usual batch: every row out, unmarked
+            outputs.extend(map(Output, keys, values, sources))
+        else:
+            for row, (value, key, source) in enumerate(zip(values, keys, sources, strict=True)):
+                if row in skip:
+                    if dead_letters is not None:
+                        dead_letters.append(_dead(source, skip[row]))
+                else:
+                    outputs.append(Output(key, value, source, LATE_HEADER if row in late else None))
+
+    def _encode_rows(self, records: list[Record], keys: list[bytes | None], sources: list[Message],
+                     skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None,
+                     late: AbstractSet[int]) -> None:
+        """Row by row: a row that fails to encode becomes a dead letter naming what failed."""
         encode = self.encoder
-        records = self.builder.records(events, scored)
         for row, (record, key, source) in enumerate(zip(records, keys, sources, strict=True)):
             if row in skip:
                 if dead_letters is not None:
