@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -186,8 +187,7 @@ def path_getter(path: str) -> Callable[[Record], Any]:
     """A function returning the value at a dotted path, or None where a level is null."""
     parts = path.split(".")
     if len(parts) == 1:
-        name = parts[0]
-        return lambda record: record[name]
+        return itemgetter(parts[0])  # C, not a lambda: called per event per field (2.6 % of the worker's profile)
 
     def get(record: Record) -> Any:
         value: Any = record
