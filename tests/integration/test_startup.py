@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.support.configs import fraud_config, write_config
 from tests.support.infra import repo_root
+from worker.devtools.local import local_broker
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +68,23 @@ def test_ctrl_c_while_waiting_for_the_broker_stops_at_once(tmp_path: Path, redis
     assert worker.returncode == 130
     assert "stopping: SIGINT while starting" in out
     assert took < 3, f"took {took:.1f}s"  # about 0.5 s here; generous for a loaded CI machine
+
+
+def test_a_session_timeout_the_coordinator_refuses_stops_the_worker_naming_the_setting(tmp_path: Path,
+                                                                                      redis_url: str) -> None:
+    """noida-db, as Kafka, refuses joins below group.min.session.timeout.ms (6 s) with
+    INVALID_SESSION_TIMEOUT on every retry: the worker must not retry that for ever in silence."""
+    pytest.importorskip("noida_db")
+    with local_broker("noida", tmp_path / "noida.log") as broker:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+        topics = ["transactions", "predictions", "transactions-dlq"]
+        for created in admin.create_topics([NewTopic(t, 1, 1) for t in topics]).values():
+            created.result(10)
+        config = write_config(tmp_path / "c.yaml", fraud_config())
+        env = {**os.environ, "WORKER_KAFKA__SESSION_TIMEOUT_MS": "3000"}
+        worker = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config),
+                                 "--bootstrap-servers", broker.bootstrap_servers, "--redis-url", redis_url],
+                                check=False, capture_output=True, text=True, env=env, cwd=repo_root(), timeout=90)
+
+    assert worker.returncode == 3, worker.stderr[-2000:]
+    assert "kafka.session_timeout_ms=3000 (INVALID_SESSION_TIMEOUT)" in worker.stderr

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
            KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
+# Joins the coordinator refuses for good, whatever the retries: say which setting, and stop.
+_REFUSED_JOINS = {KafkaError.INVALID_SESSION_TIMEOUT: (
+    "the group coordinator refuses kafka.session_timeout_ms={} (INVALID_SESSION_TIMEOUT): it must lie within the "
+    "broker's group.min.session.timeout.ms and group.max.session.timeout.ms (Kafka's defaults: 6000 and 1800000)")}
 _ERRORS_LOGGED = 100  # consumer errors logged one by one before they are only skipped
 ClientT = TypeVar("ClientT", Consumer, Producer, AdminClient)
 _SYSLOG_LEVELS = ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logging.ERROR, 3))
@@ -184,6 +188,7 @@ class ConfluentConsumer:
         self._consumer = new_client(Consumer, _with_callbacks(config, self._errors, on_statistics))
         self._errors_logged = 0
         self._subscribed = False
+        self._session_timeout_ms = config.get("session.timeout.ms", 45_000)
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._subscribed = True
@@ -212,6 +217,8 @@ class ConfluentConsumer:
         return message
 
     def _log_error(self, message: Any) -> None:
+        if message is not None and message.error() is not None and message.error().code() in _REFUSED_JOINS:
+            raise StartupError(_REFUSED_JOINS[message.error().code()].format(self._session_timeout_ms))
         if message is not None and message.error() is not None and self._errors_logged < _ERRORS_LOGGED:
             self._errors_logged += 1
             logger.warning("consumer error: %s", message.error())
