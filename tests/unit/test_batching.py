@@ -114,6 +114,17 @@ def test_a_backlogs_full_batches_do_not_make_the_broker_look_slow() -> None:
     assert p.slow
 
 
+def test_one_slow_acknowledgement_is_a_hiccup_three_in_a_row_a_slow_broker() -> None:
+    p = policy()
+    acks(p, 0.001)
+    p.acknowledged(0.5)  # the average jumps past the threshold on its own
+    assert not p.slow and p.wait_s(5) <= 0.003
+    acks(p, 0.001, 2)
+
+    acks(p, 0.5, 3)
+    assert p.slow
+
+
 def test_fixed_batching_never_lingers_and_a_zero_budget_never_waits() -> None:
     fixed, zero = policy(adaptive=FIXED), policy(budget_s=0.0)
     acks(fixed, 0.15)
