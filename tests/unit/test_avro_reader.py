@@ -77,7 +77,7 @@ def _values(node: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
     kind = node if isinstance(node, str) else node["type"]
     simple = {"null": st.none(), "boolean": st.booleans(), "int": st.integers(-2**31, 2**31 - 1),
               "long": st.integers(-2**63, 2**63 - 1), "float": st.floats(width=32), "double": st.floats(),
-              "string": st.text(max_size=20), "bytes": st.binary(max_size=20)}
+              "string": st.text(max_size=40), "bytes": st.binary(max_size=80)}  # lengths of 1 and 2 bytes
     if kind in simple:
         return simple[kind]
     if kind == "enum":
@@ -220,6 +220,10 @@ def _one(node: Any) -> Any:
                                                                       b"\x81\x01"),
     (["null", "int"], b"\x01\x02"), (["null", "int"], b"\x0a"), (["null", "int"], b"\x80\x01"),
     ("string", b"\x06\xed\xa0\x80"), ("string", b"\x81\x01"), ("bytes", b"\x80\x01" + b"x" * 64),
+    ("long", b"\xff\x7f"), ("long", b"\xff\xff\x7f"), ("long", b"\x80"),  # two bytes, three, truncated
+    ("long", b"\x80\x00"), ("long", b"\x80\x80\x00"), ("string", b"\x80\x00"),  # zeros written long
+    ("string", b"\x80\x01" + b"x" * 64), ("string", b"\x80\x01" + b"x" * 63), ("string", b"\x80"),  # 2-byte
+    ("bytes", b"\x83\x01x"),  # lengths: whole, short, truncated, negative
     ({"type": "map", "values": "int"}, b"\x04\x02a\x02\x02a\x04\x00"),  # a repeated key: the last one wins
 ])
 def test_fastavros_quirks_are_kept(node: Any, value: bytes) -> None:
