@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def _path(value: Path | None) -> str | None:
 
 
 def make_decoder(settings: WorkerSettings, schema: Schema, framing: str | None = None,
-                 fields: AbstractSet[str] | None = None) -> Decoder:
+                 fields: frozenset[str] | None = None) -> Decoder:
     """A decoder reading ``schema`` in ``framing`` (default ``avro.framing``), at ``avro.max_value_bytes``;
     with ``fields``, its records hold only those top-level fields."""
     a = settings.avro

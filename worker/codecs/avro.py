@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Protocol
@@ -79,7 +78,7 @@ def _detail(exc: Exception) -> str:
     return "the decoder gave no detail"
 
 
-def _projected(record: Record, fields: AbstractSet[str] | None) -> Record:
+def _projected(record: Record, fields: frozenset[str] | None) -> Record:
     """The record with only ``fields`` (all of them when None): fastavro's records have the shape
     of the compiled reader's, so that a field read but not projected fails every time, not by chance."""
     return record if fields is None else {k: v for k, v in record.items() if k in fields}
@@ -91,7 +90,7 @@ class _Compiled:
     With ``fields``, the records hold those top-level fields only (the others are skipped)."""
 
     def __init__(self, schema: Schema, name: str, limit: int, compiled: bool,
-                 fields: AbstractSet[str] | None = None) -> None:
+                 fields: frozenset[str] | None = None) -> None:
         self._schema, self._name, self._limit, self._fields = schema, name, limit, fields
         self._reader: CompiledReader | None = compile_reader(schema, fields) if compiled else None
 
@@ -118,7 +117,7 @@ class PlainAvroDecoder:
     with fastavro alone (the benchmark's baseline); ``fields``: only those top-level fields are read."""
 
     def __init__(self, schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES, compiled: bool = True,
-                 fields: AbstractSet[str] | None = None) -> None:
+                 fields: frozenset[str] | None = None) -> None:
         self._read = _Compiled(schema, record_name(schema), max_bytes, compiled, fields).read
 
     def __call__(self, value: bytes | None, ctx: Message) -> Record:
@@ -142,7 +141,7 @@ class ConfluentAvroDecoder:
     fields (of the reader schema) are in the records."""
 
     def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES,
-                 fields: AbstractSet[str] | None = None) -> None:
+                 fields: frozenset[str] | None = None) -> None:
         self._registry = registry
         self._reader = reader_schema
         self._limit = max_bytes
