@@ -212,6 +212,21 @@ def test_an_absurd_count_of_items_that_take_no_bytes_is_refused_at_once(fields: 
     assert time.perf_counter() - started < 1
 
 
+@pytest.mark.parametrize("fields", [None, frozenset()])
+def test_an_absurd_count_of_fixed_items_is_decided_at_once(fields: frozenset[str] | None) -> None:
+    """Reading a fixed value never indexes the bytes (a slice past the end is just short): the loop
+    over 2**62 of them would run, appending, until memory ran out. fastavro stops at the end."""
+    schema = parse_schema({"type": "record", "name": "F", "fields": [{"name": "ids", "type": {
+        "type": "array", "items": {"type": "record", "name": "Id", "fields": [
+            {"name": "v", "type": {"type": "fixed", "name": "V", "size": 2}}, {"name": "n", "type": "null"}]}}}]})
+    value = b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f" + b"ab" * 3 + b"\x00"
+    started = time.perf_counter()
+    assert _worker(schema, value, fields) is None is _fastavro(schema, value)
+    valid = _fastavro(schema, b"\x04abcd\x00")
+    assert _worker(schema, b"\x04abcd\x00", fields) == (valid if fields is None else _only(valid, fields))
+    assert time.perf_counter() - started < 1
+
+
 SIZED = parse_schema({"type": "record", "name": "S", "fields": [
     {"name": "points", "type": {"type": "array", "items": {"type": "record", "name": "P", "fields": [
         {"name": "x", "type": "double"}, {"name": "y", "type": "float"}, {"name": "ok", "type": "boolean"}]}}},

@@ -290,6 +290,11 @@ class _Gen(Namespace):
         self.blocks(count, indent, path)
         if not self.takes_bytes(node["items"], set()):
             self.emit(f"refuse_empty({count}, {path!r})", indent + 1, path)
+        if size := self.size(node["items"], set()):
+            # Fixed values are sliced, never indexed: past the end they are short, not refused, and the
+            # loop would go on appending for as long as the count says. Items that cannot fit go to fastavro.
+            self.emit(f"if p + {count} * {size} > len(b): raise EOFError('{path}: more items than bytes')",
+                      indent + 1, path)
         self.emit(f"for _ in range({count}):", indent + 1, path)
         self.value(node["items"], item, indent + 2, path)
         self.emit(f"{var}.append({item})", indent + 2, path)
