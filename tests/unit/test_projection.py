@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,7 +17,9 @@ import pytest
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.infra import repo_root
 from worker.app.components import make_codecs, make_pipeline
-from worker.codecs.avro import PlainAvroDecoder
+from worker.codecs.avro import ConfluentAvroDecoder, PlainAvroDecoder
+from worker.codecs.registry import InMemorySchemaRegistry
+from worker.codecs.schemas import parse_schema
 from worker.config import compile as compile_module
 from worker.config.compile import Compiled, compile_settings, event_fields
 from worker.config.settings import WorkerSettings, load_settings
@@ -143,3 +146,23 @@ def test_the_pipelines_decoder_skips_what_nothing_reads_and_the_outputs_stay_the
     a, b = projected.process(messages), whole.process(messages)
     assert _predictions(compiled, a.outputs) == _predictions(compiled, b.outputs) and len(a.outputs) == 12
     assert [(d.stage, d.reason) for d in a.dead_letters] == [(d.stage, d.reason) for d in b.dead_letters] != []
+
+
+def _framed(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return struct.pack(">bI", 0, schema_id) + buf.getvalue()
+
+
+def test_the_confluent_decoder_projects_both_its_compiled_and_its_resolved_records() -> None:
+    reader = {"type": "record", "name": "User", "fields": [
+        {"name": "id", "type": "long"}, {"name": "name", "type": "string"},
+        {"name": "country", "type": "string", "default": "NL"}]}
+    older = {"type": "record", "name": "User", "fields": [{"name": "id", "type": "int"},
+                                                          {"name": "name", "type": "string"}]}
+    registry = InMemorySchemaRegistry()
+    decoder = ConfluentAvroDecoder(registry, parse_schema(reader), fields=frozenset({"id", "country"}))
+    same = _framed(registry.register("u", json.dumps(reader)), reader, {"id": 1, "name": "Ann", "country": "BE"})
+    resolved = _framed(registry.register("u", json.dumps(older)), older, {"id": 2, "name": "Bob"})
+    assert decoder(same, InputMessage(same)) == {"id": 1, "country": "BE"}
+    assert decoder(resolved, InputMessage(resolved)) == {"id": 2, "country": "NL"}  # fastavro's, cut likewise
