@@ -22,7 +22,7 @@ from worker.codecs.avro import (
 )
 from worker.codecs.registry_client import ConfluentSchemaRegistry, RegistryConnection
 from worker.codecs.schemas import Schema
-from worker.config.compile import Compiled
+from worker.config.compile import Compiled, event_fields
 from worker.config.settings import AvroSettings, WorkerSettings
 from worker.errors import StartupError
 from worker.features.fetcher import FeatureFetcher
@@ -113,17 +113,20 @@ def _path(value: Path | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def make_decoder(settings: WorkerSettings, schema: Schema, framing: str | None = None) -> Decoder:
-    """A decoder reading ``schema`` in ``framing`` (default ``avro.framing``), at ``avro.max_value_bytes``."""
+def make_decoder(settings: WorkerSettings, schema: Schema, framing: str | None = None,
+                 fields: frozenset[str] | None = None) -> Decoder:
+    """A decoder reading ``schema`` in ``framing`` (default ``avro.framing``), at ``avro.max_value_bytes``;
+    with ``fields``, its records hold only those top-level fields."""
     a = settings.avro
     if (framing or a.framing) == "plain":
-        return PlainAvroDecoder(schema, a.max_value_bytes)
-    return ConfluentAvroDecoder(make_registry(settings), schema, a.max_value_bytes)
+        return PlainAvroDecoder(schema, a.max_value_bytes, fields=fields)
+    return ConfluentAvroDecoder(make_registry(settings), schema, a.max_value_bytes, fields)
 
 
 def make_codecs(settings: WorkerSettings, compiled: Compiled) -> tuple[Decoder, Encoder]:
+    """The pipeline's codecs. Its decoder skips the input fields nothing reads (``event_fields``)."""
     a = settings.avro
-    decoder = make_decoder(settings, compiled.input_schema)
+    decoder = make_decoder(settings, compiled.input_schema, fields=event_fields(settings, compiled))
     if a.framing == "plain":
         return decoder, PlainAvroEncoder(compiled.output_schema)
     subject = a.output_subject or f"{settings.kafka.output_topic}-value"

@@ -87,35 +87,47 @@ def _detail(exc: Exception) -> str:
     return "the decoder gave no detail"
 
 
+def _projected(record: Record, fields: frozenset[str] | None) -> Record:
+    """The record with only ``fields`` (all of them when None): fastavro's records have the shape
+    of the compiled reader's, so that a field read but not projected fails every time, not by chance."""
+    return record if fields is None else {k: v for k, v in record.items() if k in fields}
+
+
 class _Compiled:
     """Reads ``schema``'s records with the reader compiled for it (see ``reader``), and any value it
-    does not read to the end with fastavro, whose decision stands (the dead letters stay the same)."""
+    does not read to the end with fastavro, whose decision stands (the dead letters stay the same).
+    With ``fields``, the records hold those top-level fields only (the others are skipped)."""
 
-    def __init__(self, schema: Schema, name: str, limit: int, compiled: bool) -> None:
-        self._schema, self._name, self._limit = schema, name, limit
-        self._reader: CompiledReader | None = compile_reader(schema) if compiled else None
+    def __init__(self, schema: Schema, name: str, limit: int, compiled: bool,
+                 fields: frozenset[str] | None = None) -> None:
+        self._schema, self._name, self._limit, self._fields = schema, name, limit, fields
+        self._reader: CompiledReader | None = compile_reader(schema, fields) if compiled else None
 
     def read(self, value: bytes | None, ctx: Message, start: int = 0) -> Record:
         if self._reader is None or value is None or len(value) > self._limit:
-            return _read_exactly(self._schema, self._name, value, ctx, self._limit, start)
+            return self._fastavro(value, ctx, start)
         try:
             record, end = self._reader.read(value, start)
         except ReadRefused as exc:
             raise DecodeError(f"not a valid {self._name} Avro record: {exc}", ctx) from exc
         except Exception as exc:  # IndexError, EOFError, UnicodeDecodeError, struct.error, ...: fastavro decides
-            where = self._reader.field_at(exc)
-            return _read_exactly(self._schema, self._name, value, ctx, self._limit, start, where=where)
+            return self._fastavro(value, ctx, start, self._reader.field_at(exc))
         if end != len(value):
-            return _read_exactly(self._schema, self._name, value, ctx, self._limit, start)
+            return self._fastavro(value, ctx, start)
         return record
+
+    def _fastavro(self, value: bytes | None, ctx: Message, start: int, where: str | None = None) -> Record:
+        record = _read_exactly(self._schema, self._name, value, ctx, self._limit, start, where=where)
+        return _projected(record, self._fields)
 
 
 class PlainAvroDecoder:
     """Schemaless Avro binary written with exactly the configured schema; ``compiled=False`` reads
-    with fastavro alone (the benchmark's baseline)."""
+    with fastavro alone (the benchmark's baseline); ``fields``: only those top-level fields are read."""
 
-    def __init__(self, schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES, compiled: bool = True) -> None:
-        self._read = _Compiled(schema, record_name(schema), max_bytes, compiled).read
+    def __init__(self, schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES, compiled: bool = True,
+                 fields: frozenset[str] | None = None) -> None:
+        self._read = _Compiled(schema, record_name(schema), max_bytes, compiled, fields).read
 
     def __call__(self, value: bytes | None, ctx: Message) -> Record:
         return self._read(value, ctx)
@@ -134,15 +146,18 @@ class _Reading:
 class ConfluentAvroDecoder:
     """Schema Registry framing. Each writer schema id is fetched, parsed and checked against the
     reader schema once; its events are then read with schema resolution (evolution), or
-    dead-lettered with the reason the two schemas do not resolve."""
+    dead-lettered with the reason the two schemas do not resolve. ``fields``: only those top-level
+    fields (of the reader schema) are in the records."""
 
-    def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, registry: SchemaRegistry, reader_schema: Schema, max_bytes: int = DEFAULT_MAX_BYTES,
+                 fields: frozenset[str] | None = None) -> None:
         self._registry = registry
         self._reader = reader_schema
         self._limit = max_bytes
         self._name = record_name(reader_schema)
         self._readings: dict[int, _Reading] = {}
-        self._same_shape = _Compiled(reader_schema, self._name, max_bytes, compiled=True).read
+        self._fields = fields
+        self._same_shape = _Compiled(reader_schema, self._name, max_bytes, True, fields).read
 
     def __call__(self, value: bytes | None, ctx: Message) -> Record:
         if value is None or len(value) < _HEADER.size or value[0] != _MAGIC:
@@ -153,7 +168,8 @@ class ConfluentAvroDecoder:
             raise DecodeError(reading.refusal, ctx)
         if reading.reader is None:  # the writer has the reader's shape: the compiled reader applies
             return self._same_shape(value, ctx, _HEADER.size)
-        return _read_exactly(reading.writer, self._name, value, ctx, self._limit, _HEADER.size, reading.reader)
+        record = _read_exactly(reading.writer, self._name, value, ctx, self._limit, _HEADER.size, reading.reader)
+        return _projected(record, self._fields)
 
     def _decide(self, schema_id: int, ctx: Message) -> _Reading:
         writer = self._fetch(schema_id, ctx)

@@ -570,3 +570,56 @@ def _label_schema(labels: LabelSettings, problems: Problems) -> Schema | None:
             problems.add(f"monitoring.labels.{key}", f"'{path}' is {a_or_an(found.describe())}; expected "
                                                      f"{' or '.join(kinds)}")
     return schema
+
+
+# The specials that read nothing of the event. A new one is not here until someone decides: until
+# then, configurations using it decode whole events (see ``event_fields``).
+_EVENTLESS_SPECIALS = frozenset({"score", "label", "model_version", "model_name", "scored_at", "degraded", "reasons",
+                                 "contributions", "late"})
+
+
+def event_fields(settings: WorkerSettings, compiled: Compiled) -> frozenset[str] | None:
+    """The top-level input fields the worker reads of a decoded event, so that the decoder can skip the
+    rest; None (decode them all) when that is not known for certain. The readers: entity keys, event
+    columns, output fields and the output key, and the event time (the deadline's and the event-age
+    metric's). Anything of a kind not known here (a new column, source or key type) gives None."""
+    paths = [*_key_paths(compiled.entities), *_column_paths(compiled.tensors), *_output_paths(compiled.builder)]
+    if None in paths:
+        return None
+    if settings.telemetry.event_time_field:
+        paths.append(settings.telemetry.event_time_field)
+    return frozenset(path.split(".")[0] for path in paths if path is not None)  # nested: the whole top field
+
+
+def _key_paths(entities: list[EntitySpec]) -> list[str | None]:
+    paths: list[str | None] = []
+    for entity in entities:
+        if isinstance(entity.key, KeyTemplate):
+            paths += entity.key.paths
+        elif isinstance(entity.key, FeastKey):
+            paths += [path for path, _ in entity.key.join_keys.values()]
+        else:
+            paths.append(None)
+    return paths
+
+
+def _column_paths(tensors: list[TensorSpec]) -> list[str | None]:
+    columns = [column for tensor in tensors for column in tensor.columns]
+    return [column.path if isinstance(column, EventColumn) else None for column in columns
+            if not isinstance(column, FeatureColumn | ConstColumn)]
+
+
+def _output_paths(builder: OutputBuilder) -> list[str | None]:
+    paths: list[str | None] = [builder.key.path] if builder.key.path else []
+    for source in builder.fields.values():
+        if isinstance(source, FromEvent):
+            paths.append(source.path)
+        elif not _reads_no_event(source):
+            paths.append(None)
+    return paths
+
+
+def _reads_no_event(source: Source) -> bool:
+    if isinstance(source, Computed):
+        return source.what in _EVENTLESS_SPECIALS
+    return isinstance(source, FromModel | Constant)
