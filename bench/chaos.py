@@ -14,7 +14,8 @@ filter them), on noida-db with a plain librdkafka read_committed consumer (it fi
 does); and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
 letters, kills, and how long the run took, with the batch sizes and broker acknowledgement times
 of every replica process (their ``--stats-file`` snapshots, merged: a killed one's up to its last
-second). Exit 0 only if nothing is missing or wrong, every poison event was dead-lettered, and, in
+second) and, on noida-db, what a read_committed reader cannot see yet and why (``unfinished``).
+Exit 0 only if nothing is missing or wrong, every poison event was dead-lettered, and, in
 exactly-once mode, nothing is duplicated.
 
 As in the fault tests, each replica slot keeps its transactional id across restarts and events are
