@@ -22,3 +22,10 @@ class Namespace:
         name = self.fresh("K")
         self.names[name] = value
         return name
+
+    def define(self, source: str, filename: str, name: str) -> Any:
+        """The function ``name`` that ``source`` defines, compiled in these names (``filename`` is what
+        tracebacks and profiles show)."""
+        namespace = dict(self.names)
+        exec(compile(source, filename, "exec"), namespace)
+        return namespace[name]

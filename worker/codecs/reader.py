@@ -430,9 +430,7 @@ def _compile(schema: Schema, fields: AbstractSet[str] | None) -> CompiledReader:
     gen.kind_record(schema, "r", 1, "", fields)
     gen.emit("return r, p", 1, "")
     source, paths = gen.source()
-    namespace = dict(gen.names)
-    exec(compile(source, _FILENAME, "exec"), namespace)
-    return CompiledReader(namespace["read"], paths)
+    return CompiledReader(gen.define(source, _FILENAME, "read"), paths)
 
 
 def compile_reader(schema: Schema, fields: AbstractSet[str] | None = None) -> CompiledReader | None:

@@ -177,9 +177,7 @@ def _compile(schema: Schema) -> Writer:
     gen.record(schema, "record")
     body = "".join(f"    {line}\n" for line in gen.lines)
     source = f"def write(record):\n{body}    return b''.join(({', '.join(gen.parts)},))\n"
-    namespace: dict[str, Any] = {"long": _long, **gen.names}
-    exec(compile(source, f"<avro writer {schema.get('name')}>", "exec"), namespace)
-    writer: Writer = namespace["write"]
+    writer: Writer = gen.define(source, f"<avro writer {schema.get('name')}>", "write")
     return writer
 
 
@@ -203,9 +201,7 @@ def _compile_columns(schema: Schema, prefix: bytes) -> ColumnWriter:
     source = (f"def write_columns(columns):\n    n = len(next(iter(columns.values()), ()))\n    out = []\n"
               f"    append = out.append\n    for {', '.join(loop_vars)}, in zip({', '.join(sources)}, strict=True):\n"
               f"{body}        append(b''.join(({parts},)))\n    return out\n")
-    namespace: dict[str, Any] = {"long": _long, **gen.names}
-    exec(compile(source, f"<avro column writer {schema.get('name')}>", "exec"), namespace)
-    writer: ColumnWriter = namespace["write_columns"]
+    writer: ColumnWriter = gen.define(source, f"<avro column writer {schema.get('name')}>", "write_columns")
     return writer
 
 
