@@ -255,31 +255,23 @@ class Pipeline:
         letters when ``dead_letters`` is given (the shadow's are dropped: its events were published)."""
         columns = self.builder.columns(events, scored)
         values = self._encode_columns(columns) if self._encode_columns is not None else None
-        if values is None:
-            self._encode_rows(as_rows(columns), keys, sources, skip, outputs, dead_letters, late)
-        elif not skip and not late:  # the usual batch: every row out, unmarked
+        if values is not None and not skip and not late:  # the usual batch: every row out, unmarked
             outputs.extend(map(Output, keys, values, sources))
-        else:
-            for row, (value, key, source) in enumerate(zip(values, keys, sources, strict=True)):
-                if row in skip:
-                    if dead_letters is not None:
-                        dead_letters.append(_dead(source, skip[row]))
-                else:
-                    outputs.append(Output(key, value, source, LATE_HEADER if row in late else None))
+            return
+        records = as_rows(columns) if values is None else []
 
-    def _encode_rows(self, records: list[Record], keys: list[bytes | None], sources: list[Message],
-                     skip: dict[int, EventError], outputs: list[Output], dead_letters: list[DeadLetter] | None,
-                     late: AbstractSet[int]) -> None:
-        """Row by row: a row that fails to encode becomes a dead letter naming what failed."""
-        encode = self.encoder
-        for row, (record, key, source) in enumerate(zip(records, keys, sources, strict=True)):
+        def value_of(row: int, source: Message) -> bytes:
+            """The batch's encoding of the row, or (row by row) the row encoded on its own, which raises
+            an ``EncodeError`` naming what failed."""
+            return values[row] if values is not None else self.encoder(records[row], source)
+
+        for row, (key, source) in enumerate(zip(keys, sources, strict=True)):
             if row in skip:
                 if dead_letters is not None:
                     dead_letters.append(_dead(source, skip[row]))
                 continue
             try:
-                marks = LATE_HEADER if late and row in late else None
-                outputs.append(Output(key, encode(record, source), source, marks))
+                outputs.append(Output(key, value_of(row, source), source, LATE_HEADER if row in late else None))
             except EventError as exc:
                 if dead_letters is not None:
                     dead_letters.append(_dead(source, exc))
