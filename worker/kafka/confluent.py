@@ -217,11 +217,16 @@ class ConfluentConsumer:
         return message
 
     def _log_error(self, message: Any) -> None:
-        if message is not None and message.error() is not None and message.error().code() in _REFUSED_JOINS:
-            raise StartupError(_REFUSED_JOINS[message.error().code()].format(self._session_timeout_ms))
-        if message is not None and message.error() is not None and self._errors_logged < _ERRORS_LOGGED:
+        """Logs a client event handed out as a message (the first ``_ERRORS_LOGGED``); raises
+        ``StartupError`` for a join the coordinator refuses for good."""
+        error = message.error() if message is not None else None
+        if error is None:
+            return
+        if error.code() in _REFUSED_JOINS:
+            raise StartupError(_REFUSED_JOINS[error.code()].format(self._session_timeout_ms))
+        if self._errors_logged < _ERRORS_LOGGED:
             self._errors_logged += 1
-            logger.warning("consumer error: %s", message.error())
+            logger.warning("consumer error: %s", error)
 
     def pause(self, partitions: Sequence[TP]) -> None:
         if partitions:
