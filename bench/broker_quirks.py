@@ -8,6 +8,7 @@
     python -m bench.broker_quirks cooperative-join --broker noida
     python -m bench.broker_quirks unstable-offsets --broker noida
     python -m bench.broker_quirks static-restart --broker noida
+    python -m bench.broker_quirks open-lso
 
 Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
@@ -58,6 +59,15 @@ offset is 7. So there a partition that moves while its old
 owner's transaction is committing can be read again from the older offset: duplicates in
 exactly-once mode (not seen in the soak, where static members get their own partitions back).
 
+``open-lso`` (tansu 0.6): a transactional producer commits one record to partition 0 of a topic,
+then opens a second transaction there and writes two records, and the broker is asked (ListOffsets)
+for the partition's latest offset at both isolation levels; then the second transaction commits
+and a third opens. Kafka answers the last stable offset, the first record of the open transaction
+(2: the committed record and its marker come first), then 5, as noida-db does; tansu answers 0
+whenever a transaction is open, whatever came before (and its end is one short, 3 for 4). So on
+tansu the worker's watch on its output partitions (``worker_held_output_partitions``) cannot tell
+a transaction left open, and stays quiet.
+
 ``static-restart`` (noida-db 0.2.3): three static members (``group.instance.id`` a, b, c; 6
 partitions) share a topic; in turn each is SIGKILLed and restarted with its id, 4 s apart, as the
 soak does. Kafka gives a static member that comes back its own partitions and moves nothing; noida-db
@@ -86,8 +96,9 @@ import time
 import uuid
 from contextlib import nullcontext
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from worker.devtools.local import BROKER_KINDS, local_broker
 
@@ -380,6 +391,34 @@ def restart_aborts(bootstrap: str) -> dict[str, object]:
             "aborted_record_shown": "left-open" in read}
 
 
+def latest_offsets(bootstrap: str, topic: str) -> dict[str, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    found = {}
+    for name, level in (("read_committed", IsolationLevel.READ_COMMITTED),
+                        ("read_uncommitted", IsolationLevel.READ_UNCOMMITTED)):
+        futures = admin.list_offsets({TopicPartition(topic, 0): OffsetSpec.latest()}, isolation_level=level)
+        found[name] = next(iter(futures.values())).result(10).offset
+    return found
+
+
+def open_lso(bootstrap: str) -> dict[str, object]:
+    topic = new_topic(bootstrap)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-tx"})
+    producer.init_transactions(10)
+    answers = {}
+    for step, values in (("first", [b"a"]), ("open_after_one_committed", [b"b", b"c"]), ("open_again", [b"d"])):
+        producer.begin_transaction()
+        for value in values:
+            producer.produce(topic, value, partition=0)
+        producer.flush(10)
+        if step != "first":
+            answers[step] = latest_offsets(bootstrap, topic)
+        producer.commit_transaction(10)
+        answers[f"{step}_committed"] = latest_offsets(bootstrap, topic)
+    return {"quirk": "open-lso", "kafka_answers_read_committed": {"open_after_one_committed": 2, "open_again": 5},
+            **answers}
+
+
 def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
     overlapping = run(bootstrap, trials, overlap=True)
     control = run(bootstrap, trials, overlap=False)
@@ -394,7 +433,7 @@ def main() -> None:
     quirks = {"leave-during-rebalance": lambda b: rebalance(b, args.trials), "list-offsets": list_offsets,
               "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
               "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets,
-              "static-restart": static_restart}
+              "static-restart": static_restart, "open-lso": open_lso}
     ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--broker", choices=BROKER_KINDS, default="tansu", help="the local broker to start")

@@ -15,13 +15,13 @@ import pytest
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka.checkpoint import Checkpointer
 from worker.kafka.memory import MemoryBroker, MemoryConsumer, MemoryProducer, Transaction
-from worker.kafka.port import Fault
+from worker.kafka.port import Fault, PartitionEnds
 from worker.kafka.sink import Sink
 from worker.kafka.transactions import TransactionalCheckpointer
 from worker.records import TP, BatchResult, DeadLetter, Delivery, Message, Output
 from worker.runner.loop import LoopSettings, Runner
 from worker.runner.observer import Observer
-from worker.runner.stall import Stall
+from worker.runner.stall import OUTPUT_HELD, OutputWatch, Stall, held_output
 
 P0, P1 = ("in", 0), ("in", 1)
 REFUSED = Fault("refused", "_MSG_TIMED_OUT")
@@ -58,6 +58,7 @@ class Recorder(Observer):
     events: list[str] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)
     stalls: list[dict[TP, str]] = field(default_factory=list)
+    held: list[dict[TP, str]] = field(default_factory=list)
 
     def batch_done(self, batch: Sequence[Message], result: BatchResult, delivery: Delivery) -> None:
         self.events.append(f"done {len(batch)}")
@@ -79,6 +80,9 @@ class Recorder(Observer):
 
     def stalled(self, stalls: Sequence[Stall]) -> None:
         self.stalls.append({s.partition: s.reason for s in stalls})
+
+    def outputs_held(self, held: Sequence[Stall]) -> None:
+        self.held.append({s.partition: s.reason for s in held})
 
 
 @dataclass
@@ -140,8 +144,9 @@ def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, co
     settings = LoopSettings(max_events, 0.0, retry_initial_s=0.001, retry_max_s=0.004, probe_interval_s=0.002,
                             degrade_after=degrade_after, assignment_timeout_s=assignment_timeout_s,
                             stall_report_s=stall_report_s)
+    outputs = OutputWatch(broker, ["out", "dlq"], stall_report_s) if exactly_once else None
     runner = Runner(consumer, ["in"], pipeline, sink, checkpointer, settings, [recorder], probe=pipeline.probe,
-                    serve_deliveries=False)
+                    serve_deliveries=False, outputs=outputs)
     runner.start()
     runner.step()  # joins the group: every partition is assigned (the topics are empty yet)
     return Rig(broker, consumer, pipeline, runner, recorder, producers)
@@ -410,6 +415,40 @@ def test_partitions_that_hand_out_nothing_while_events_wait_are_reported_with_wh
     assert r.outputs() == ["s:b", "s:t", "s:a"]
     period(r)
     assert r.recorder.stalls[-1] == {}, "reading resumed: nothing to report"
+
+
+def test_output_partitions_a_transaction_left_open_hides_are_reported_until_it_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    r = rig(exactly_once=True, commit_interval_s=0.0, stall_report_s=0.05)
+    r.send("a")
+    period(r)
+    left_open = Transaction()  # a crashed producer's, which the broker has not aborted yet
+    r.broker.append("out", b"zombie", partition=0, transaction=left_open)
+    r.send("b")
+    period(r)  # the transaction opened since the last look, which found every output partition caught up
+    assert r.recorder.held[-1] == {}
+    period(r)
+
+    assert r.broker.ends([("out", 0)]) == {("out", 0): PartitionEnds(1, 3)}, "s:b is behind the open transaction"
+    assert r.recorder.held[-1] == {("out", 0): OUTPUT_HELD}, "the dead-letter topic holds nothing: not held"
+    assert ("outputs held from read_committed readers on 1 partitions: out[0]: records from offset 1 on are "
+            "invisible to read_committed readers (the log ends at 3)") in caplog.text
+    left_open.state = "aborted"
+    period(r)
+    assert r.recorder.held[-1] == {}
+    assert r.broker.ends([("out", 0)]) == {("out", 0): PartitionEnds(3, 3)}
+
+
+def test_only_a_last_stable_offset_that_stays_put_before_the_end_is_a_held_output() -> None:
+    tp = ("out", 0)
+    assert held_output(tp, None, PartitionEnds(3, 5), 30) is None, "a first look has nothing to compare with"
+    stall = held_output(tp, PartitionEnds(3, 4), PartitionEnds(3, 5), 30)
+    assert stall is not None and stall.reason == OUTPUT_HELD and "not moved for 30 s" in stall.detail
+    assert held_output(tp, PartitionEnds(3, 4), PartitionEnds(5, 6), 30) is None, "a transaction ended meanwhile"
+    assert held_output(tp, PartitionEnds(3, 3), PartitionEnds(3, 6), 30) is None, "one opened meanwhile, at the end"
+    assert held_output(tp, PartitionEnds(5, 5), PartitionEnds(5, 5), 30) is None, "caught up"
+    assert held_output(tp, PartitionEnds(0, 5), PartitionEnds(0, 9), 30) is None, "0 is what tansu says while open"
+    assert held_output(tp, PartitionEnds(None, 5), PartitionEnds(None, 5), 30) is None, "the broker did not say"
 
 
 def test_a_partition_whose_fetch_position_never_comes_is_reported_and_caught_up_ones_are_not(

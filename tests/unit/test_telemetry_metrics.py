@@ -14,7 +14,7 @@ from tests.support.telemetry import metric_samples, total
 from worker.errors import FeatureStoreUnavailable
 from worker.kafka.port import Fault
 from worker.records import BatchResult, DeadLetter, Delivery, InputMessage, Output, StageTiming
-from worker.runner.stall import Stall
+from worker.runner.stall import OUTPUT_HELD, Stall
 from worker.telemetry.metrics import ConsumerLag, Metrics, WeightedHistogram
 
 
@@ -267,3 +267,13 @@ def test_stalled_partitions_are_counted_by_reason_and_cleared_when_reading_resum
     assert total(s, "worker_stalled_partitions", reason="not_fetched") == 0
     metrics.stalled([])
     assert total(samples(registry), "worker_stalled_partitions") == 0
+
+
+def test_held_output_partitions_are_counted_and_cleared_when_the_transaction_ends() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert total(samples(registry), "worker_held_output_partitions") == 0
+    metrics.outputs_held([Stall(("out", 0), OUTPUT_HELD, ""), Stall(("dlq", 0), OUTPUT_HELD, "")])
+    assert total(samples(registry), "worker_held_output_partitions") == 2
+    metrics.outputs_held([])
+    assert total(samples(registry), "worker_held_output_partitions") == 0

@@ -18,6 +18,7 @@ from worker.kafka.confluent import ConfluentAdmin, ConfluentConsumer, ConfluentP
 from worker.kafka.port import Fault, Metadata
 from worker.kafka.sink import Sink
 from worker.kafka.transactions import TransactionalCheckpointer
+from worker.runner.stall import OutputWatch
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,14 @@ def make_checkpointer(settings: WorkerSettings, consumer: ConfluentConsumer, sin
 
 def make_admin(settings: WorkerSettings, quiet: bool = True) -> ConfluentAdmin:
     return ConfluentAdmin({**kafka_client(settings), **(QUIET if quiet else {})})
+
+
+def make_output_watch(settings: WorkerSettings) -> OutputWatch | None:
+    """In exactly-once mode, a watch on the output and dead-letter partitions for transactions left open."""
+    if not exactly_once(settings):
+        return None
+    k = settings.kafka
+    return OutputWatch(make_admin(settings), [k.output_topic, k.dlq_topic], k.stall_report_s)
 
 
 def required_topics(settings: WorkerSettings) -> list[str]:

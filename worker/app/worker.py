@@ -15,6 +15,7 @@ from worker.app.kafka import (
     kafka_client,
     make_checkpointer,
     make_consumer,
+    make_output_watch,
     make_sink,
     required_topics,
     wait_for_kafka,
@@ -55,7 +56,7 @@ def build_runner(settings: WorkerSettings, observers: Sequence[Observer] = (),
     if t.health is not None:
         t.health.checks["model"] = lambda: pipeline.slot.model is not None
     return Runner(consumer, list(k.input_topics), pipeline, sink, checkpointer, loop_settings(settings),
-                  [*t.observers, ProgressLog(), *observers], probe=store.ping)
+                  [*t.observers, ProgressLog(), *observers], probe=store.ping, outputs=make_output_watch(settings))
 
 
 def run(settings: WorkerSettings, stats_file: Path | None = None, launched_at: float | None = None,

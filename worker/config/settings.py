@@ -54,7 +54,9 @@ class KafkaSettings(_Section):
     stall_report_s: float = Field(default=30.0, ge=1)
     """Assigned partitions with events waiting that hand out none for this long are reported, once per
     period: a warning naming what reading each waits for (an open transaction, a fetch position that
-    never came, a broker that returns nothing) and ``worker_stalled_partitions{reason}``."""
+    never came, a broker that returns nothing) and ``worker_stalled_partitions{reason}``. In exactly-once
+    mode, output partitions a transaction has held open this long are reported too
+    (``worker_held_output_partitions``)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
     """librdkafka ``security.protocol``."""
     sasl_mechanism: str | None = None

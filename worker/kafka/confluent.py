@@ -16,12 +16,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # where confluent_kafka.admin re-exports it from
 from confluent_kafka.cimpl import NewTopic as ConfluentNewTopic  # what confluent_kafka.admin re-exports, typed
 
 from worker.errors import StartupError
-from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, PartitionProgress, RebalanceListener
+from worker.kafka.port import (
+    BrokerError,
+    DeliveryCallback,
+    Fault,
+    NewTopic,
+    PartitionEnds,
+    PartitionProgress,
+    RebalanceListener,
+)
 from worker.records import TP, Headers, Message
 
 logger = logging.getLogger(__name__)
@@ -361,6 +370,27 @@ class ConfluentAdmin:
 
     def topics(self, timeout_s: float) -> dict[str, int]:
         return listed_topics(self._admin, timeout_s)
+
+    def ends(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionEnds]:
+        stable = self._latest(partitions, IsolationLevel.READ_COMMITTED, timeout_s)
+        end = self._latest(partitions, IsolationLevel.READ_UNCOMMITTED, timeout_s)
+        return {tp: PartitionEnds(stable.get(tp), end.get(tp)) for tp in partitions}
+
+    def _latest(self, partitions: Sequence[TP], isolation: IsolationLevel, timeout_s: float) -> dict[TP, int]:
+        """Each partition's latest offset for a reader of ``isolation`` (where the broker gave it in time)."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in confluent-kafka 2.16
+        asked = {TopicPartition(*tp): latest for tp in partitions}
+        try:
+            futures = self._admin.list_offsets(asked, isolation_level=isolation, request_timeout=timeout_s)
+        except KafkaException:
+            return {}
+        found: dict[TP, int] = {}
+        for partition, future in futures.items():
+            try:
+                found[(partition.topic, partition.partition)] = future.result(timeout_s).offset
+            except (KafkaException, TimeoutError):  # the rest may have answered
+                continue
+        return found
 
     def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
         new = [ConfluentNewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config or {}))

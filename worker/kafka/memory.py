@@ -27,7 +27,15 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker.kafka.port import BrokerError, DeliveryCallback, Fault, NewTopic, PartitionProgress, RebalanceListener
+from worker.kafka.port import (
+    BrokerError,
+    DeliveryCallback,
+    Fault,
+    NewTopic,
+    PartitionEnds,
+    PartitionProgress,
+    RebalanceListener,
+)
 from worker.records import TP, Headers, InputMessage, Message
 
 NOT_OWNED = Fault("the partition is not assigned to this member (stale generation)", "ILLEGAL_GENERATION",
@@ -63,6 +71,11 @@ class StoredRecord:
     def message(self) -> InputMessage:
         return InputMessage(self.value, self.key, self.topic, self.partition, self.offset, self.headers,
                             (1, 1_000_000 + self.offset))
+
+
+def stable_end(log: Sequence[StoredRecord]) -> int:
+    """The last stable offset: the first record of a transaction still open, else the end."""
+    return next((r.offset for r in log if r.transaction is not None and r.transaction.state == "open"), len(log))
 
 
 @dataclass
@@ -108,6 +121,12 @@ class MemoryBroker:
             out[topic.name] = Fault("topic exists", "TOPIC_ALREADY_EXISTS") if exists else None
             self.create_topic(topic.name, topic.partitions)
         return out
+
+    def ends(self, partitions: Sequence[TP], timeout_s: float = 0) -> dict[TP, PartitionEnds]:
+        self._check_reachable()
+        with self.lock:
+            return {tp: PartitionEnds(stable_end(self.partitions[tp[0]][tp[1]]), len(self.partitions[tp[0]][tp[1]]))
+                    for tp in partitions}
 
     def note(self, event: str) -> None:
         with self.lock:
@@ -337,8 +356,7 @@ class MemoryConsumer:
 
     def _progress(self, tp: TP) -> PartitionProgress:
         log = self.broker.partitions[tp[0]][tp[1]]
-        stable = next((r.offset for r in log if self.read_committed and r.transaction is not None
-                       and r.transaction.state == "open"), len(log))
+        stable = stable_end(log) if self.read_committed else len(log)
         if tp in self.unpositioned:
             return PartitionProgress(None, stable, len(log), offsets_unanswered=True)
         return PartitionProgress(self.positions.get(tp), stable, len(log))

@@ -103,6 +103,17 @@ class PartitionProgress:
     Kafka also offsets an open transaction is committing, KIP-447's UNSTABLE_OFFSET_COMMIT)."""
 
 
+@dataclass(frozen=True)
+class PartitionEnds:
+    """Where a partition ends, for readers of each isolation level (None: the broker did not say)."""
+
+    stable_end: int | None
+    """The last stable offset: a read_committed reader sees nothing from the first record of a
+    transaction still open on the partition."""
+    end: int | None
+    """The high watermark: the end of the log, open transactions' records included."""
+
+
 class Metadata(Protocol):
     def topics(self, timeout_s: float) -> dict[str, int]:
         """Every topic the brokers list, with its partition count; ``BrokerError`` if none answers."""
@@ -183,7 +194,12 @@ class NewTopic:
     config: Mapping[str, str] | None = None
 
 
-class Admin(Metadata, Protocol):
+class Ends(Metadata, Protocol):
+    def ends(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionEnds]:
+        """Per partition, its last stable offset and its end, asked of the broker (round trips: not per batch)."""
+
+
+class Admin(Ends, Protocol):
     def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
         """Create each topic; per topic, the fault that stopped it (code ``TOPIC_ALREADY_EXISTS``
         for one that exists), or None."""

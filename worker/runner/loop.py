@@ -36,7 +36,7 @@ from worker.kafka.sink import DeliveryThread, Sink, output_bytes
 from worker.records import TP, BatchResult, Delivery, Headers, Message, StageTiming
 from worker.runner.batching import FIXED, Adaptive, BatchConsumer, BatchPolicy
 from worker.runner.observer import Observer
-from worker.runner.stall import Stall, StallWatch
+from worker.runner.stall import OutputWatch, Stall, StallWatch
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,13 @@ DEGRADED_HEADER: Headers = [("x-worker-degraded", b"1")]
 class Runner:
     """The loop. ``run`` is ``start``, ``step`` until ``stop``, then ``close``; tests drive the steps
     themselves. ``serve_deliveries`` starts a thread that serves the producer's delivery reports as
-    they arrive (without it, they are served when the loop polls the producer)."""
+    they arrive (without it, they are served when the loop polls the producer). ``outputs`` watches the
+    output partitions for transactions left open on them (exactly-once mode)."""
 
     def __init__(self, consumer: Consumer, topics: list[str], pipeline: BatchProcessor, sink: Sink,
                  checkpointer: Checkpointer, settings: LoopSettings, observers: Sequence[Observer] = (),
-                 probe: Callable[[], None] | None = None, serve_deliveries: bool = True) -> None:
+                 probe: Callable[[], None] | None = None, serve_deliveries: bool = True,
+                 outputs: OutputWatch | None = None) -> None:
         self.consumer = consumer
         self.topics = topics
         self.pipeline = pipeline
@@ -97,6 +99,7 @@ class Runner:
         self._listener = Rebalance(self._on_assign, self._on_revoke, self._on_lost)
         self._joining_since: float | None = None  # joined (or lost its partitions), no assignment yet
         self.stalls = StallWatch(consumer, settings.stall_report_s)
+        self.outputs = outputs
         sink.on_acknowledged(self._acked)
         checkpointer.on_rewind = self._rewound
         self.deliveries = DeliveryThread(sink) if serve_deliveries else None
@@ -134,6 +137,7 @@ class Runner:
         if self._joining_since is not None:
             self._watch_join()
         self._watch_progress()
+        self._watch_outputs()
         if self._fatal is not None:
             raise self._fatal
 
@@ -165,6 +169,18 @@ class Runner:
                            self.settings.stall_report_s, len(stalls), _describe_stalls(stalls))
         for observer in self.observers:
             observer.stalled(stalls)
+
+    def _watch_outputs(self) -> None:
+        """Outputs scored and acknowledged but held from read_committed readers by a transaction nobody
+        ends must not go unsaid either: the worker's own progress looks normal meanwhile."""
+        held = self.outputs.check() if self.outputs is not None else None
+        if held is None:
+            return
+        if held:
+            logger.warning("outputs held from read_committed readers on %d partitions: %s", len(held),
+                           _describe_stalls(held))
+        for observer in self.observers:
+            observer.outputs_held(held)
 
     def _next_batch(self) -> tuple[list[Message], int]:
         """The next batch: events held while paused first, then what the consumer hands out;

@@ -48,5 +48,9 @@ class Observer:
         """Once per ``stall_report_s``: the assigned partitions that had events waiting and handed out none
         for that long, each with what its reading waits for (empty: none)."""
 
+    def outputs_held(self, held: Sequence[Stall]) -> None:
+        """Once per ``stall_report_s`` in exactly-once mode: the output partitions whose last stable offset
+        stayed put all period with records after it (a transaction left open; empty: none)."""
+
     def stopped(self) -> None:
         """The worker has committed its last offsets and left the group."""

@@ -1,4 +1,5 @@
-"""Why assigned partitions make no progress while events wait on them.
+"""Why assigned partitions make no progress while events wait on them, and output partitions
+whose records stay invisible to read_committed readers.
 
 A worker that owns partitions with events waiting and receives nothing must say why, not sit
 silent: on noida-db a read_committed consumer can wait minutes behind a transaction nobody ends
@@ -12,13 +13,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from worker.kafka.port import Consumer, PartitionProgress
+from worker.kafka.port import BrokerError, Consumer, Ends, PartitionEnds, PartitionProgress
 from worker.records import TP, Message
 
 NO_POSITION = "no_fetch_position"
 OPEN_TRANSACTION = "open_transaction"
 NOT_FETCHED = "not_fetched"
 STALL_REASONS = (NO_POSITION, OPEN_TRANSACTION, NOT_FETCHED)
+OUTPUT_HELD = "output_open_transaction"
 _ASK_TIMEOUT_S = 1.0  # per partition, at most once per period: the loop polls again soon enough
 _MOST_ASKED = 8  # partitions asked about per period: a broker that answers nothing holds the loop ~8 s at most
 
@@ -83,3 +85,51 @@ class StallWatch:
             return []
         progress = self.consumer.progress(quiet, _ASK_TIMEOUT_S)
         return [s for tp, p in progress.items() if (s := stall_of(tp, p)) is not None]
+
+
+def held_output(tp: TP, before: PartitionEnds | None, now: PartitionEnds, period_s: float) -> Stall | None:
+    """A transaction open on ``tp`` all period: its last stable offset stayed put, with records after it
+    at both looks.
+
+    Our own transactions end at every checkpoint, and each end moves the last stable offset past
+    where it stood, so one that stays put is a transaction nobody ends: a crashed producer's, which
+    the broker aborts after its ``transaction.timeout.ms`` or when a producer with its transactional
+    id starts. A last stable offset of 0 tells nothing: tansu reports 0 while any transaction is
+    open on a partition (``python -m bench.broker_quirks open-lso``)."""
+    if before is None or before.end is None or now.stable_end is None or now.end is None or not now.stable_end:
+        return None
+    # The same transaction both times: open at the first look too, and not ended since (an end moves it).
+    if before.stable_end != now.stable_end or now.stable_end >= before.end:
+        return None
+    return Stall(tp, OUTPUT_HELD, f"records from offset {now.stable_end} on are invisible to read_committed readers "
+                 f"(the log ends at {now.end}): the last stable offset has not moved for {period_s:.0f} s, so a "
+                 "transaction has been open on it that long (a crashed producer's, which the broker aborts after its "
+                 "transaction.timeout.ms or when a producer with its transactional id starts; or this worker's own, "
+                 "if its commits fail)")
+
+
+class OutputWatch:
+    """Once per ``every_s``, the partitions of ``topics`` (the worker's outputs) whose records a
+    read_committed reader cannot see because a transaction stays open on them: the worker's own
+    outputs, scored and acknowledged, that consumers downstream wait for."""
+
+    def __init__(self, ends: Ends, topics: Sequence[str], every_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ends, self.topics, self.every_s, self.clock = ends, list(topics), every_s, clock
+        self._last = clock()
+        self._before: dict[TP, PartitionEnds] = {}
+
+    def check(self) -> list[Stall] | None:
+        """None until a period has passed (or if the broker does not answer); then the held partitions."""
+        if self.clock() - self._last < self.every_s:
+            return None
+        now_s = self.clock()
+        period, self._last = now_s - self._last, now_s
+        try:
+            counts = self.ends.topics(_ASK_TIMEOUT_S)
+            partitions = [(t, p) for t in self.topics for p in range(counts.get(t, 0))]
+            now = self.ends.ends(partitions, _ASK_TIMEOUT_S)
+        except BrokerError:
+            return None
+        before, self._before = self._before, now
+        return [s for tp, ends in now.items() if (s := held_output(tp, before.get(tp), ends, period)) is not None]

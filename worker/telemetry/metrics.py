@@ -263,6 +263,9 @@ class Metrics(Observer):
                                         registry=registry)
         for reason in STALL_REASONS:
             self.stalled_partitions.labels(reason).set(0)
+        self.held_outputs = Gauge("worker_held_output_partitions", "Output partitions whose last stable offset "
+                                  "stayed put for kafka.stall_report_s with records after it: outputs read_committed "
+                                  "readers cannot see (a transaction left open; exactly-once mode)", registry=registry)
         self.info = Gauge("worker_info", "The worker and the model it serves", ["worker_version", "model_name",
                           "model_version"], registry=registry)
         self.spans = Counter("worker_trace_spans", "Spans by export outcome (dropped: the export queue was full)",
@@ -351,6 +354,9 @@ class Metrics(Observer):
     def stalled(self, stalls: Sequence[Stall]) -> None:
         for reason in STALL_REASONS:
             self.stalled_partitions.labels(reason).set(sum(s.reason == reason for s in stalls))
+
+    def outputs_held(self, held: Sequence[Stall]) -> None:
+        self.held_outputs.set(len(held))
 
     def partitions_changed(self, assigned: list[TP], revoked: list[TP]) -> None:
         if assigned:
