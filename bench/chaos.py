@@ -185,6 +185,20 @@ def unfinished(bootstrap: str, topics: dict[str, str]) -> dict[str, dict[str, in
             "input_not_committed": {k: n for k, n in lag.items() if n}}
 
 
+WATCH_WARNINGS = {"inputs_stalled": "no events for", "outputs_held": "outputs held from read_committed readers"}
+
+
+def watch_warnings(workdir: Path) -> dict[str, Any]:
+    """What the replicas' watches said: how many warnings of each kind, and the last of each."""
+    lines = [line for path in sorted(workdir.glob("slot*.log"))
+             for line in path.read_text(errors="replace").splitlines()]
+    found: dict[str, Any] = {}
+    for name, text in WATCH_WARNINGS.items():
+        said = [line for line in lines if text in line]
+        found[name] = {"warnings": len(said), **({"last": said[-1][:600]} if said else {})}
+    return {"watch": found}
+
+
 def fleet_stats(workdir: Path) -> dict[str, Any]:
     """Events per batch and broker acknowledgement times (per batch) over every replica process."""
     merged: dict[str, Counter[float]] = {"events_per_batch": Counter(), "broker_ack_ms": Counter()}
@@ -249,7 +263,8 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                 "replicas": args.replicas, "partitions": args.partitions, "rate": args.rate,
                 "kill_every_s": args.kill_every, "kills": kills, **result,
                 "dead_lettered": len(found[topics["dlq"]]), "seconds": round(elapsed, 1),
-                "exit_codes_at_stop": exit_codes, **waiting, **fleet_stats(workdir), "logs": str(workdir), "ok": ok}
+                "exit_codes_at_stop": exit_codes, **waiting, **watch_warnings(workdir), **fleet_stats(workdir),
+                "logs": str(workdir), "ok": ok}
     finally:
         if fleet is not None:
             fleet.stop()
