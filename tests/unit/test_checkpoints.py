@@ -232,7 +232,7 @@ def test_the_sink_has_room_until_the_unacknowledged_backlog_reaches_its_cap() ->
     assert not sink.has_room(1, 61)
 
     sink.tracker.reset()  # the producer was replaced: its reports no longer count
-    ticket(None, InputMessage(b"p", _topic="out"))
+    ticket.on_delivery(None, InputMessage(b"p", _topic="out"))
     assert sink.tracker.pending == 0
 
 
