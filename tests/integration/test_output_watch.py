@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from tests.support.configs import changed, fraud_config, write_config
 from tests.support.kafka_io import Topics, create_topics
 from tests.support.worker_process import StartWorker
-from worker.devtools.local import NoidaBroker, kafka_address
+from worker.devtools.local import NoidaBroker, free_port, kafka_address
 from worker.kafka.confluent import ConfluentAdmin
 from worker.kafka.port import PartitionEnds
 
@@ -72,3 +72,12 @@ def test_a_worker_names_the_output_partition_a_transaction_left_open_holds(
     time.sleep(3.5)  # three more periods
     assert worker.log().count("outputs held") == warnings, "quiet once the transaction ended"
     assert worker.stop() == 0
+
+
+def test_a_broker_that_does_not_answer_leaves_the_ends_unknown_within_the_timeout() -> None:
+    admin = ConfluentAdmin({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    asked = [("out", p) for p in range(12)]
+    started = time.monotonic()
+
+    assert admin.ends(asked, 0.5) == {tp: PartitionEnds(None, None) for tp in asked}
+    assert time.monotonic() - started < 3.0, "two bounded waits, not one per partition"

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import wait
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
@@ -384,13 +385,9 @@ class ConfluentAdmin:
             futures = self._admin.list_offsets(asked, isolation_level=isolation, request_timeout=timeout_s)
         except KafkaException:
             return {}
-        found: dict[TP, int] = {}
-        for partition, future in futures.items():
-            try:
-                found[(partition.topic, partition.partition)] = future.result(timeout_s).offset
-            except (KafkaException, TimeoutError):  # the rest may have answered
-                continue
-        return found
+        done, _ = wait(futures.values(), timeout_s)  # once for them all: the loop waits meanwhile
+        return {(p.topic, p.partition): f.result().offset for p, f in futures.items()
+                if f in done and f.exception() is None}
 
     def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
         new = [ConfluentNewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config or {}))
