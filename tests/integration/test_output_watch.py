@@ -60,16 +60,18 @@ def test_a_worker_names_the_output_partition_a_transaction_left_open_holds(
         noida: str, redis_db_url: str, start_worker: StartWorker, tmp_path: Path) -> None:
     topics = create_topics(noida, partitions=2, prefix="held")
     producer = left_open(noida, topics)
-    config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{"kafka.stall_report_s": 1}))
+    # Looks 1.5 s apart: the longest healthy transaction (0.2 s interval + 1 s commit timeout) and a quarter.
+    config = write_config(tmp_path / "fraud.yaml", changed(fraud_config(), **{
+        "kafka.stall_report_s": 1, "batch.commit_interval_ms": 200, "kafka.commit_timeout_ms": 1000}))
     worker = start_worker(config, topics, redis_db_url, "--guarantee", "exactly-once", "--bootstrap-servers", noida)
     worker.wait_for_log("outputs held from read_committed readers on 1 partitions", 60)
 
     assert (f"{topics.output}[0]: records from offset 2 on are invisible to read_committed readers (the log ends "
             "at 4)") in worker.log()
     producer.abort_transaction(10)
-    time.sleep(1.5)  # a check in progress as it ended may still report it
+    time.sleep(2.0)  # a look in progress as it ended may still report it
     warnings = worker.log().count("outputs held")
-    time.sleep(3.5)  # three more periods
+    time.sleep(4.5)  # three more looks
     assert worker.log().count("outputs held") == warnings, "quiet once the transaction ended"
     assert worker.stop() == 0
 

@@ -144,7 +144,8 @@ def rig(partitions: int = 1, max_events: int = 3, exactly_once: bool = False, co
     settings = LoopSettings(max_events, 0.0, retry_initial_s=0.001, retry_max_s=0.004, probe_interval_s=0.002,
                             degrade_after=degrade_after, assignment_timeout_s=assignment_timeout_s,
                             stall_report_s=stall_report_s)
-    outputs = OutputWatch(broker, ["out", "dlq"], stall_report_s) if exactly_once else None
+    # The in-memory commits are instant: the longest transaction is the commit interval.
+    outputs = OutputWatch(broker, ["out", "dlq"], stall_report_s, commit_interval_s) if exactly_once else None
     runner = Runner(consumer, ["in"], pipeline, sink, checkpointer, settings, [recorder], probe=pipeline.probe,
                     serve_deliveries=False, outputs=outputs)
     runner.start()
@@ -437,6 +438,45 @@ def test_output_partitions_a_transaction_left_open_hides_are_reported_until_it_e
     period(r)
     assert r.recorder.held[-1] == {}
     assert r.broker.ends([("out", 0)]) == {("out", 0): PartitionEnds(3, 3)}
+
+
+def test_the_workers_own_transactions_are_not_held_outputs_when_they_outlast_the_stall_period() -> None:
+    r = rig(exactly_once=True, commit_interval_s=0.2, stall_report_s=0.05)  # a transaction lasts up to 0.2 s
+    until, sent = time.monotonic() + 1.3, 0
+    while time.monotonic() < until:  # events flow all along: a transaction of the worker's own is open at every look
+        r.send(f"e{sent}")
+        sent += 1
+        r.steps()
+        time.sleep(0.005)
+
+    assert len(r.recorder.held) >= 3, "looked every 0.25 s (the longest transaction and a quarter), not 0.05 s"
+    assert all(held == {} for held in r.recorder.held), r.recorder.held
+    assert len(r.outputs(committed_only=True)) > sent // 2
+
+
+class _Ends:
+    """A broker's answers about where the output partitions end, set by hand (None: no answer in time)."""
+
+    def __init__(self) -> None:
+        self.answer: PartitionEnds | None = PartitionEnds(3, 5)
+
+    def topics(self, timeout_s: float) -> dict[str, int]:
+        return {"out": 1}
+
+    def ends(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionEnds]:
+        return {tp: self.answer or PartitionEnds(None, None) for tp in partitions}
+
+
+def test_a_look_the_broker_does_not_answer_says_nothing_and_keeps_the_last_one() -> None:
+    ends, now = _Ends(), [0.0]
+    watch = OutputWatch(ends, ["out"], 30, clock=lambda: now[0])
+    now[0] = 30
+    assert watch.check() == []
+    ends.answer, now[0] = None, 60
+    assert watch.check() is None, "unknown, not 'none held'"
+    ends.answer, now[0] = PartitionEnds(3, 6), 90
+    held = watch.check()
+    assert held is not None and [s.partition for s in held] == [("out", 0)], "compared with the last look answered"
 
 
 def test_only_a_last_stable_offset_that_stays_put_before_the_end_is_a_held_output() -> None:

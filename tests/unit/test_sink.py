@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from worker.kafka.sink import DeliveryTracker
-from worker.records import Delivery, InputMessage
+from worker.kafka.memory import MemoryBroker, MemoryProducer
+from worker.kafka.port import BrokerError, Fault
+from worker.kafka.sink import DeliveryTracker, Sink
+from worker.records import BatchResult, Delivery, InputMessage, Output
 
 OUT = InputMessage(b"p", _topic="out")
 
@@ -87,3 +91,39 @@ def test_reports_of_an_earlier_generation_change_nothing() -> None:
     current.on_delivery(None, OUT)
     current.on_delivery(None, OUT)
     assert reported == [current.delivery]
+
+
+class _RefusesThird:
+    """A producer (the in-memory one) whose third produce call is refused, as an oversized output is."""
+
+    def __init__(self, producer: MemoryProducer) -> None:
+        self.inner, self.calls = producer, 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls == 3:
+            raise BrokerError(Fault("message too large", "MSG_SIZE_TOO_LARGE"))
+        self.inner.produce(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_batch_refused_partway_no_longer_counts_as_awaiting_acknowledgement() -> None:
+    broker = MemoryBroker()
+    for topic in ("out", "dlq"):
+        broker.create_topic(topic)
+    producers: list[MemoryProducer] = []
+
+    def new_producer(on_error: Callable[[Fault], None]) -> Any:
+        producers.append(broker.producer(on_error=on_error))
+        return _RefusesThird(producers[-1])
+    sink = Sink(new_producer, "out", "dlq", "group")
+    outputs = [Output(b"k", b"v%d" % i, OUT) for i in range(5)]
+
+    ticket = sink.publish(BatchResult(outputs=outputs), 0)
+    assert (sink.pending, sink.tracker.pending_bytes) == (0, 0), "nothing held for the three never produced"
+    producers[0].deliver()  # the two produced are acknowledged after all
+    assert not ticket.acknowledged and sink.pending == 0
+    assert sink.tracker.take_failures() == ["produce refused: message too large (MSG_SIZE_TOO_LARGE)"]
+    assert sink.has_room(50_000, 1 << 20), "the redo finds the whole cap free"

@@ -165,7 +165,8 @@ def make_output_watch(settings: WorkerSettings) -> OutputWatch | None:
     if not exactly_once(settings):
         return None
     k = settings.kafka
-    return OutputWatch(make_admin(settings), [k.output_topic, k.dlq_topic], k.stall_report_s)
+    longest_transaction_s = (settings.batch.commit_interval_ms + k.commit_timeout_ms) / 1000
+    return OutputWatch(make_admin(settings), [k.output_topic, k.dlq_topic], k.stall_report_s, longest_transaction_s)
 
 
 def required_topics(settings: WorkerSettings) -> list[str]:

@@ -56,7 +56,8 @@ class KafkaSettings(_Section):
     period: a warning naming what reading each waits for (an open transaction, a fetch position that
     never came, a broker that returns nothing) and ``worker_stalled_partitions{reason}``. In exactly-once
     mode, output partitions a transaction has held open this long are reported too
-    (``worker_held_output_partitions``)."""
+    (``worker_held_output_partitions``), checked no more often than a healthy transaction can last
+    (``batch.commit_interval_ms`` plus ``commit_timeout_ms``, and a quarter more)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
     """librdkafka ``security.protocol``."""
     sasl_mechanism: str | None = None

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
@@ -373,27 +373,34 @@ class ConfluentAdmin:
         return listed_topics(self._admin, timeout_s)
 
     def ends(self, partitions: Sequence[TP], timeout_s: float) -> dict[TP, PartitionEnds]:
-        stable = self._latest(partitions, IsolationLevel.READ_COMMITTED, timeout_s)
-        end = self._latest(partitions, IsolationLevel.READ_UNCOMMITTED, timeout_s)
-        return {tp: PartitionEnds(stable.get(tp), end.get(tp)) for tp in partitions}
+        stable = self._ask_latest(partitions, IsolationLevel.READ_COMMITTED, timeout_s)
+        end = self._ask_latest(partitions, IsolationLevel.READ_UNCOMMITTED, timeout_s)
+        wait([*stable.values(), *end.values()], timeout_s)  # once for both: the loop waits meanwhile
+        return {tp: PartitionEnds(_offset(stable.get(tp)), _offset(end.get(tp))) for tp in partitions}
 
-    def _latest(self, partitions: Sequence[TP], isolation: IsolationLevel, timeout_s: float) -> dict[TP, int]:
-        """Each partition's latest offset for a reader of ``isolation`` (where the broker gave it in time)."""
+    def _ask_latest(self, partitions: Sequence[TP], isolation: IsolationLevel,
+                    timeout_s: float) -> dict[TP, Future[Any]]:
+        """Asks for each partition's latest offset for a reader of ``isolation``; the answers to come."""
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in confluent-kafka 2.16
-        asked = {TopicPartition(*tp): latest for tp in partitions}
         try:
-            futures = self._admin.list_offsets(asked, isolation_level=isolation, request_timeout=timeout_s)
+            futures = self._admin.list_offsets({TopicPartition(*tp): latest for tp in partitions},
+                                               isolation_level=isolation, request_timeout=timeout_s)
         except KafkaException:
             return {}
-        done, _ = wait(futures.values(), timeout_s)  # once for them all: the loop waits meanwhile
-        return {(p.topic, p.partition): f.result().offset for p, f in futures.items()
-                if f in done and f.exception() is None}
+        return {(p.topic, p.partition): f for p, f in futures.items()}
 
     def create_topics(self, topics: Sequence[NewTopic], timeout_s: float) -> dict[str, Fault | None]:
         new = [ConfluentNewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config or {}))
                for t in topics]
         futures = self._admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
         return {name: _outcome(future, timeout_s * 2) for name, future in futures.items()}
+
+
+def _offset(future: Future[Any] | None) -> int | None:
+    """The offset an answer holds, if it came (and is not an error)."""
+    if future is None or not future.done() or future.exception() is not None:
+        return None
+    return int(future.result().offset)
 
 
 def _outcome(future: Any, timeout_s: float) -> Fault | None:

@@ -82,6 +82,8 @@ class BatchTicket:
     def _settle(self) -> None:
         tracker = self.tracker
         with tracker.lock:
+            if self.settled:  # abandoned
+                return
             self.settled = True
             if self.generation != tracker.generation:
                 return
@@ -93,6 +95,19 @@ class BatchTicket:
             report = self._report_once()
         if report and tracker.on_batch_acked is not None:
             tracker.on_batch_acked(self.delivery)
+
+    def abandon(self) -> None:
+        """Producing the batch failed partway: what was produced may still be reported, but the batch
+        is settled as failed now, and no longer counts as awaiting acknowledgement."""
+        tracker = self.tracker
+        with tracker.lock:
+            self.failed = True
+            if self.settled:
+                return
+            self.settled = True
+            if self.generation == tracker.generation:
+                tracker.pending -= self.delivery.size
+                tracker.pending_bytes -= self.delivery.nbytes
 
     def published(self) -> None:
         """The batch is handed to the producer: stamp it, and report an acknowledgement that came first."""
@@ -114,7 +129,8 @@ class BatchTicket:
 
 
 class DeliveryTracker:
-    """Counts outputs awaiting acknowledgement (and their bytes) and remembers failures.
+    """Counts the outputs of batches awaiting acknowledgement (and their bytes; a batch leaves the
+    count when its last report comes) and remembers failures.
 
     ``reset`` starts a new generation when the producer is replaced or a transaction aborted:
     reports about the earlier messages no longer count (their work is redone from the last commit)."""
@@ -215,7 +231,7 @@ class Sink:
 
     @property
     def pending(self) -> int:
-        """Outputs and dead letters produced and not yet acknowledged."""
+        """Outputs and dead letters of the batches not yet wholly acknowledged (counted per batch)."""
         return self.tracker.pending
 
     def flush(self, timeout_s: float) -> int:
@@ -245,6 +261,7 @@ class Sink:
             self._produce(result, callback, headers)
         except BrokerError as exc:
             # A fatal or transaction-state error: the checkpoint that follows redoes this work.
+            callback.abandon()
             self.tracker.fail(f"produce refused: {exc.fault}")
             if exc.fault.fatal and self.fatal is None:
                 self.fatal = exc.fault

@@ -91,11 +91,13 @@ def held_output(tp: TP, before: PartitionEnds | None, now: PartitionEnds, period
     """A transaction open on ``tp`` all period: its last stable offset stayed put, with records after it
     at both looks.
 
-    Our own transactions end at every checkpoint, and each end moves the last stable offset past
-    where it stood, so one that stays put is a transaction nobody ends: a crashed producer's, which
-    the broker aborts after its ``transaction.timeout.ms`` or when a producer with its transactional
-    id starts. A last stable offset of 0 tells nothing: tansu reports 0 while any transaction is
-    open on a partition (``python -m bench.broker_quirks open-lso``)."""
+    The looks are further apart than a healthy transaction lasts (``OutputWatch``), and a
+    transaction's end moves the last stable offset past where it stood, so one that stays put is a
+    transaction nobody ends: a crashed producer's, which the broker aborts after its
+    ``transaction.timeout.ms`` or when a producer with its transactional id starts. A last stable
+    offset of 0 tells nothing: tansu reports 0 while any transaction is open on a partition
+    (``python -m bench.broker_quirks open-lso``). So a transaction left open on a partition's very
+    first record goes unreported, on Kafka too."""
     if before is None or before.end is None or now.stable_end is None or now.end is None or not now.stable_end:
         return None
     # The same transaction both times: open at the first look too, and not ended since (an end moves it).
@@ -111,11 +113,17 @@ def held_output(tp: TP, before: PartitionEnds | None, now: PartitionEnds, period
 class OutputWatch:
     """Once per ``every_s``, the partitions of ``topics`` (the worker's outputs) whose records a
     read_committed reader cannot see because a transaction stays open on them: the worker's own
-    outputs, scored and acknowledged, that consumers downstream wait for."""
+    outputs, scored and acknowledged, that consumers downstream wait for.
 
-    def __init__(self, ends: Ends, topics: Sequence[str], every_s: float,
+    Looks are never closer than ``longest_transaction_s`` (a healthy transaction of the worker's
+    own, from its opening to its commit: the commit interval plus the commit timeout) and a quarter
+    more, so that a transaction open at two looks has outlived any healthy one: a commit interval
+    longer than the stall period would otherwise report the worker's own transactions."""
+
+    def __init__(self, ends: Ends, topics: Sequence[str], every_s: float, longest_transaction_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.ends, self.topics, self.every_s, self.clock = ends, list(topics), every_s, clock
+        self.ends, self.topics, self.clock = ends, list(topics), clock
+        self.every_s = max(every_s, 1.25 * longest_transaction_s)
         self._last = clock()
         self._before: dict[TP, PartitionEnds] = {}
 
@@ -131,5 +139,9 @@ class OutputWatch:
             now = self.ends.ends(partitions, _ASK_TIMEOUT_S)
         except BrokerError:
             return None
-        before, self._before = self._before, now
-        return [s for tp, ends in now.items() if (s := held_output(tp, before.get(tp), ends, period)) is not None]
+        answered = {tp: e for tp, e in now.items() if e.stable_end is not None and e.end is not None}
+        if partitions and not answered:
+            return None  # no answer in time: say nothing rather than "none held", and keep the last look
+        before = self._before
+        self._before = {**before, **answered}  # a partition the broker did not answer for keeps its last look
+        return [s for tp, ends in answered.items() if (s := held_output(tp, before.get(tp), ends, period)) is not None]
