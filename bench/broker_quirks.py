@@ -96,11 +96,11 @@ import time
 import uuid
 from contextlib import nullcontext
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from worker.devtools.local import BROKER_KINDS, local_broker
+from worker.kafka.confluent import ConfluentAdmin
 
 WAIT_S = 30.0
 
@@ -391,14 +391,9 @@ def restart_aborts(bootstrap: str) -> dict[str, object]:
             "aborted_record_shown": "left-open" in read}
 
 
-def latest_offsets(bootstrap: str, topic: str) -> dict[str, int]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    found = {}
-    for name, level in (("read_committed", IsolationLevel.READ_COMMITTED),
-                        ("read_uncommitted", IsolationLevel.READ_UNCOMMITTED)):
-        futures = admin.list_offsets({TopicPartition(topic, 0): OffsetSpec.latest()}, isolation_level=level)
-        found[name] = next(iter(futures.values())).result(10).offset
-    return found
+def latest_offsets(bootstrap: str, topic: str) -> dict[str, int | None]:
+    ends = ConfluentAdmin({"bootstrap.servers": bootstrap}).ends([(topic, 0)], 10.0)[(topic, 0)]
+    return {"read_committed": ends.stable_end, "read_uncommitted": ends.end}
 
 
 def open_lso(bootstrap: str) -> dict[str, object]:

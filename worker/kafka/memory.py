@@ -125,8 +125,8 @@ class MemoryBroker:
     def ends(self, partitions: Sequence[TP], timeout_s: float = 0) -> dict[TP, PartitionEnds]:
         self._check_reachable()
         with self.lock:
-            return {tp: PartitionEnds(stable_end(self.partitions[tp[0]][tp[1]]), len(self.partitions[tp[0]][tp[1]]))
-                    for tp in partitions}
+            logs = {(topic, p): self.partitions[topic][p] for topic, p in partitions}
+            return {tp: PartitionEnds(stable_end(log), len(log)) for tp, log in logs.items()}
 
     def note(self, event: str) -> None:
         with self.lock:

@@ -82,14 +82,7 @@ class BatchTicket:
     def _settle(self) -> None:
         tracker = self.tracker
         with tracker.lock:
-            if self.settled:  # abandoned
-                return
-            self.settled = True
-            if self.generation != tracker.generation:
-                return
-            tracker.pending -= self.delivery.size
-            tracker.pending_bytes -= self.delivery.nbytes
-            if self.failed:
+            if not self._release() or self.failed:
                 return
             self.delivery.acked_ns = time.perf_counter_ns()
             report = self._report_once()
@@ -99,15 +92,22 @@ class BatchTicket:
     def abandon(self) -> None:
         """Producing the batch failed partway: what was produced may still be reported, but the batch
         is settled as failed now, and no longer counts as awaiting acknowledgement."""
-        tracker = self.tracker
-        with tracker.lock:
+        with self.tracker.lock:
             self.failed = True
-            if self.settled:
-                return
-            self.settled = True
-            if self.generation == tracker.generation:
-                tracker.pending -= self.delivery.size
-                tracker.pending_bytes -= self.delivery.nbytes
+            self._release()
+
+    def _release(self) -> bool:
+        """Under the lock: settle the batch (once) and take it out of the tracker's count; True if this
+        call did so in the tracker's current generation."""
+        if self.settled:
+            return False
+        self.settled = True
+        tracker = self.tracker
+        if self.generation != tracker.generation:
+            return False
+        tracker.pending -= self.delivery.size
+        tracker.pending_bytes -= self.delivery.nbytes
+        return True
 
     def published(self) -> None:
         """The batch is handed to the producer: stamp it, and report an acknowledgement that came first."""
@@ -145,11 +145,9 @@ class DeliveryTracker:
 
     def ticket(self, size: int, consumed_ns: int, nbytes: int = 0) -> BatchTicket:
         with self.lock:
-            ticket = BatchTicket(self, Delivery(size, nbytes, consumed_ns))
-            if size:
-                self.pending += size
-                self.pending_bytes += nbytes
-            return ticket
+            self.pending += size
+            self.pending_bytes += nbytes
+            return BatchTicket(self, Delivery(size, nbytes, consumed_ns))
 
     def fail(self, reason: str) -> None:
         with self.lock:

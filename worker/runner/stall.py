@@ -129,10 +129,11 @@ class OutputWatch:
 
     def check(self) -> list[Stall] | None:
         """None until a period has passed (or if the broker does not answer); then the held partitions."""
-        if self.clock() - self._last < self.every_s:
-            return None
         now_s = self.clock()
-        period, self._last = now_s - self._last, now_s
+        period = now_s - self._last
+        if period < self.every_s:
+            return None
+        self._last = now_s
         try:
             counts = self.ends.topics(_ASK_TIMEOUT_S)
             partitions = [(t, p) for t in self.topics for p in range(counts.get(t, 0))]
