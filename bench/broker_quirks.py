@@ -9,6 +9,7 @@
     python -m bench.broker_quirks unstable-offsets --broker noida
     python -m bench.broker_quirks static-restart --broker noida
     python -m bench.broker_quirks open-lso
+    python -m bench.broker_quirks fetch-wait [--messages 400000]
 
 Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
@@ -78,6 +79,18 @@ owned by nobody. First run: after b's restart a and b both held [2, 5] and nobod
 nobody held [1, 4]. tansu (the control) never gave a partition to two members. Prints, after each
 restart, what every member holds and every partition held by two.
 
+``fetch-wait`` (tansu 0.6): a topic of 4 partitions holds ``--messages`` records in batches of 6
+(as a producer writing about 20k events/s with ``linger.ms`` 1 leaves them: the contract check's
+backlog), and a consumer reads it from the start, once with ``fetch.wait.max.ms`` 10 and once with
+100 (the control), for up to 30 s each. Kafka and noida-db serve both at once (a fetch returns as
+soon as it has data). On tansu a fetch's work grows with the number of record batches in the
+partition, and a fetch that cannot finish within its wait returns nothing, so the consumer asks
+again and again: with 400,000 records (66,667 batches) the consumer at 10 ms read nothing in 30 s,
+tansu at 99 % of a core; at 100 ms it read all 400,000 in 2.3 s. The worker's
+``fetch.wait.max.ms`` is therefore 100: it costs no latency where the broker answers a waiting
+fetch as data arrives (Kafka, Redpanda, noida-db); on tansu, which answers at the end of the wait,
+it does (``kafka.consumer: {fetch_wait_max_ms: 10}`` for a latency test on a short log).
+
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
 initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
 noida-db that aborts the predecessor's transaction: read_committed reads only the new record, at
@@ -103,6 +116,7 @@ from worker.devtools.local import BROKER_KINDS, local_broker
 from worker.kafka.confluent import ConfluentAdmin
 
 WAIT_S = 30.0
+BATCH = 6  # records per batch in fetch-wait: a producer at 20k events/s, linger.ms 1, 4 partitions
 
 
 def trial(bootstrap: str, topic: str, overlap: bool) -> float | None:
@@ -414,6 +428,34 @@ def open_lso(bootstrap: str) -> dict[str, object]:
             **answers}
 
 
+def read_from_start(bootstrap: str, topic: str, fetch_wait_ms: int, expected: int) -> dict[str, float]:
+    """Records a new consumer with this fetch wait reads within WAIT_S of its assignment, and how long."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-{fetch_wait_ms}",
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": fetch_wait_ms,
+                         "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.1)
+    read, started = 0, time.monotonic()
+    while read < expected and time.monotonic() - started < WAIT_S:
+        read += sum(1 for m in consumer.consume(2000, 0.5) if m.error() is None)
+    consumer.close()
+    return {"read": read, "seconds": round(time.monotonic() - started, 1)}
+
+
+def fetch_wait(bootstrap: str, messages: int) -> dict[str, object]:
+    topic = new_topic(bootstrap, 4)
+    producer = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": BATCH, "linger.ms": 5,
+                         "queue.buffering.max.messages": 100_000})
+    for i in range(messages):
+        producer.produce(topic, b"x" * 60, partition=i % 4)
+        if i % 10_000 == 0:
+            producer.flush(30)
+    producer.flush(60)
+    return {"quirk": "fetch-wait", "messages": messages, "record_batches": -(-messages // BATCH),
+            "fetch_wait_ms": {str(w): read_from_start(bootstrap, topic, w, messages) for w in (10, 100)}}
+
+
 def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
     overlapping = run(bootstrap, trials, overlap=True)
     control = run(bootstrap, trials, overlap=False)
@@ -428,9 +470,11 @@ def main() -> None:
     quirks = {"leave-during-rebalance": lambda b: rebalance(b, args.trials), "list-offsets": list_offsets,
               "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
               "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets,
-              "static-restart": static_restart, "open-lso": open_lso}
+              "static-restart": static_restart, "open-lso": open_lso,
+              "fetch-wait": lambda b: fetch_wait(b, args.messages)}
     ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--messages", type=int, default=400_000, help="fetch-wait: records in the topic")
     ap.add_argument("--broker", choices=BROKER_KINDS, default="tansu", help="the local broker to start")
     ap.add_argument("--bootstrap", help="ask this broker instead of starting one")
     args = ap.parse_args()
