@@ -103,7 +103,8 @@ def latency_headline(results: dict[str, Any]) -> dict[str, Any]:
                    "worker_part_p99_ms": r["latency"]["before_produce_p99_ms"],
                    "broker_ack_p99_ms": r["latency"]["broker_ack_p99_ms"],
                    "broker_alone_ack_p50_ms": r["broker_floor"]["ack_p50_ms"],
-                   "broker_alone_ack_p99_ms": r["broker_floor"]["ack_p99_ms"], "rate": r["latency"]["rate"]}
+                   "broker_alone_ack_p99_ms": r["broker_floor"]["ack_p99_ms"], "rate": r["latency"]["rate"],
+                   "worker_cpu_us_per_event": r["latency"]["worker_cpu_us_per_event"]}
             for kind, r in results["latency_by_broker"].items()}
 
 
