@@ -18,7 +18,7 @@ from worker.quality.bins import Bins, psi
 from worker.quality.reference import Reference
 from worker.records import BatchResult, Delivery
 from worker.serving import Serving, canary_mask
-from worker.telemetry.drift import RETIRED_AFTER_S, SCORE, DriftMonitor
+from worker.telemetry.drift import RETIRED_AFTER_S, SCORE, DriftMonitor, VersionWindow
 
 AMOUNT = Bins(np.array([50.0, 100.0, 150.0]), np.array([0.25, 0.25, 0.25, 0.25]))
 COUNT = Bins(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.3, 0.3, 0.3]))
@@ -123,3 +123,25 @@ def test_a_version_that_stopped_scoring_is_no_longer_exported() -> None:
     versions = {dict(labels)["model_version"] for name, labels in samples(monitor) if name == "worker_feature_psi"}
     assert versions == {"2"}
     assert [s["model_version"] for s in monitor.snapshot()] == ["2"]
+
+
+def test_small_batches_are_binned_a_thousand_at_a_time_and_reads_see_every_one() -> None:
+    """Binning is deferred for cost; what a scrape sees is still the exact window of the last events."""
+    monitor = DriftMonitor(COLUMNS, lambda name, version: REFERENCE, window_events=300, min_events=10,
+                           entity_widths={"card": 1})
+    serving = Serving(versioned("1", 1.0))
+    amounts: list[float] = []
+    for start in range(0, 1400, 7):  # 200 batches of 7
+        run(monitor, serving, [payment(i, amount=float(i % 211)) for i in range(start, start + 7)])
+        amounts += [float(i % 211) for i in range(start, start + 7)]
+        window = monitor.windows[("twin", "1")]
+        assert window is not None and window.window is not None
+        assert window.window.filled == (300 if len(amounts) >= VersionWindow.BIN_EVERY else 0), \
+            "binned once a thousand events wait, not before"
+
+    labels = (("feature", "amount"), ("model_name", "twin"), ("model_version", "1"))
+    want = psi(np.bincount(AMOUNT.index(np.array(amounts[-300:])), minlength=4), AMOUNT.shares)
+    got = samples(monitor)
+    assert got[("worker_feature_psi", labels)] == pytest.approx(want)
+    assert got[("worker_drift_window_events", labels[1:])] == 300
+    assert sum(monitor.snapshot()[0]["columns"]["amount"]["counts"]) == 300
