@@ -104,7 +104,9 @@ def latency_headline(results: dict[str, Any]) -> dict[str, Any]:
                    "broker_ack_p99_ms": r["latency"]["broker_ack_p99_ms"],
                    "broker_alone_ack_p50_ms": r["broker_floor"]["ack_p50_ms"],
                    "broker_alone_ack_p99_ms": r["broker_floor"]["ack_p99_ms"], "rate": r["latency"]["rate"],
-                   "worker_cpu_us_per_event": r["latency"]["worker_cpu_us_per_event"]}
+                   "worker_cpu_us_per_event": r["latency"]["worker_cpu_us_per_event"],
+                   "machine_busy_cores": r["latency"]["machine_busy_cores"],
+                   "broker_alone_machine_busy_cores": r["broker_floor"]["machine_busy_cores"]}
             for kind, r in results["latency_by_broker"].items()}
 
 

@@ -46,6 +46,29 @@ def machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
+class MachineLoad:
+    """How many of the machine's cores were busy (all processes, from /proc/stat) between
+    ``__init__`` and ``cores()``: on a small machine the broker, Redis and the load generator
+    share the worker's cores, and a latency's tail says more about them when the machine is full."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        """Busy and idle jiffies summed over all CPUs, and when they were read."""
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return float(sum(fields[:8]) - idle), float(idle), time.monotonic()
+
+    def cores(self) -> float:
+        busy0, idle0, _ = self._start
+        busy1, idle1, _ = self._read()
+        total = (busy1 - busy0) + (idle1 - idle0)
+        return round((busy1 - busy0) / total * len(os.sched_getaffinity(0)), 2) if total > 0 else 0.0
+
+
 def gen_module() -> Any:
     """The shared workload's gen.py."""
     if str(WORKLOAD) not in sys.path:
@@ -158,8 +181,9 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
     # (p99 112-131 ms in the first 5 s on noida-db, 5-15 ms after), and the encoding competed
     # with the worker for the machine's two cores.
     events = list(fraud_events(int(rate * seconds), 7, 0.0, []))
-    measured_from = time.time()
+    measured_from, load = time.time(), MachineLoad()
     sent = infra.produce(topic, events, rate=rate)
+    busy = load.cores()
     stats = run.finish()
     batches = [b for b in stats["batches"] if b[0] >= measured_from]
     window, own, acks = _split(batches)
@@ -169,7 +193,8 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
     return {"rate": rate, "events": sent, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": worst,
             "broker_ack_p50_ms": ack50, "broker_ack_p99_ms": ack99, "before_produce_p50_ms": own50,
             "before_produce_p99_ms": own99, "mean_batch": round(sum(s for _, s in window) / max(len(window), 1), 1),
-            "worker_cpu_us_per_event": stats["cpu_us_per_event"], "windows": _windows(batches, measured_from),
+            "worker_cpu_us_per_event": stats["cpu_us_per_event"], "machine_busy_cores": busy,
+            "windows": _windows(batches, measured_from),
             "samples": window, "ack_samples": acks,
             "stage_us_per_event": stats["stage_us_per_event"]}
 
@@ -232,7 +257,7 @@ def broker_floor(infra: Infra, rate: float, seconds: float) -> dict[str, Any]:
     samples: list[tuple[float, int]] = []
     poller = threading.Thread(target=_serve_reports, args=(producer, stop), daemon=True)
     poller.start()
-    start = time.perf_counter()
+    start, load = time.perf_counter(), MachineLoad()
     for i in range(int(rate * seconds)):
         sent = time.perf_counter()
         producer.produce(topic, b"x" * 80, b"%d" % (i % 1000), on_delivery=lambda err, msg, sent=sent: samples.append(
@@ -240,10 +265,11 @@ def broker_floor(infra: Infra, rate: float, seconds: float) -> dict[str, Any]:
         if (ahead := (i + 1) / rate - (time.perf_counter() - start)) > 0:
             time.sleep(ahead)
     producer.flush(30)
+    busy = load.cores()
     stop.set()
     measured = samples[len(samples) // 10:]  # past the producer's first requests
     p50, p99 = weighted_percentiles(measured, (50, 99))
-    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99}
+    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy}
 
 
 def _read_until(bootstrap: str, topic: str, stop: threading.Event) -> None:
