@@ -66,7 +66,8 @@ class MachineLoad:
         busy0, idle0, _ = self._start
         busy1, idle1, _ = self._read()
         total = (busy1 - busy0) + (idle1 - idle0)
-        return round((busy1 - busy0) / total * len(os.sched_getaffinity(0)), 2) if total > 0 else 0.0
+        cpus = os.cpu_count() or 1  # /proc/stat sums every CPU, whatever this process's affinity
+        return round((busy1 - busy0) / total * cpus, 2) if total > 0 else 0.0
 
 
 def gen_module() -> Any:
