@@ -55,16 +55,16 @@ class MachineLoad:
         self._start = self._read()
 
     @staticmethod
-    def _read() -> tuple[float, float, float]:
-        """Busy and idle jiffies summed over all CPUs, and when they were read."""
+    def _read() -> tuple[float, float]:
+        """Busy and idle jiffies summed over all CPUs."""
         with open("/proc/stat") as stat:
             fields = [int(f) for f in stat.readline().split()[1:]]
         idle = fields[3] + fields[4]  # idle, iowait
-        return float(sum(fields[:8]) - idle), float(idle), time.monotonic()
+        return float(sum(fields[:8]) - idle), float(idle)
 
     def cores(self) -> float:
-        busy0, idle0, _ = self._start
-        busy1, idle1, _ = self._read()
+        busy0, idle0 = self._start
+        busy1, idle1 = self._read()
         total = (busy1 - busy0) + (idle1 - idle0)
         cpus = os.cpu_count() or 1  # /proc/stat sums every CPU, whatever this process's affinity
         return round((busy1 - busy0) / total * cpus, 2) if total > 0 else 0.0
