@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -246,3 +247,21 @@ def test_the_demo_loads_and_scores_the_example_on_a_cluster(kafka_bootstrap: str
     dead = int(re.search(r"dead letters\s+([\d,]+)", demo.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert scored + dead == 400 and scored > 350 and "MISSING" not in demo.stdout
     assert all(hmgets_served(redis_cluster, port) > 0 for port in redis_cluster.masters()), "read from every shard"
+
+
+def test_a_node_whose_port_was_taken_meanwhile_starts_on_fresh_ones() -> None:
+    """The harness itself: a free port chosen for a node can be taken by another process before the
+    node binds it (seen once in CI on a bus port); the cluster still starts, on other ports."""
+    cluster = LocalRedisCluster(replicas=0)
+    first = cluster.ports[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cluster.bus_ports[first]))
+        squatter.listen()
+        try:
+            cluster.start()
+            assert first not in cluster.ports and len(cluster.ports) == 3
+            with cluster.client() as client:
+                client.set("k", "v")
+                assert client.get("k") == b"v"
+        finally:
+            cluster.close()

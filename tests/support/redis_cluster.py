@@ -3,8 +3,10 @@ loopback ports, joined by ``redis-cli --cluster create`` (3 masters, a replica e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +16,19 @@ from typing import Any
 
 import redis
 
-from worker.devtools.local import LocalRedis, free_port
+from worker.devtools.local import LocalRedis
+from worker.errors import StartupError
+
+_PORT_ATTEMPTS = 3
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: each is held until all are chosen, so none comes twice."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class LocalRedisCluster:
@@ -26,17 +40,35 @@ class LocalRedisCluster:
             if shutil.which(exe) is None:
                 raise RuntimeError(f"{exe} is not installed (apt-get install redis-server)")
         self.dir = Path(tempfile.mkdtemp(prefix="test-redis-cluster-"))
-        self.nodes = {port: self._node(port, node_timeout_ms) for port in (free_port() for _ in
-                                                                         range(masters * (1 + replicas)))}
+        self.node_timeout_ms = node_timeout_ms
+        self.bus_ports: dict[int, int] = {}  # the cluster bus port of each node's port
+        count = masters * (1 + replicas)
+        ports = _free_ports(2 * count)
+        self.nodes = {port: self._node(port, bus) for port, bus in zip(ports[:count], ports[count:], strict=True)}
         self.replicas = replicas
         self.n_masters = masters
 
-    def _node(self, port: int, node_timeout_ms: int) -> LocalRedis:
+    def _node(self, port: int, bus_port: int) -> LocalRedis:
         # The bus port is port + 10000 unless given: free ports are often above 55535, where that overflows.
-        options = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                   "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(node_timeout_ms),
+        self.bus_ports[port] = bus_port
+        options = ("--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                   "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
                    "--repl-diskless-sync-delay", "0")
         return LocalRedis(port, self.dir / f"redis-{port}.log", self.dir, options)
+
+    def _started(self, port: int, node: LocalRedis) -> tuple[int, LocalRedis]:
+        """``node`` running, on ports of its own: free ports are free when chosen, and another process's
+        connection can take one before the node binds it (seen once in CI: "bind: Address already in
+        use" for a bus port), so such a node starts again on fresh ones."""
+        for _ in range(_PORT_ATTEMPTS - 1):
+            try:
+                return port, node.start()
+            except StartupError as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+            port, bus = _free_ports(2)
+            node = self._node(port, bus)
+        return port, node.start()
 
     @property
     def ports(self) -> list[int]:
@@ -48,8 +80,7 @@ class LocalRedisCluster:
         return "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.nodes) + "/0"
 
     def start(self) -> LocalRedisCluster:
-        for node in self.nodes.values():
-            node.start()
+        self.nodes = dict(self._started(port, node) for port, node in self.nodes.items())
         addresses = [f"127.0.0.1:{port}" for port in self.nodes]
         subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)
