@@ -14,7 +14,8 @@ filter them), on noida-db with a plain librdkafka read_committed consumer (it fi
 does); and prints one JSON line per guarantee: missing, wrong and duplicate predictions, dead
 letters, kills, and how long the run took, with the batch sizes and broker acknowledgement times
 of every replica process (their ``--stats-file`` snapshots, merged: a killed one's up to its last
-second) and, on noida-db, what a read_committed reader cannot see yet and why (``unfinished``).
+second), input partitions two live replica processes held at once, read from their logs
+(``owned_twice``), and, on noida-db, what a read_committed reader cannot see yet and why (``unfinished``).
 Exit 0 only if nothing is missing or wrong, every poison event was dead-lettered, and, in
 exactly-once mode, nothing is duplicated.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +71,8 @@ class Fleet:
         self.broker, self.static, self.assignor = broker, static, assignor
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.starts = 0
+        self.logs: dict[int, str] = {}  # each slot's current process, by its log's name
+        self.ended: dict[str, float] = {}  # when each process was killed or stopped (time.time())
 
     def start(self, slot: int) -> None:
         t = self.topics
@@ -86,17 +90,22 @@ class Fleet:
         if self.static:
             env["WORKER_KAFKA__GROUP_INSTANCE_ID"] = f"slot-{slot}"
         self.starts += 1
-        log = open(self.workdir / f"slot{slot}-{self.starts}.log", "wb")  # noqa: SIM115  # the child owns it
+        self.logs[slot] = f"slot{slot}-{self.starts}.log"
+        log = open(self.workdir / self.logs[slot], "wb")  # noqa: SIM115  # the child owns it
         self.procs[slot] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         log.close()
 
     def kill(self, slot: int) -> None:
         proc = self.procs.pop(slot)
         proc.send_signal(signal.SIGKILL)
+        self.ended[self.logs[slot]] = time.time()
         proc.wait(10)
 
     def stop(self) -> list[int]:
-        return [stop_process(p, 30) for p in self.procs.values()]
+        codes = [stop_process(p, 30) for p in self.procs.values()]
+        self.ended.update({self.logs[slot]: time.time() for slot in self.procs})
+        self.procs.clear()
+        return codes
 
 
 def workload(args: argparse.Namespace, redis_url: str) -> tuple[list[tuple[bytes, bytes]], dict[str, float], int]:
@@ -199,6 +208,55 @@ def watch_warnings(workdir: Path) -> dict[str, Any]:
     return {"watch": found}
 
 
+_OWNERSHIP = re.compile(r"^(\S+) +\w+ +worker\.runner\.loop: (assigned|revoked|lost) .*?(\[[\d, ]*\])")
+
+
+def _stamp(text: str) -> float:
+    """A worker log line's local time, as ``time.time()`` counts."""
+    whole, _, millis = text.partition(".")
+    return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(millis or 0) / 1000
+
+
+def ownership(log: str, ended: float) -> dict[int, list[tuple[float, float]]]:
+    """When one replica process held each input partition, from its log's assigned / revoked / lost
+    lines; what it still held when it was killed or stopped (``ended``) ends there."""
+    since: dict[int, float] = {}
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for line in log.splitlines():
+        found = _OWNERSHIP.match(line)
+        if found is None:
+            continue
+        at, partitions = _stamp(found[1]), json.loads(found[3])
+        for partition in partitions:
+            if found[2] == "assigned":
+                since.setdefault(partition, at)
+            elif partition in since:
+                spans.setdefault(partition, []).append((since.pop(partition), at))
+    for partition, start in since.items():
+        spans.setdefault(partition, []).append((start, max(start, ended)))
+    return spans
+
+
+def owned_twice(logs: dict[str, str], ended: dict[str, float], slack_s: float = 0.5) -> list[dict[str, Any]]:
+    """Input partitions two live replica processes held at once for longer than ``slack_s`` (the logs'
+    and the kills' clocks apart): what a broker that hands a restarted static member another
+    member's partitions does (noida-db, static-restart quirk), and the usual cause of duplicates in
+    exactly-once mode there. Each replica sees only its own assignment, so only the logs side by side tell."""
+    held = {name: ownership(text, ended.get(name, time.time())) for name, text in logs.items()}
+    found = []
+    names = sorted(held)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for partition in sorted(set(held[a]) & set(held[b])):
+                for (a0, a1) in held[a][partition]:
+                    for (b0, b1) in held[b][partition]:
+                        if min(a1, b1) - max(a0, b0) > slack_s:
+                            found.append({"partition": partition, "processes": [a, b],
+                                          "from": time.strftime("%H:%M:%S", time.localtime(max(a0, b0))),
+                                          "seconds": round(min(a1, b1) - max(a0, b0), 1)})
+    return found
+
+
 def fleet_stats(workdir: Path) -> dict[str, Any]:
     """Events per batch and broker acknowledgement times (per batch) over every replica process."""
     merged: dict[str, Counter[float]] = {"events_per_batch": Counter(), "broker_ack_ms": Counter()}
@@ -251,6 +309,7 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                     break
         elapsed = time.monotonic() - started
         exit_codes = fleet.stop()
+        twice = owned_twice({p.name: p.read_text(errors="replace") for p in workdir.glob("slot*.log")}, fleet.ended)
         waiting = unfinished(bootstrap, topics) if args.broker == "noida" else {}
         found = read_outputs(args, bootstrap, topics)
         result = verdict(found[topics["output"]], expected)
@@ -263,7 +322,8 @@ def run(args: argparse.Namespace, guarantee: str) -> dict[str, Any]:
                 "replicas": args.replicas, "partitions": args.partitions, "rate": args.rate,
                 "kill_every_s": args.kill_every, "kills": kills, **result,
                 "dead_lettered": len(found[topics["dlq"]]), "seconds": round(elapsed, 1),
-                "exit_codes_at_stop": exit_codes, **waiting, **watch_warnings(workdir), **fleet_stats(workdir),
+                "exit_codes_at_stop": exit_codes, "owned_twice": twice, **waiting, **watch_warnings(workdir),
+                **fleet_stats(workdir),
                 "logs": str(workdir), "ok": ok}
     finally:
         if fleet is not None:
