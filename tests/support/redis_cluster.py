@@ -3,10 +3,8 @@ loopback ports, joined by ``redis-cli --cluster create`` (3 masters, a replica e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,19 +14,10 @@ from typing import Any
 
 import redis
 
-from worker.devtools.local import LocalRedis
+from worker.devtools.local import LocalRedis, free_ports
 from worker.errors import StartupError
 
 _PORT_ATTEMPTS = 3
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports: each is held until all are chosen, so none comes twice."""
-    with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class LocalRedisCluster:
@@ -43,7 +32,7 @@ class LocalRedisCluster:
         self.node_timeout_ms = node_timeout_ms
         self.bus_ports: dict[int, int] = {}  # the cluster bus port of each node's port
         count = masters * (1 + replicas)
-        ports = _free_ports(2 * count)
+        ports = free_ports(2 * count)
         self.nodes = {port: self._node(port, bus) for port, bus in zip(ports[:count], ports[count:], strict=True)}
         self.replicas = replicas
         self.n_masters = masters
@@ -66,7 +55,7 @@ class LocalRedisCluster:
             except StartupError as exc:
                 if "Address already in use" not in str(exc):
                     raise
-            port, bus = _free_ports(2)
+            port, bus = free_ports(2)
             node = self._node(port, bus)
         return port, node.start()
 

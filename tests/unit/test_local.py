@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.devtools.local import LocalProcess, free_port, kafka_address, port_open
+from worker.devtools.local import LocalProcess, free_port, free_ports, kafka_address, port_open
 from worker.errors import StartupError
 
 
@@ -67,3 +67,9 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_free() -> None:
+    ports = free_ports(40)
+    assert len(set(ports)) == 40
+    assert not any(port_open("127.0.0.1", port) for port in ports)

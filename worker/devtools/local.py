@@ -12,6 +12,7 @@ told by the kernel to exit if its parent dies, so nothing outlives a killed pare
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -36,9 +37,17 @@ _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platfo
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1: each is held until all are chosen, so none comes
+    twice (one at a time, a port just released can be handed out again)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
