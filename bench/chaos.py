@@ -41,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from itertools import combinations, product
 from pathlib import Path
 from typing import Any
 
@@ -244,16 +245,14 @@ def owned_twice(logs: dict[str, str], ended: dict[str, float], slack_s: float = 
     exactly-once mode there. Each replica sees only its own assignment, so only the logs side by side tell."""
     held = {name: ownership(text, ended.get(name, time.time())) for name, text in logs.items()}
     found = []
-    names = sorted(held)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            for partition in sorted(set(held[a]) & set(held[b])):
-                for (a0, a1) in held[a][partition]:
-                    for (b0, b1) in held[b][partition]:
-                        if min(a1, b1) - max(a0, b0) > slack_s:
-                            found.append({"partition": partition, "processes": [a, b],
-                                          "from": time.strftime("%H:%M:%S", time.localtime(max(a0, b0))),
-                                          "seconds": round(min(a1, b1) - max(a0, b0), 1)})
+    for a, b in combinations(sorted(held), 2):
+        for partition in sorted(set(held[a]) & set(held[b])):
+            for (a0, a1), (b0, b1) in product(held[a][partition], held[b][partition]):
+                start = max(a0, b0)
+                overlap = min(a1, b1) - start
+                if overlap > slack_s:
+                    found.append({"partition": partition, "processes": [a, b], "seconds": round(overlap, 1),
+                                  "from": time.strftime("%H:%M:%S", time.localtime(start))})
     return found
 
 
