@@ -36,6 +36,25 @@ def test_on_a_fast_broker_a_partial_batch_waits_within_the_budget_only() -> None
     assert 0 < p.wait_s(5) <= 0.003 - p.cost(6) + 1e-9
 
 
+def test_a_jittery_broker_leaves_less_to_wait_than_a_steady_one_with_the_same_mean() -> None:
+    steady, jittery = policy(rate=10_000), policy(rate=10_000)
+    acks(steady, 0.0012, n=60)
+    for i in range(60):
+        jittery.acknowledged(0.0008 if i % 2 else 0.0016)  # a mean of 1.2 ms too, half of them 1.6 ms
+
+    assert steady.ack_s.value == pytest.approx(jittery.ack_s.value, abs=1e-4)
+    assert steady.wait_s(5) > 0.0012  # the budget less a steady 1.2 ms and the processing
+    assert 0 < jittery.wait_s(5) < steady.wait_s(5) - 0.0006  # planned for a 2 ms acknowledgement
+
+
+def test_a_broker_whose_slow_acknowledgements_would_overrun_the_budget_leaves_nothing_to_wait() -> None:
+    p = policy(rate=10_000)
+    for i in range(60):
+        p.acknowledged(0.0004 if i % 2 else 0.002)  # a mean of 1.2 ms, but half of them 2 ms
+
+    assert p.wait_s(5) == 0.0
+
+
 def test_a_broker_acknowledging_at_tansu_speed_is_not_slow_and_nothing_waits_past_the_budget() -> None:
     p = policy()
     acks(p, 0.0045)  # tansu's p50 when healthy: the budget is already spent on the broker

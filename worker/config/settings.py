@@ -375,8 +375,10 @@ class BatchSettings(_Section):
     """A batch never holds more events than this."""
     latency_budget_ms: float = Field(default=3.0, ge=0)
     """Worker-added latency a partial batch may spend waiting for more events: it waits only
-    while its oldest event can still be scored and acknowledged within this budget, and only
-    if more events are expected meanwhile (a lone event is scored at once). 0 never waits."""
+    while its oldest event can still be scored and acknowledged within this budget by a slow
+    batch (the broker's recent acknowledgement times and the worker's own processing times at
+    their mean plus two mean deviations, so a jittery broker leaves less to wait), and only if
+    more events are expected meanwhile (a lone event is scored at once). 0 never waits."""
     adaptive: bool = True
     """Adapt batching to a slow broker: while output acknowledgements take longer than
     ``slow_ack_ms`` (moving average), a partial batch waits for more events up to half the
