@@ -34,10 +34,11 @@ _ALPHA = 0.2  # weight of the newest observation in the moving averages
 # processing are each counted at their moving mean plus two moving mean deviations (as TCP's
 # retransmission timer plans for a round trip; Jacobson 1988, RFC 6298). Planned at the mean, a
 # batch spent the whole budget waiting whenever the broker was at its average, so any slower
-# acknowledgement overran it: on noida-db at 5,000 events/s, p50 2.6-3.0 ms and p99 6.0-10.2 ms
-# with a 3 ms budget; planned with the deviations, p50 2.0-2.2 ms and p99 5.0-13.5 ms (median 7.7
-# before, 6.2 after), with batches of 9 events instead of 11-12 and the same CPU per event
-# (python -m bench --broker noida --latency-only, alternating runs).
+# acknowledgement overran it. On noida-db at 5,000 events/s with a 3 ms budget (python -m bench
+# --broker noida --latency-only): p50 2.6-3.0 ms before, 2.0-2.3 ms after, batches of 9 events
+# instead of 11-12, the same CPU per event. The p99 did not measurably move (5.1-10.2 ms in twelve
+# runs before, 5.0-13.5 ms in seven after): on that 2-core machine it is set by the broker's
+# acknowledgement stalls and the shared cores.
 _BETA = 0.25  # weight of the newest deviation
 _DEVIATIONS = 2.0
 # Acknowledgements are the only evidence that the broker is slow. With none for this long (nothing was in
