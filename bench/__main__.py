@@ -71,7 +71,10 @@ def run(args: argparse.Namespace, infra: Infra, workdir: Path) -> dict[str, Any]
 
 
 def brokers(args: argparse.Namespace) -> list[str]:
-    """The local brokers asked for, in order (tansu when none is)."""
+    """The brokers measured, in order: the one ``--bootstrap`` names (by its address: which kind it is
+    is not known), else the local ones asked for (tansu when none is)."""
+    if args.bootstrap:
+        return [args.bootstrap]
     return list(dict.fromkeys(args.broker or ["tansu"]))
 
 
@@ -142,6 +145,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small figures, for a smoke run")
     ap.add_argument("--out", type=Path, default=scenarios.ROOT / "bench" / "results" / "latest")
     args = ap.parse_args()
+    if args.bootstrap and args.broker:
+        ap.error("--broker starts a local broker and --bootstrap uses yours: give one of them")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     with local_broker(brokers(args)[0], workdir / "broker.log") if not args.bootstrap else nullcontext() as broker, \
             LocalRedis(log_path=workdir / "redis.log", workdir=workdir) if not args.redis else nullcontext() as r:
