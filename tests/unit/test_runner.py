@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.errors import FeatureStoreUnavailable
+from worker.errors import FeatureStoreUnavailable, WorkerError
 from worker.kafka.checkpoint import Checkpointer
 from worker.kafka.memory import MemoryBroker, MemoryConsumer, MemoryProducer, Transaction
 from worker.kafka.port import Fault, PartitionEnds
@@ -262,6 +262,53 @@ def test_a_revocation_mid_batch_commits_what_was_done_and_publishes_nothing_for_
     assert other.assignment == {P1} and other.position([P1]) == {P1: 1}, "the new owner starts at b1"
     r.runner.close()
     assert r.broker.committed("group") == {P0: 2, P1: 1}
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_events_handed_out_again_after_an_eager_rebalance_within_one_batch_are_not_skipped(exactly_once: bool) -> None:
+    # Seen in the noida-db exactly-once soak (range assignor): 10 events never scored, their offsets
+    # committed. The batch took x0 under the old assignment; the next poll of the same batch revoked
+    # every partition and assigned them again, and the consumer handed out x0 and y0 again from the
+    # last commit. Both copies were dropped as "revoked", the consumer's position was past them, and
+    # the next batch's commit covered them.
+    r = rig(partitions=2, max_events=10, exactly_once=exactly_once)
+    r.send("a0", partition=0)
+    r.steps()
+    r.runner.checkpointer.checkpoint()  # a0 committed: the group's offset for partition 0 is 1
+
+    def meanwhile(n: int) -> None:
+        if n == 2:  # the batch's first poll found nothing; now x0 arrives and is handed out alone
+            r.send("x0", "y0", partition=0)
+        if n == 3:  # the batch's next poll: an eager rebalance gives every partition back
+            r.consumer.rejoin_eagerly()
+
+    r.when_polled(meanwhile)
+    r.steps(4)
+    r.runner.close()
+
+    assert sorted(r.outputs(committed_only=exactly_once)) == ["s:a0", "s:x0", "s:y0"]
+    assert r.broker.committed("group")[P0] == 3
+
+
+def test_events_that_cannot_be_fetched_again_after_an_eager_rebalance_stop_the_worker_before_a_commit() -> None:
+    r = rig(partitions=2, max_events=10)
+    r.send("a0", partition=0)
+    r.steps()
+    r.runner.checkpointer.checkpoint()
+    r.consumer.fail_next("seek", Fault("not assigned", "_STATE"))
+
+    def meanwhile(n: int) -> None:
+        if n == 2:
+            r.send("x0", "y0", partition=0)
+        if n == 3:
+            r.consumer.rejoin_eagerly()
+
+    r.when_polled(meanwhile)
+    with pytest.raises(WorkerError, match=r"cannot fetch in\[0\] again from offset 1 after a rebalance"):
+        r.steps(2)
+    r.runner.close()
+
+    assert r.broker.committed("group")[P0] == 1, "nothing past x0 is committed: a restart redoes it"
 
 
 def test_a_revocation_while_the_batch_waits_for_the_broker_drops_the_revoked_partitions_outputs() -> None:

@@ -233,6 +233,7 @@ class MemoryConsumer:
         nothing is fetched from them."""
         self._joining = False  # subscribed, and the first assignment not yet handed out
         self._stalled = False
+        self._eager = False  # the next poll revokes every partition and assigns them again
         self._listener: RebalanceListener | None = None
         self._failures: dict[str, list[Fault]] = {}
 
@@ -259,6 +260,11 @@ class MemoryConsumer:
         self._leave()
         self.unsubscribes += 1
         self._stalled = self._joining = False
+
+    def rejoin_eagerly(self) -> None:
+        """At the next poll every partition is revoked and then assigned again, as an eager assignor
+        (range, roundrobin) rebalances: fetching starts again from the group's committed offsets."""
+        self._eager = True
 
     def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         self._serve()
@@ -294,6 +300,12 @@ class MemoryConsumer:
         listener = self._listener
         if listener is None or self._stalled:
             return
+        if self._eager and self.assignment:
+            self._eager = False
+            owned = sorted(self.assignment)
+            listener.revoked(owned)
+            with self.broker.lock:
+                self._give_up(owned)
         lost, revoked, assigned = self._rebalance()
         if lost:
             listener.lost(lost)
