@@ -214,6 +214,8 @@ class Runner:
                 offset: int = message.offset()  # type: ignore[assignment]
                 first[tp] = min(first.get(tp, offset), offset)
         for tp, offset in first.items():
+            logger.info("fetching %s[%d] again from offset %d: assigned again while a batch was gathered",
+                        tp[0], tp[1], offset)
             try:
                 self.consumer.seek(tp, offset)
             except WorkerError as exc:  # stop before a commit skips them: a restart starts from the last one
