@@ -290,6 +290,30 @@ def test_events_handed_out_again_after_an_eager_rebalance_within_one_batch_are_n
     assert r.broker.committed("group")[P0] == 3
 
 
+def test_after_an_eager_rebalance_whose_commit_did_not_go_through_reading_starts_again_at_the_last_commit() -> None:
+    r = rig(partitions=2, max_events=10)
+    r.send("a0", partition=0)
+    r.producer.hold = True
+    r.steps()  # a0 published, not acknowledged: nothing committed
+
+    def meanwhile(n: int) -> None:
+        if n == 2:
+            r.send("x0", partition=0)  # handed out alone by the batch's first poll
+        if n == 3:  # the revocation's flush times out, and partition 0 hands out nothing at once
+            r.consumer.unpositioned = {P0}
+            r.consumer.rejoin_eagerly()
+        if n == 4:  # a0's output was refused after all
+            r.consumer.unpositioned = set()
+            r.producer.deliver(lambda value: value == b"s:a0", REFUSED)
+            r.producer.hold = False
+
+    r.when_polled(meanwhile)
+    r.steps(6)
+
+    assert "seek ('in', 0) 0" in r.broker.history, "read again from the last commit, not from x0"
+    assert r.outputs() == ["s:a0", "s:x0"], "a0 redone (its first output was refused), then x0"
+
+
 def test_events_that_cannot_be_fetched_again_after_an_eager_rebalance_stop_the_worker_before_a_commit() -> None:
     r = rig(partitions=2, max_events=10)
     r.send("a0", partition=0)

@@ -155,6 +155,11 @@ class Checkpointer:
         self.ledger.rewound()
         self.on_rewind()
 
+    def last_commits(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """Each partition's last commit as far as this worker knows (where it began reading, until
+        it commits); none for a partition it has done nothing with."""
+        return {tp: self.ledger.committed[tp] for tp in partitions if tp in self.ledger.committed}
+
     def drop(self, partitions: Iterable[TP]) -> None:
         """Partitions were revoked (after a checkpoint): forget them."""
         self.ledger.forget(partitions)
