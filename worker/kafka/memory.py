@@ -300,12 +300,9 @@ class MemoryConsumer:
         listener = self._listener
         if listener is None or self._stalled:
             return
-        if self._eager and self.assignment:
+        if self._eager:
             self._eager = False
-            owned = sorted(self.assignment)
-            listener.revoked(owned)
-            with self.broker.lock:
-                self._give_up(owned)
+            self._revoke_all()
         lost, revoked, assigned = self._rebalance()
         if lost:
             listener.lost(lost)
@@ -392,12 +389,18 @@ class MemoryConsumer:
         self._leave()
         self.closed = True
 
+    def _revoke_all(self) -> None:
+        """Give every partition up, the revoke callback first."""
+        owned = sorted(self.assignment)
+        if self._listener is not None and owned:
+            self._listener.revoked(owned)
+        with self.broker.lock:
+            self._give_up(owned)
+
     def _leave(self) -> None:
         """Leave the group, giving every partition up (the revoke callback runs first)."""
-        if self._listener is not None and self.assignment:
-            self._listener.revoked(sorted(self.assignment))
+        self._revoke_all()
         with self.broker.lock:
-            self._give_up(sorted(self.assignment))
             group = self.broker._group(self.group_id)
             if self in group.members:
                 group.members.remove(self)

@@ -216,8 +216,9 @@ class Runner:
             tp: TP = (message.topic(), message.partition())  # type: ignore[assignment]  # set when consumed
             if tp in again:
                 offset: int = message.offset()  # type: ignore[assignment]
-                first[tp] = min(first.get(tp, offset), self._restart_from.get(tp, offset), offset)
-        for tp, offset in first.items():
+                first[tp] = min(first.get(tp, offset), offset)
+        for tp, dropped in first.items():
+            offset = min(dropped, self._restart_from.get(tp, dropped))
             logger.info("fetching %s[%d] again from offset %d: assigned again while a batch was gathered",
                         tp[0], tp[1], offset)
             try:
