@@ -84,9 +84,11 @@ def latency_on(args: argparse.Namespace, kind: str, infra: Infra, workdir: Path)
     # Each on a broker of its own, from the same start: tansu's acknowledgements slow down as it
     # fills up (a producer and a consumer alone take it from p99 ~25 ms to ~75 ms in 30 s).
     with fresh_broker(args, kind, infra, workdir) as alone:
-        floor = step(f"{kind} alone", lambda: scenarios.broker_floor(alone, args.rate, seconds))
+        floor = step(f"{kind} alone", lambda: scenarios.broker_floor(
+            alone, args.rate, seconds, args.lower_fetch_priority))
     with fresh_broker(args, kind, infra, workdir) as beside:
-        latency = step(f"latency on {kind}", lambda: scenarios.latency_fraud(beside, args.rate, seconds, workdir))
+        latency = step(f"latency on {kind}", lambda: scenarios.latency_fraud(
+            beside, args.rate, seconds, workdir, args.lower_fetch_priority))
     return {**floor, "broker": kind}, {**latency, "broker": kind}
 
 
@@ -109,7 +111,8 @@ def latency_headline(results: dict[str, Any]) -> dict[str, Any]:
                    "broker_alone_ack_p99_ms": r["broker_floor"]["ack_p99_ms"], "rate": r["latency"]["rate"],
                    "worker_cpu_us_per_event": r["latency"]["worker_cpu_us_per_event"],
                    "machine_busy_cores": r["latency"]["machine_busy_cores"],
-                   "broker_alone_machine_busy_cores": r["broker_floor"]["machine_busy_cores"]}
+                   "broker_alone_machine_busy_cores": r["broker_floor"]["machine_busy_cores"],
+                   "fetch_thread_lowered": r["latency"].get("lowered_thread") is not None}
             for kind, r in results["latency_by_broker"].items()}
 
 
@@ -136,6 +139,9 @@ def main() -> None:
     ap.add_argument("--broker", action="append", choices=BROKER_KINDS,
                     help="the local broker to start (default tansu); given twice, latency is measured on both")
     ap.add_argument("--latency-only", action="store_true", help="only the latency and the broker floor")
+    ap.add_argument("--lower-fetch-priority", action="store_true",
+                    help="diagnostic (Linux): run the busiest librdkafka thread of the worker, and of the floor's "
+                         "reader, at nice 19; on noida-db, whose idle fetches keep it busy, shows what that costs")
     ap.add_argument("--redis", help="use this Redis URL instead of starting redis-server (features are loaded)")
     ap.add_argument("--n", type=int, default=200_000, help="backlog size for throughput runs")
     ap.add_argument("--rate", type=float, default=5000, help="offered events/s for the latency run")

@@ -21,6 +21,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from bench.infra import Infra
+from bench.threads import lower_busiest_network_thread
 from worker.codecs.avro import PlainAvroEncoder
 from worker.codecs.schemas import load_schema
 from worker.devtools.local import LocalProcess
@@ -135,6 +136,12 @@ class WorkerRun:
                                            "--dlq-topic", self.dlq, "--group-id", self.group,
                                            "--stats-file", str(self.stats_path)], workdir / f"{name}.log")
 
+    @property
+    def pid(self) -> int:
+        if self.process.pid is None:
+            raise RuntimeError(f"{self.process.name} is not started")
+        return self.process.pid
+
     def start(self) -> WorkerRun:
         self.process.start()
         self.process.wait_for_log(r"assigned", timeout_s=90)
@@ -191,14 +198,17 @@ def baseline(infra: Infra, module: str, topic: str, n: int, workdir: Path) -> di
     return result
 
 
-def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path,
+                  lower_fetch: bool = False) -> dict[str, Any]:
     """Worker-added latency at a fixed offered rate (after a warm-up that is not measured): from
     receiving an event to the broker acknowledging its prediction, split into the worker's part
-    (wait, process, hand to the producer) and the wait for the broker's acknowledgement."""
+    (wait, process, hand to the producer) and the wait for the broker's acknowledgement.
+    ``lower_fetch``: the worker's busiest librdkafka thread runs at nice 19 (``bench.threads``)."""
     topic = infra.topic("fraud-rate")
     run = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-latency").start()
     infra.produce(topic, fraud_events(5000, 99, 0.0, []))
     infra.wait_caught_up(run.group, topic, 120)
+    lowered = lower_busiest_network_thread(run.pid) if lower_fetch else None
     # Built before the clock starts: generating them on the fly (the workload's card table first)
     # held the first event back ~160 ms, then the pacing sent the ~800 it was behind in one burst
     # (p99 112-131 ms in the first 5 s on noida-db, 5-15 ms after), and the encoding competed
@@ -217,7 +227,7 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path) -> d
             "broker_ack_p50_ms": ack50, "broker_ack_p99_ms": ack99, "before_produce_p50_ms": own50,
             "before_produce_p99_ms": own99, "mean_batch": round(sum(s for _, s in window) / max(len(window), 1), 1),
             "worker_cpu_us_per_event": stats["cpu_us_per_event"], "machine_busy_cores": busy,
-            "windows": _windows(batches, measured_from),
+            "windows": _windows(batches, measured_from), "lowered_thread": lowered,
             "samples": window, "ack_samples": acks,
             "stage_us_per_event": stats["stage_us_per_event"]}
 
@@ -268,14 +278,16 @@ def memory(infra: Infra, n: int, workdir: Path) -> dict[str, Any]:
     return {"backlog": n, "peak_rss_mb": stats["peak_rss_mb"], "throughput_eps": stats["throughput_eps"]}
 
 
-def broker_floor(infra: Infra, rate: float, seconds: float) -> dict[str, Any]:
+def broker_floor(infra: Infra, rate: float, seconds: float, lower_fetch: bool = False) -> dict[str, Any]:
     """The broker's own produce → acknowledgement latency at the offered rate, with a consumer
-    reading the topic as the worker does: part of the worker's latency it cannot go below."""
+    reading the topic as the worker does: part of the worker's latency it cannot go below.
+    ``lower_fetch``: that reader's busiest librdkafka thread runs at nice 19, as the worker's does."""
     topic = infra.topic("floor")
     stop = threading.Event()
     reader = threading.Thread(target=_read_until, args=(infra.bootstrap, topic, stop), daemon=True)
     reader.start()
     time.sleep(5)  # the reader joins its group and fetches
+    lowered = lower_busiest_network_thread(os.getpid()) if lower_fetch else None
     producer = Producer(producer_config(infra.bootstrap, {}, {}))
     samples: list[tuple[float, int]] = []
     poller = threading.Thread(target=_serve_reports, args=(producer, stop), daemon=True)
@@ -292,7 +304,7 @@ def broker_floor(infra: Infra, rate: float, seconds: float) -> dict[str, Any]:
     stop.set()
     measured = samples[len(samples) // 10:]  # past the producer's first requests
     p50, p99 = weighted_percentiles(measured, (50, 99))
-    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy}
+    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy, "lowered_thread": lowered}
 
 
 def _read_until(bootstrap: str, topic: str, stop: threading.Event) -> None:
