@@ -11,6 +11,7 @@
     python -m bench.broker_quirks open-lso
     python -m bench.broker_quirks fetch-wait [--messages 400000]
     python -m bench.broker_quirks idle-fetch --broker noida
+    python -m bench.broker_quirks autosave --broker noida
 
 Each starts a local broker (``--broker``, tansu by default) unless given ``--bootstrap``.
 
@@ -104,6 +105,19 @@ generator together wanted ~1.8 of the 2 cores: tails there measure a busy machin
 worker. Nothing on the consumer's side restrains it (librdkafka backs off only after errors or
 with its queue full); the benchmark's broker-only floor has a reader too, so it pays the same.
 
+``autosave`` (noida-db 0.2.3): a producer sends 300-byte records at 5,000 a second for 30 s
+(``linger.ms`` 1, ``acks=all``, as the worker's) and times each acknowledgement, while the broker's
+data directory is watched. Acknowledgements stall about once a second (median gap 1.0 s), and the
+stalls grow with what the broker holds: the worst 16.6 ms in the first 10 s, 23.6 ms in the last
+(28 stalls over 5 ms in a run). Meanwhile noida-db rewrites its whole Kafka state as one JSON file
+(``kafka.json``) every 1-2 s, 172 MB of it after the 150,000 records: its autosave thread took 18 %
+of a core in the latency benchmark. Blocking that file's write (a directory where its temporary
+file goes) does not remove the stalls, so the write itself is not the pause; a copy of the state
+made under a lock would be, but that is a guess from outside. tansu, the same run: one stall over
+5 ms in 30 s. These pauses are the worker's p99 on noida-db: at 5,000 events/s about 5 % of the
+events were in a batch whose latency passed 5 ms, almost all in clusters around them. Nothing a
+client does changes it.
+
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
 initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
 noida-db that aborts the predecessor's transaction: read_committed reads only the new record, at
@@ -113,6 +127,7 @@ once. Tansu aborts it too but still hands the aborted record to read_committed c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import subprocess
@@ -121,6 +136,7 @@ import threading
 import time
 import uuid
 from contextlib import nullcontext
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -504,6 +520,74 @@ def idle_fetch(bootstrap: str) -> dict[str, object]:
             "wait_100ms_min_bytes_100000": idle_fetches(bootstrap, topic, {**wait, "fetch.min.bytes": 100_000})}
 
 
+def acknowledgements(bootstrap: str, seconds: float, rate: int = 5000,
+                     size: int = 300) -> list[tuple[float, float]]:
+    """(seconds since the start, milliseconds to acknowledge) of each record produced at ``rate``."""
+    topic = new_topic(bootstrap, 1)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    threading.Thread(target=serve_reports, args=(producer, stop), daemon=True).start()
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        sent = time.perf_counter()
+        producer.produce(topic, b"x" * size, b"%d" % (i % 1000), on_delivery=lambda err, msg, sent=sent: samples.append(
+            (sent - start, (time.perf_counter() - sent) * 1e3)))
+        if (ahead := (i + 1) / rate - (time.perf_counter() - start)) > 0:
+            time.sleep(ahead)
+    producer.flush(30)
+    stop.set()
+    return sorted(samples)
+
+
+def serve_reports(producer: Producer, stop: threading.Event) -> None:
+    while not stop.is_set():
+        producer.poll(0.01)
+
+
+def stalls(samples: list[tuple[float, float]], over_ms: float = 5.0, gap_s: float = 0.1) -> list[tuple[float, float]]:
+    """(start in seconds, worst milliseconds) of each cluster of acknowledgements slower than ``over_ms``."""
+    found: list[list[float]] = []
+    for at, ms in samples:
+        if ms <= over_ms:
+            continue
+        if found and at - found[-1][2] < gap_s:
+            found[-1][1], found[-1][2] = max(found[-1][1], ms), at
+        else:
+            found.append([at, ms, at])
+    return [(round(start, 2), round(worst, 1)) for start, worst, _ in found]
+
+
+def watch_saves(path: Path, stop: threading.Event, saves: list[float]) -> None:
+    """Append the time of each rewrite of ``path`` until ``stop``."""
+    last = None
+    while not stop.wait(0.01):
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if last is not None and stamp != last:
+            saves.append(time.perf_counter())
+        last = stamp
+
+
+def autosave(bootstrap: str, data_dir: Path | None, seconds: float = 30.0) -> dict[str, object]:
+    state, saves, stop = (data_dir or Path("/nonexistent")) / "kafka.json", [], threading.Event()
+    threading.Thread(target=watch_saves, args=(state, stop, saves), daemon=True).start()
+    samples = acknowledgements(bootstrap, seconds)
+    stop.set()
+    found = stalls([s for s in samples if s[0] >= 2.0])  # past the producer's first requests
+    early, late = [s for s in found if s[0] < 12], [s for s in found if s[0] >= seconds - 10]
+    gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(found))
+    return {"quirk": "autosave", "records": len(samples), "record_bytes": 300, "rate": 5000,
+            "stalls_over_5ms": len(found), "median_s_between_stalls": round(gaps[len(gaps) // 2], 2) if gaps else None,
+            "worst_stall_ms_2_to_12_s": max((w for _, w in early), default=None),
+            "worst_stall_ms_last_10_s": max((w for _, w in late), default=None),
+            "state_file_saves": len(saves) if data_dir else None,
+            "state_file_mb": round(state.stat().st_size / 1e6, 1) if state.exists() else None,
+            "stalls": found}
+
+
 def rebalance(bootstrap: str, trials: int) -> dict[str, object]:
     overlapping = run(bootstrap, trials, overlap=True)
     control = run(bootstrap, trials, overlap=False)
@@ -519,7 +603,8 @@ def main() -> None:
               "dead-member": dead_member, "transaction-timeout": transaction_timeout, "restart-aborts": restart_aborts,
               "cooperative-join": lambda b: cooperative_join(b, args.trials), "unstable-offsets": unstable_offsets,
               "static-restart": static_restart, "open-lso": open_lso,
-              "fetch-wait": lambda b: fetch_wait(b, args.messages), "idle-fetch": idle_fetch}
+              "fetch-wait": lambda b: fetch_wait(b, args.messages), "idle-fetch": idle_fetch,
+              "autosave": lambda b: autosave(b, getattr(broker, "data_dir", None))}
     ap.add_argument("quirk", choices=list(quirks))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--messages", type=int, default=400_000, help="fetch-wait: records in the topic")
