@@ -34,6 +34,7 @@ WORKLOAD = ROOT.parent / "shared" / "workload" / "fraud"
 CONTRACT_CONFIG = ROOT / "bench" / "fraud-contract.yaml"
 EXAMPLE_CONFIG = ROOT / "deploy" / "config" / "fraud-example.yaml"
 EXAMPLE_DATA = ROOT / "models" / "fraud" / "data.py"
+WARM_UP_EVENTS = 5000  # before the latency run is measured
 
 
 def machine() -> dict[str, Any]:
@@ -206,7 +207,7 @@ def latency_fraud(infra: Infra, rate: float, seconds: float, workdir: Path,
     ``lower_fetch``: the worker's busiest librdkafka thread runs at nice 19 (``bench.threads``)."""
     topic = infra.topic("fraud-rate")
     run = WorkerRun(infra, CONTRACT_CONFIG, topic, workdir, "worker-latency").start()
-    infra.produce(topic, fraud_events(5000, 99, 0.0, []))
+    infra.produce(topic, fraud_events(WARM_UP_EVENTS, 99, 0.0, []))
     infra.wait_caught_up(run.group, topic, 120)
     lowered = lower_busiest_network_thread(run.pid) if lower_fetch else None
     # Built before the clock starts: generating them on the fly (the workload's card table first)
@@ -282,6 +283,11 @@ def broker_floor(infra: Infra, rate: float, seconds: float, lower_fetch: bool = 
     """The broker's own produce → acknowledgement latency at the offered rate, with a consumer
     reading the topic as the worker does: part of the worker's latency it cannot go below.
     ``lower_fetch``: that reader's busiest librdkafka thread runs at nice 19, as the worker's does."""
+    # By the end of the worker's run the broker holds the warm-up's events and predictions and the
+    # run's predictions beside the events measured; the floor's broker holds as many records, since
+    # noida-db pauses the longer the more it holds (bench.broker_quirks autosave).
+    ballast = WARM_UP_EVENTS * 2 + int(rate * seconds)
+    infra.produce(infra.topic("ballast"), ((b"%d" % (i % 1000), b"x" * 60) for i in range(ballast)))
     topic = infra.topic("floor")
     stop = threading.Event()
     reader = threading.Thread(target=_read_until, args=(infra.bootstrap, topic, stop), daemon=True)
@@ -304,7 +310,8 @@ def broker_floor(infra: Infra, rate: float, seconds: float, lower_fetch: bool = 
     stop.set()
     measured = samples[len(samples) // 10:]  # past the producer's first requests
     p50, p99 = weighted_percentiles(measured, (50, 99))
-    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy, "lowered_thread": lowered}
+    return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy, "lowered_thread": lowered,
+            "records_held_before": ballast}
 
 
 def _read_until(bootstrap: str, topic: str, stop: threading.Event) -> None:
