@@ -47,10 +47,12 @@ def busiest_thread(pid: int, prefix: str = NETWORK_THREAD_PREFIX, over_s: float 
     return tid, after[tid][0], round(used[tid] / os.sysconf("SC_CLK_TCK") / over_s, 2)
 
 
-def lower_busiest_network_thread(pid: int, niceness: int = 19) -> dict[str, Any] | None:
-    """Run the busiest librdkafka network thread of ``pid`` at ``niceness``; what was lowered, for the results."""
+def lower_busiest_network_thread(pid: int, niceness: int = 19, min_share: float = 0.05) -> dict[str, Any] | None:
+    """Run the busiest librdkafka network thread of ``pid`` at ``niceness``, if it used at least
+    ``min_share`` of a core (on a broker that holds waiting fetches none does: nothing is lowered);
+    what was lowered, for the results."""
     found = busiest_thread(pid)
-    if found is None:
+    if found is None or found[2] < min_share:
         return None
     tid, name, share = found
     os.setpriority(os.PRIO_PROCESS, tid, niceness)

@@ -67,3 +67,17 @@ def test_only_the_busy_librdkafka_thread_is_lowered(threads: dict[str, int]) -> 
 
 def test_a_process_without_librdkafka_threads_lowers_nothing() -> None:
     assert lower_busiest_network_thread(os.getpid()) is None
+
+
+def test_idle_librdkafka_threads_are_left_alone() -> None:
+    stop, ids = threading.Event(), []
+    idle = named_thread("rdk:broker2", False, stop, ids)
+    idle.start()
+    while not ids:
+        stop.wait(0.01)
+    try:
+        assert lower_busiest_network_thread(os.getpid()) is None
+        assert os.getpriority(os.PRIO_PROCESS, ids[0]) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        stop.set()
+        idle.join()
