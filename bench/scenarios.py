@@ -283,10 +283,11 @@ def broker_floor(infra: Infra, rate: float, seconds: float, lower_fetch: bool = 
     """The broker's own produce → acknowledgement latency at the offered rate, with a consumer
     reading the topic as the worker does: part of the worker's latency it cannot go below.
     ``lower_fetch``: that reader's busiest librdkafka thread runs at nice 19, as the worker's does."""
-    # By the end of the worker's run the broker holds the warm-up's events and predictions and the
-    # run's predictions beside the events measured; the floor's broker holds as many records, since
-    # noida-db pauses the longer the more it holds (bench.broker_quirks autosave).
-    ballast = WARM_UP_EVENTS * 2 + int(rate * seconds)
+    # noida-db pauses the longer the more it holds (bench.broker_quirks autosave), so the floor's
+    # broker holds, on average over the run, as many records as the worker's: that one starts with the
+    # warm-up's events and predictions and gains an event and a prediction per event measured, this
+    # one gains only the event.
+    ballast = WARM_UP_EVENTS * 2 + int(rate * seconds) // 2
     infra.produce(infra.topic("ballast"), ((b"%d" % (i % 1000), b"x" * 60) for i in range(ballast)))
     topic = infra.topic("floor")
     stop = threading.Event()
