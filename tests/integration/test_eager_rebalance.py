@@ -1,6 +1,12 @@
 """What the loop's recovery from an eager rebalance relies on, on a real broker: a partition
 sought to an offset in the same poll cycle as its (re-)assignment by an eager assignor is read
-from that offset, not from the group's committed one (worker/runner/loop.py, ``_fetch_again``)."""
+from that offset or an earlier one, never a later one (worker/runner/loop.py, ``_fetch_again``).
+
+librdkafka means ``seek`` for partitions already being fetched: before the new assignment's first
+fetch, the group's committed offset (or the reset policy, with none) can win over it. Seen once in
+the whole suite on tansu, where partition 0 was then read from 0. That is still safe for the loop:
+everything it dropped lies at or after the group's committed offset, so reading from there redoes
+more and skips nothing."""
 
 from __future__ import annotations
 
@@ -34,9 +40,12 @@ def test_a_partition_sought_right_after_an_eager_assignment_is_read_from_there(k
 
     for tp in assigned:
         consumer.seek(tp, 3)  # before anything of the new assignment was handed out
-    got: list[tuple[int | None, int | None]] = []
-    while len(got) < 14 and time.monotonic() < deadline:
-        got += [(m.partition(), m.offset()) for m in consumer.consume(100, 0.2)]
+    read: dict[int, list[int]] = {0: [], 1: []}
+    while min(max(offsets, default=-1) for offsets in read.values()) < 9 and time.monotonic() < deadline:
+        for m in consumer.consume(100, 0.2):
+            read[m.partition()].append(m.offset())  # type: ignore[index,arg-type]  # set when consumed
     consumer.close()
 
-    assert sorted(got) == [(p, o) for p in (0, 1) for o in range(3, 10)]
+    for offsets in read.values():
+        assert offsets and offsets[0] <= 3  # from the sought offset, or from an earlier one
+        assert set(range(3, 10)) <= set(offsets)  # and nothing after it skipped

@@ -209,7 +209,10 @@ class Runner:
         them again from the first one dropped, or the next batch's commit skips them (seen in the
         noida-db exactly-once soak: 10 events never scored, their offsets committed). From the last
         commit, if it is earlier: a revocation whose commit did not go through (its flush timed out)
-        leaves work before the batch uncommitted, and the new assignment starts there."""
+        leaves work before the batch uncommitted, and the new assignment starts there. Where nothing
+        of the new assignment was fetched yet, the group's committed offset may win over the seek
+        (librdkafka means seek for partitions already fetched): it is never past what was dropped,
+        so that redoes more and skips nothing (tests/integration/test_eager_rebalance.py)."""
         again = self._revoked & self.assignment
         first: dict[TP, int] = {}
         for message in batch:
