@@ -105,18 +105,18 @@ generator together wanted ~1.8 of the 2 cores: tails there measure a busy machin
 worker. Nothing on the consumer's side restrains it (librdkafka backs off only after errors or
 with its queue full); the benchmark's broker-only floor has a reader too, so it pays the same.
 
-``autosave`` (noida-db 0.2.3): a producer sends 300-byte records at 5,000 a second for 30 s
-(``linger.ms`` 1, ``acks=all``, as the worker's) and times each acknowledgement, while the broker's
-data directory is watched. Acknowledgements stall about once a second (median gap 1.0 s), and the
-stalls grow with what the broker holds: the worst 16.6 ms in the first 10 s, 23.6 ms in the last
-(28 stalls over 5 ms in a run). Meanwhile noida-db rewrites its whole Kafka state as one JSON file
-(``kafka.json``) every 1-2 s, 172 MB of it after the 150,000 records: its autosave thread took 18 %
-of a core in the latency benchmark. Blocking that file's write (a directory where its temporary
+``autosave`` (noida-db 0.2.3): a producer sends 300-byte records at 5,000 a second for 30 s (the
+worker's producer settings: ``linger.ms`` 1, idempotent) and times each acknowledgement, while the
+broker's data directory is watched. Acknowledgements stall about once a second (median gap 1.0 s),
+and the stalls grow with what the broker holds: the worst 16.6 ms in the first 10 s, 23.6 ms in the
+last (28 stalls over 5 ms in a run). Meanwhile noida-db rewrites its whole Kafka state as one JSON
+file (``kafka.json``) every 1-2 s, 172 MB of it after the 150,000 records: its autosave thread took
+18 % of a core in the latency benchmark. Blocking that file's write (a directory where its temporary
 file goes) does not remove the stalls, so the write itself is not the pause; a copy of the state
-made under a lock would be, but that is a guess from outside. tansu, the same run: one stall over
-5 ms in 30 s. These pauses are the worker's p99 on noida-db: at 5,000 events/s about 5 % of the
-events were in a batch whose latency passed 5 ms, almost all in clusters around them. Nothing a
-client does changes it.
+made under a lock would be, but that is a guess from outside. tansu, the same run: one stall over 5
+ms in 30 s; another noida-db run: 35, the worst 19.4 and 36.5 ms. These pauses, with the idle
+fetches, set the worker's p99 on noida-db: at 5,000 events/s about 5 % of the events were in a batch
+whose latency passed 5 ms, almost all in clusters around them. Nothing a client does changes it.
 
 ``restart-aborts`` (the control): the same kill, then a producer with the same transactional id
 initialises (as a replica restarted with its identity does) and commits a record. On Kafka and
@@ -142,6 +142,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.devtools.local import BROKER_KINDS, local_broker
+from worker.kafka.config import producer_config
 from worker.kafka.confluent import ConfluentAdmin
 
 WAIT_S = 30.0
@@ -524,7 +525,7 @@ def acknowledgements(bootstrap: str, seconds: float, rate: int = 5000,
                      size: int = 300) -> list[tuple[float, float]]:
     """(seconds since the start, milliseconds to acknowledge) of each record produced at ``rate``."""
     topic = new_topic(bootstrap, 1)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
+    producer = Producer(producer_config(bootstrap, {}, {}))  # the worker's: linger.ms 1, idempotent
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     threading.Thread(target=serve_reports, args=(producer, stop), daemon=True).start()
