@@ -141,8 +141,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.acks import timed_acknowledgements
 from worker.devtools.local import BROKER_KINDS, local_broker
-from worker.kafka.config import producer_config
 from worker.kafka.confluent import ConfluentAdmin
 
 WAIT_S = 30.0
@@ -521,31 +521,6 @@ def idle_fetch(bootstrap: str) -> dict[str, object]:
             "wait_100ms_min_bytes_100000": idle_fetches(bootstrap, topic, {**wait, "fetch.min.bytes": 100_000})}
 
 
-def acknowledgements(bootstrap: str, seconds: float, rate: int = 5000,
-                     size: int = 300) -> list[tuple[float, float]]:
-    """(seconds since the start, milliseconds to acknowledge) of each record produced at ``rate``."""
-    topic = new_topic(bootstrap, 1)
-    producer = Producer(producer_config(bootstrap, {}, {}))  # the worker's: linger.ms 1, idempotent
-    samples: list[tuple[float, float]] = []
-    stop = threading.Event()
-    threading.Thread(target=serve_reports, args=(producer, stop), daemon=True).start()
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        sent = time.perf_counter()
-        producer.produce(topic, b"x" * size, b"%d" % (i % 1000), on_delivery=lambda err, msg, sent=sent: samples.append(
-            (sent - start, (time.perf_counter() - sent) * 1e3)))
-        if (ahead := (i + 1) / rate - (time.perf_counter() - start)) > 0:
-            time.sleep(ahead)
-    producer.flush(30)
-    stop.set()
-    return sorted(samples)
-
-
-def serve_reports(producer: Producer, stop: threading.Event) -> None:
-    while not stop.is_set():
-        producer.poll(0.01)
-
-
 def stalls(samples: list[tuple[float, float]], over_ms: float = 5.0, gap_s: float = 0.1) -> list[tuple[float, float]]:
     """(start in seconds, worst milliseconds) of each cluster of acknowledgements slower than ``over_ms``."""
     found: list[list[float]] = []
@@ -575,7 +550,7 @@ def watch_saves(path: Path, stop: threading.Event, saves: list[float]) -> None:
 def autosave(bootstrap: str, data_dir: Path | None, seconds: float = 30.0) -> dict[str, object]:
     state, saves, stop = (data_dir or Path("/nonexistent")) / "kafka.json", [], threading.Event()
     threading.Thread(target=watch_saves, args=(state, stop, saves), daemon=True).start()
-    samples = acknowledgements(bootstrap, seconds)
+    samples = sorted(timed_acknowledgements(bootstrap, new_topic(bootstrap, 1), 5000, seconds, 300))
     stop.set()
     found = stalls([s for s in samples if s[0] >= 2.0])  # past the producer's first requests
     early, late = [s for s in found if s[0] < 12], [s for s in found if s[0] >= seconds - 10]

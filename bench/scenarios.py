@@ -18,15 +18,16 @@ from typing import Any
 
 import fastavro
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
+from bench.acks import timed_acknowledgements
 from bench.infra import Infra
 from bench.threads import lower_busiest_network_thread
 from worker.codecs.avro import PlainAvroEncoder
 from worker.codecs.schemas import load_schema
 from worker.devtools.local import LocalProcess
 from worker.devtools.sources import load_generator
-from worker.kafka.config import consumer_config, producer_config
+from worker.kafka.config import consumer_config
 from worker.telemetry.progress import weighted_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,21 +296,11 @@ def broker_floor(infra: Infra, rate: float, seconds: float, lower_fetch: bool = 
     reader.start()
     time.sleep(5)  # the reader joins its group and fetches
     lowered = lower_busiest_network_thread(os.getpid()) if lower_fetch else None
-    producer = Producer(producer_config(infra.bootstrap, {}, {}))
-    samples: list[tuple[float, int]] = []
-    poller = threading.Thread(target=_serve_reports, args=(producer, stop), daemon=True)
-    poller.start()
-    start, load = time.perf_counter(), MachineLoad()
-    for i in range(int(rate * seconds)):
-        sent = time.perf_counter()
-        producer.produce(topic, b"x" * 80, b"%d" % (i % 1000), on_delivery=lambda err, msg, sent=sent: samples.append(
-            ((time.perf_counter() - sent) * 1e3, 1)))
-        if (ahead := (i + 1) / rate - (time.perf_counter() - start)) > 0:
-            time.sleep(ahead)
-    producer.flush(30)
+    load = MachineLoad()
+    acknowledged = timed_acknowledgements(infra.bootstrap, topic, rate, seconds, 80)
     busy = load.cores()
     stop.set()
-    measured = samples[len(samples) // 10:]  # past the producer's first requests
+    measured = [(ms, 1) for _, ms in acknowledged[len(acknowledged) // 10:]]  # past the producer's first requests
     p50, p99 = weighted_percentiles(measured, (50, 99))
     return {"rate": rate, "ack_p50_ms": p50, "ack_p99_ms": p99, "machine_busy_cores": busy, "lowered_thread": lowered,
             "records_held_before": ballast}
@@ -322,7 +313,3 @@ def _read_until(bootstrap: str, topic: str, stop: threading.Event) -> None:
         consumer.consume(2000, 0.1)
     consumer.close()
 
-
-def _serve_reports(producer: Producer, stop: threading.Event) -> None:
-    while not stop.is_set():
-        producer.poll(0.01)
