@@ -389,21 +389,25 @@ class MemoryConsumer:
         self._leave()
         self.closed = True
 
-    def _revoke_all(self) -> None:
-        """Give every partition up, the revoke callback first."""
+    def _revoke_all(self, then: Callable[[], None] | None = None) -> None:
+        """Give every partition up, the revoke callback first; ``then`` runs under the same hold of
+        the broker's lock, so that no rebalance comes between."""
         owned = sorted(self.assignment)
         if self._listener is not None and owned:
             self._listener.revoked(owned)
         with self.broker.lock:
             self._give_up(owned)
+            if then is not None:
+                then()
 
     def _leave(self) -> None:
         """Leave the group, giving every partition up (the revoke callback runs first)."""
-        self._revoke_all()
-        with self.broker.lock:
-            group = self.broker._group(self.group_id)
-            if self in group.members:
-                group.members.remove(self)
+        self._revoke_all(then=self._quit_group)
+
+    def _quit_group(self) -> None:
+        group = self.broker._group(self.group_id)
+        if self in group.members:
+            group.members.remove(self)
 
 
 @dataclass
